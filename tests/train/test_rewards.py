@@ -20,7 +20,8 @@ def _t(text, answer="two", relistens=(), lp=None):
 
 
 def _rec(action):
-    return RelistenRecord(0, RelistenDecision(action, "ok" if action == "relisten" else "too short"))
+    return RelistenRecord(0, RelistenDecision(action, "ok" if action == "relisten" else "too short"),
+                          inserted=action == "relisten")
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -56,6 +57,8 @@ def test_accuracy_uses_extraction_and_never_guesses():
 def test_relisten_is_paid_only_for_real_relistens_with_right_answers():
     assert relisten_reward(_t(GOOD, relistens=[_rec("relisten")])) == 1.0
     assert relisten_reward(_t(GOOD, relistens=[_rec("skip")])) == 0.0     # tags written, nothing inserted
+    no_room = RelistenRecord(0, RelistenDecision("relisten", "ok"), inserted=False)  # hit max_model_len
+    assert relisten_reward(_t(GOOD, relistens=[no_room])) == 0.0
     assert relisten_reward(_t(GOOD.replace("<answer>two", "<answer>one"), relistens=[_rec("relisten")])) == 0.0
     assert relisten_reward(_t(GOOD)) == 0.0
 

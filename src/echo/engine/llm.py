@@ -23,7 +23,7 @@ from ..audio import FeatureConfig, load as load_audio
 from ..audio.features import num_audio_tokens, num_mel_frames
 from ..config import EngineConfig, SamplingParams
 from ..errors import ConfigError, EchoError
-from ..ops.log_mel import log_mel_spans
+from .audio_embed import span_embeddings
 from .block_manager import BlockManager
 from .encoder_cache import EncoderCache, audio_hash
 from .kv_cache import PagedKVCache
@@ -155,23 +155,10 @@ class Engine:
         misses = [i for i, o in enumerate(out) if o is None]
         if misses:
             clips = list({id(spans[i][0]): spans[i][0] for i in misses}.values())
-            offsets = dict(zip(map(id, clips), np.cumsum([0] + [c.num_samples for c in clips[:-1]]).tolist()))
-            wave = torch.cat([c.wave for c in clips]) if len(clips) > 1 else clips[0].wave
-            starts = [offsets[id(spans[i][0])] + spans[i][1] for i in misses]
-            lens = [spans[i][2] - spans[i][1] for i in misses]
-            extra = 0 if self.is_omni else 2  # Qwen2-Audio's conv stem reads 2 frames past the end
-            feats, got = log_mel_spans(wave.contiguous(), torch.tensor(starts), torch.tensor(lens), self.features,
-                                       extra_frames=extra)
-            valid = [frames[i] for i in misses]
-            with torch.inference_mode():
-                if self.is_omni:
-                    emb = self.model.encode_audio(feats, valid)
-                else:
-                    padded = torch.full((len(misses), feats.shape[0], int(got.max())), 0.0, device=feats.device)
-                    for j, piece in enumerate(torch.split(feats, got.tolist(), dim=1)):
-                        padded[j, :, : piece.shape[1]] = piece
-                    emb = self.model.encode_audio(padded, valid)
-            for i, piece in zip(misses, torch.split(emb, [num_audio_tokens(frames[i]) for i in misses])):
+            index = {id(c): j for j, c in enumerate(clips)}
+            rows = span_embeddings(self.model, self.features, [c.wave for c in clips],
+                                   [(index[id(spans[i][0])], spans[i][1], spans[i][2]) for i in misses])
+            for i, piece in zip(misses, rows):
                 out[i] = piece
                 self.encoder_cache.put(keys[i], piece)
         return out, frames
@@ -252,10 +239,11 @@ class Engine:
             cfg = self.model.config
             ids = splice_ids(rows.shape[0], cfg.audio_bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id)
             record = seq.relistens[-1]
-            record.num_audio_tokens, record.position, record.cache_hit = rows.shape[0], len(seq), hit
+            record.cache_hit = hit
             if len(seq) + len(ids) >= self.config.max_model_len:
                 self.scheduler.finish(seq, "length")
                 continue
+            record.num_audio_tokens, record.position, record.inserted = rows.shape[0], len(seq), True
             seq.append_splice(ids, rows)
 
     # ---- batch API -----------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class RelistenRecord:
     num_audio_tokens: int = 0
     position: int = 0  # index in token_ids where <|audio_bos|> was inserted (relisten only)
     cache_hit: bool = False
+    inserted: bool = False  # the span's tokens went in (False when skipped, stopped, or no room was left)
 
 
 @dataclasses.dataclass(slots=True, eq=False)

@@ -52,7 +52,7 @@ def accuracy_reward(t: Trajectory) -> float:
 def relisten_reward(t: Trajectory) -> float:
     """Paid only when audio was actually re-listened (a span inserted) and the answer is right; writing tags that
     were skipped earns nothing."""
-    listened = any(getattr(r.decision, "action", None) == "relisten" for r in t.relistens)
+    listened = any(r.inserted for r in t.relistens)
     return 1.0 if listened and is_correct(t) else 0.0
 
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..audio import FeatureConfig, load as load_audio, log_mel
+from ..audio import FeatureConfig, load as load_audio
+from ..engine.audio_embed import feature_config_for, span_embeddings
 from ..models.loader import load
 from .checkpoint import load_trainer_state, save_checkpoint
 from .data import IGNORE, SFTExample, build_dataset, read_records
@@ -37,9 +38,7 @@ class SFTConfig:
 
 def _audio_rows(model, ex: SFTExample, features: FeatureConfig, grad: bool) -> torch.Tensor:
     wave = torch.from_numpy(load_audio(ex.audio)).to(model.device)
-    feats = log_mel(wave, [(0, s, e) for s, e in ex.audio_spans], config=features)
-    with torch.set_grad_enabled(grad):
-        return model.encode_audio(feats.features, feats.num_frames)
+    return torch.cat(span_embeddings(model, features, [wave], [(0, s, e) for s, e in ex.audio_spans], grad=grad))
 
 
 def sequence_loss(model, ex: SFTExample, features: FeatureConfig, train_audio_encoder: bool = False
@@ -65,8 +64,7 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig = SFTConfi
     for p in trainable:
         p.requires_grad_(True)
     model.train()
-    features = FeatureConfig.from_pretrained(model_dir) if (Path(model_dir) / "preprocessor_config.json").is_file() \
-        else FeatureConfig(chunk_length=300 if model.config.family == "qwen2_5_omni" else 30)
+    features = feature_config_for(model, model_dir)
     examples, skipped = build_dataset(read_records(data), model.processor, cfg.format, features=features,
                                       max_len=cfg.max_len)
     if not examples:

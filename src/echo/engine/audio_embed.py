@@ -1,0 +1,55 @@
+"""Spans of 16 kHz waveforms -> audio embeddings: one log-mel call for all spans, one encoder + projector call.
+
+The one place that turns audio into the rows placed at ``<|AUDIO|>`` tokens, shared by the engine (prompt audio and
+re-listens, behind its encoder cache) and the trainers (SFT and GRPO recompute the same rows for the same spans),
+so training sees exactly the embeddings the engine decoded with.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..audio import FeatureConfig
+from ..audio.features import num_audio_tokens, num_mel_frames
+from ..ops.log_mel import log_mel_spans
+
+
+def feature_config_for(model, model_dir=None) -> FeatureConfig:
+    """The checkpoint's preprocessor config when it ships one, else the family's default max length."""
+    from pathlib import Path
+
+    if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
+        return FeatureConfig.from_pretrained(model_dir)
+    return FeatureConfig(chunk_length=300 if model.config.family == "qwen2_5_omni" else 30)
+
+
+def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor],
+                    spans: Sequence[tuple[int, int, int]], grad: bool = False) -> list[torch.Tensor]:
+    """Embeddings of ``(wave_index, start_sample, end_sample)`` spans, one ``(num_audio_tokens, hidden)`` tensor
+    each. ``grad`` keeps the encoder in the autograd graph (training it); otherwise inference mode."""
+    if not spans:
+        return []
+    used = sorted({w for w, _, _ in spans})
+    offset, start = {}, 0
+    for w in used:
+        offset[w] = start
+        start += int(waves[w].numel())
+    wave = torch.cat([waves[w] for w in used]) if len(used) > 1 else waves[used[0]]
+    starts = torch.tensor([offset[w] + s for w, s, _ in spans])
+    lens = torch.tensor([e - s for _, s, e in spans])
+    frames = [num_mel_frames(e - s, features) for _, s, e in spans]
+    is_omni = model.config.family == "qwen2_5_omni"
+    # Qwen2-Audio's conv stem reads 2 frames past each audio's end (the extractor's padding)
+    feats, got = log_mel_spans(wave.contiguous(), starts, lens, features, extra_frames=0 if is_omni else 2)
+    ctx = torch.enable_grad() if grad else torch.inference_mode()
+    with ctx:
+        if is_omni:
+            emb = model.encode_audio(feats, frames)
+        else:
+            padded = feats.new_zeros((len(spans), feats.shape[0], int(got.max())))
+            for j, piece in enumerate(torch.split(feats, got.tolist(), dim=1)):
+                padded[j, :, : piece.shape[1]] = piece
+            emb = model.encode_audio(padded, frames)
+    return list(torch.split(emb, [num_audio_tokens(f) for f in frames]))
