@@ -56,3 +56,33 @@ class ScriptedSeg:
                 out[self.banned] = float("-inf")
                 return out
         raise AssertionError(f"no plan for a history starting {history[:8]}")
+
+
+class ScriptedTurn:
+    """A logits processor for any prompt: counts the answer's sampled tokens (everything after the last
+    ``<|im_start|>`` and its ``header_len`` role tokens, minus the never-sampled ``skip_ids``), then at answer
+    step k forces ``plan[k]``'s ids one per step, restricts the choice to ``choose[k]`` when given, and otherwise
+    bans ``banned`` ids (so a random model does not wander into chat-control or audio tokens)."""
+
+    def __init__(self, plan: dict[int, list[int]], im_start: int, header_len: int, skip_ids: set[int],
+                 banned: list[int], choose: dict[int, list[int]] | None = None):
+        self.plan, self.im_start, self.header_len = plan, im_start, header_len
+        self.skip_ids, self.banned, self.choose = skip_ids, banned, choose or {}
+
+    def __call__(self, history: list[int], logits):
+        import torch
+
+        start = len(history) - history[::-1].index(self.im_start) + self.header_len
+        step = sum(1 for t in history[start:] if t not in self.skip_ids)
+        for first, ids in self.plan.items():
+            if first <= step < first + len(ids):
+                forced = torch.full_like(logits, float("-inf"))
+                forced[ids[step - first]] = 0.0
+                return forced
+        if step in self.choose:
+            allowed = torch.full_like(logits, float("-inf"))
+            allowed[self.choose[step]] = logits[self.choose[step]]
+            return allowed
+        out = logits.clone()
+        out[self.banned] = float("-inf")
+        return out

@@ -13,13 +13,15 @@ import dataclasses
 import itertools
 import os
 import time
-from typing import Any, Sequence as Seq
+from typing import Any
+from typing import Sequence as Seq
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..audio import FeatureConfig, load as load_audio
+from ..audio import FeatureConfig
+from ..audio import load as load_audio
 from ..audio.features import num_audio_tokens, num_mel_frames
 from ..config import EngineConfig, SamplingParams
 from ..errors import ConfigError, EchoError
@@ -57,6 +59,7 @@ class GenerationResult:
     samples: list[SampleOutput]
     seconds: float
     error: str | None = None
+    audio_samples: int = 0  # length of the request's clip (16 kHz samples)
 
     @property
     def text(self) -> str:
@@ -103,7 +106,7 @@ class Engine:
         params = params or SamplingParams()
         wave = self._load(audio)
         clip = Clip(torch.from_numpy(wave).to(self.model.device), audio_hash(wave))
-        embeds, frames = self._encode([(clip, 0, clip.num_samples)])
+        embeds, frames, _ = self._encode([(clip, 0, clip.num_samples)])
         prompt_ids = self._prompt_ids(prompt, int(frames[0]))
         if len(prompt_ids) >= self.config.max_model_len:
             raise EchoError(f"prompt of {len(prompt_ids)} tokens does not fit max_model_len="
@@ -146,13 +149,25 @@ class Engine:
 
     # ---- audio -> embeddings (cached) ----------------------------------------------------------------------------
 
-    def _encode(self, spans: list[tuple[Clip, int, int]]) -> tuple[list[torch.Tensor], list[int]]:
+    def _encode(self, spans: list[tuple[Clip, int, int]]) -> tuple[list[torch.Tensor], list[int], list[bool]]:
         """Audio embeddings of (clip, start_sample, end_sample) spans: cache hits, plus one mel call and one
-        encoder call for all misses. Returns the embeddings and each span's valid mel frames."""
+        encoder call for all distinct misses (n samples re-listening the same span in one step encode it once).
+        Returns the embeddings, each span's valid mel frames, and whether it was served without encoding."""
         keys = [(c.hash, s, e) for c, s, e in spans]
-        out: list[torch.Tensor | None] = [self.encoder_cache.get(k) for k in keys]
+        first: dict = {}
+        out: list[torch.Tensor | None] = []
+        hit: list[bool] = []
+        for i, k in enumerate(keys):
+            if k in first:  # a repeat within this call: shares the first one's rows
+                self.encoder_cache.stats.hits += 1
+                out.append(None)
+                hit.append(True)
+            else:
+                first[k] = i
+                out.append(self.encoder_cache.get(k))
+                hit.append(out[-1] is not None)
         frames = [num_mel_frames(e - s, self.features) for _, s, e in spans]
-        misses = [i for i, o in enumerate(out) if o is None]
+        misses = [i for i, o in enumerate(out) if o is None and first[keys[i]] == i]
         if misses:
             clips = list({id(spans[i][0]): spans[i][0] for i in misses}.values())
             index = {id(c): j for j, c in enumerate(clips)}
@@ -161,7 +176,8 @@ class Engine:
             for i, piece in zip(misses, rows):
                 out[i] = piece
                 self.encoder_cache.put(keys[i], piece)
-        return out, frames
+        out = [o if o is not None else out[first[k]] for o, k in zip(out, keys)]
+        return out, frames, hit
 
     # ---- the step loop -------------------------------------------------------------------------------------------
 
@@ -197,7 +213,8 @@ class Engine:
         if not seqs:
             return
         tokens, logprobs = sample(torch.stack(rows), [s.params for s in seqs], [s.generator for s in seqs],
-                                  [s.token_ids for s in seqs], self.logits_processors)
+                                  [s.token_ids for s in seqs], self.logits_processors,
+                                  never=[self.model.config.audio_token_id])
         relisten: list[tuple[Sequence, RelistenDecision]] = []
         for seq, token, lp in zip(seqs, tokens, logprobs):
             seq.append_sampled(token, lp if seq.params.logprobs else None)
@@ -233,8 +250,7 @@ class Engine:
         return decision if decision.action == "relisten" else None
 
     def _relisten(self, items: list[tuple[Sequence, RelistenDecision]]) -> None:
-        hits = [(s.clip.hash, *d.applied_samples) in self.encoder_cache for s, d in items]
-        embeds, _ = self._encode([(s.clip, *d.applied_samples) for s, d in items])
+        embeds, _, hits = self._encode([(s.clip, *d.applied_samples) for s, d in items])
         for (seq, _), rows, hit in zip(items, embeds, hits):
             cfg = self.model.config
             ids = splice_ids(rows.shape[0], cfg.audio_bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id)
@@ -290,16 +306,19 @@ class Engine:
             seen = len(seq.relistens)
         self._requests.pop(index)
 
-    def update_weights(self, named_tensors) -> None:
-        """Copy new weights into the model in place (the trainer's push between rollouts). The KV cache holds no
-        finished request's state, but cached encoder outputs were computed with the old weights: dropped."""
+    def update_weights(self, named_tensors=(), clear_encoder_cache: bool = True) -> None:
+        """Copy new weights into the model in place (the trainer's push between rollouts); ``named_tensors`` is a
+        dict or (name, tensor) pairs (empty when the trainer updated this very model in place). The KV cache
+        holds no finished request's state; cached encoder outputs were computed with the old weights, so they are
+        dropped unless the caller knows the audio encoder did not change."""
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, tensor in (named_tensors.items() if isinstance(named_tensors, dict) else named_tensors):
                 if name not in params:
                     raise ConfigError(f"update_weights: the model has no parameter {name!r}")
                 params[name].copy_(tensor)
-        self.encoder_cache.clear()
+        if clear_encoder_cache:
+            self.encoder_cache.clear()
 
     def _result(self, index: int) -> GenerationResult:
         seqs, started, prompt_ids = self._requests.pop(index)
@@ -314,7 +333,8 @@ class Engine:
             samples.append(SampleOutput(text, gen, s.mask[s.num_prompt_tokens:],
                                         list(s.logprobs) if s.params.logprobs else None, s.relistens,
                                         s.finish_reason or "unknown"))
-        return GenerationResult(index, prompt_ids, samples, time.perf_counter() - started)
+        return GenerationResult(index, prompt_ids, samples, time.perf_counter() - started,
+                                audio_samples=seqs[0].clip.num_samples)
 
 
 # ---- the public surface: model.generate and echo.generate ---------------------------------------------------------

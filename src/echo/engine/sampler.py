@@ -2,7 +2,8 @@
 
 Log-probs are those of the policy the trainer recomputes: ``log_softmax(logits / temperature)`` of the model's
 logits (temperature 1 when greedy), before logits processors and top-k/top-p truncation, so engine and trainer
-agree on the sampled tokens' log-probs.
+agree on the sampled tokens' log-probs. ``never`` ids (the ``<|AUDIO|>`` placeholder: its rows come from the
+encoder, so a sampled one would have no embedding) are removed from that policy itself, here and in the trainer.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 
 def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None],
-           histories: Sequence[list[int]], processors: Sequence[LogitsProcessor] = ()
+           histories: Sequence[list[int]], processors: Sequence[LogitsProcessor] = (), never: Sequence[int] = ()
            ) -> tuple[list[int], list[float]]:
     """Sample one token per row of ``logits`` (rows, vocab). Returns the tokens and their log-probs."""
     logits = logits.float()
+    if never:
+        logits = logits.index_fill(-1, torch.tensor(list(never), device=logits.device), float("-inf"))
     tokens, logprobs = [], []
     for row, p, gen, hist in zip(logits, params, generators, histories):
         temperature = p.temperature if p.temperature > 0 else 1.0

@@ -1,0 +1,289 @@
+"""GRPO with re-listening rollouts on echo's engine (DESIGN §4).
+
+One step: the step's prompts -> ``rollout`` (n samples each through the engine, which re-listens at every
+``</seg>``) -> rewards (named terms) -> group-normalised advantages -> the reference model's log-probs -> one
+optimizer step per PPO epoch over the batch (micro-batched dense forwards on the exact sampled ids, clipped ratio,
+dual clip, k3 KL; generated tokens only) -> the new weights reach the engine in place.
+
+Colocated: one process holds the trainer's model and the engine. With one process they are the same module, so
+an optimizer step *is* the weight push (the engine only drops encoder outputs if the encoder was trained). Under
+torchrun the trainer's model is sharded with FSDP2 and the engine decodes on a full replica; after each step every
+rank gathers the full parameters (``full_tensor``) and copies them into its replica with ``Engine.update_weights``.
+Each rank rolls out its own share of the prompts (whole groups, so advantages need no communication); loss
+denominators are global, so the result equals one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from ..config import EngineConfig, SamplingParams
+from ..engine.audio_embed import feature_config_for
+from ..engine.llm import Engine
+from ..engine.sampler import LogitsProcessor
+from ..models.loader import load
+from . import distributed as dist
+from .checkpoint import load_trainer_state, save_checkpoint
+from .grpo_loss import PolicyLossConfig, group_advantages, policy_loss
+from .rewards import RewardFn
+from .rl_data import RLRecord, read_rl_records
+from .rollout import Rollout, old_logprobs, response_logprobs, rollout
+
+
+@dataclasses.dataclass(slots=True)
+class GRPOConfig:
+    group_size: int = 8
+    prompts_per_step: int = 4          # global: split over processes
+    steps: int | None = None           # None: ``epochs`` passes over the data
+    epochs: int = 1
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    ppo_epochs: int = 1                # optimizer steps per batch of rollouts
+    micro_batch: int = 8               # trajectories per trainer forward
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 1024
+    std_normalize: bool = True
+    loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
+    train_audio_encoder: bool = False
+    val_data: str | None = None
+    val_every: int = 0                 # steps between greedy validations (0: never)
+    save_every: int = 0                # steps between checkpoints (0: only at the end)
+    seed: int = 0
+    engine: EngineConfig = dataclasses.field(default_factory=lambda: EngineConfig(kv_cache_bytes=1 << 30))
+    progress: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self):
+        for name in ("group_size", "prompts_per_step", "epochs", "ppo_epochs", "micro_batch", "max_new_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GRPOConfig.{name} must be positive, got {getattr(self, name)}")
+
+
+def step_seeds(seed: int, step: int, indices: Sequence[int]) -> list[int]:
+    """Sampling seeds of a step's prompts (by position in the global batch); sample i uses seed + i."""
+    return [((seed * 1_000_003 + step) * 1_000_003 + i * 65_536) % (1 << 62) for i in indices]
+
+
+def score(rollouts: list[Rollout], reward_fn: RewardFn, decode=None) -> tuple[torch.Tensor, list[dict]]:
+    totals, terms = [], []
+    for r in rollouts:
+        total, values = reward_fn(r.trajectory(decode))
+        totals.append(total)
+        terms.append(values)
+    return torch.tensor(totals, dtype=torch.float32), terms
+
+
+class GRPOTrainer:
+    def __init__(self, model_dir: str, out_dir: str, cfg: GRPOConfig, reward_fn: RewardFn | None = None,
+                 logits_processors: Sequence[LogitsProcessor] = ()):
+        self.cfg, self.model_dir, self.out = cfg, model_dir, Path(out_dir)
+        self.reward_fn = reward_fn or RewardFn()
+        self.rank, self.world = dist.setup()
+        self.resume_dir = self.out / "checkpoint"
+        state = load_trainer_state(self.resume_dir)
+        source = self.resume_dir if state is not None else model_dir
+        model = load(source, device=dist.device())
+        model.requires_grad_(False)
+        for n, p in model.named_parameters():
+            p.requires_grad_(cfg.train_audio_encoder or not n.startswith("audio_tower"))
+        self.features = feature_config_for(model, model_dir)
+        self.ref = None
+        if cfg.loss.kl_coef:
+            self.ref = load(model_dir, device=dist.device()).requires_grad_(False).eval()
+        if self.world > 1:
+            self.engine_model = copy.deepcopy(model).requires_grad_(False)
+            self.model = dist.shard(model)
+        else:
+            self.model = self.engine_model = model
+        self.engine = Engine(self.engine_model, cfg.engine, self.features, logits_processors)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+        self.step = 0
+        if state is not None:
+            dist.load_optimizer(self.model, self.opt, state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.step = int(state["step"])
+            torch.set_rng_state(state["torch_rng"])
+        self.waves: dict[str, torch.Tensor] = {}
+
+    # ---- data ------------------------------------------------------------------------------------------------------
+
+    def batch(self, records: list[RLRecord], step: int) -> list[tuple[int, RLRecord]]:
+        """(global index, record) of this rank's share of the step's prompts; data position = (epoch, k)."""
+        per_epoch = math.ceil(len(records) / self.cfg.prompts_per_step)
+        epoch, k = divmod(step, per_epoch)
+        order = list(range(len(records)))
+        random.Random(self.cfg.seed + epoch).shuffle(order)
+        chosen = order[k * self.cfg.prompts_per_step:(k + 1) * self.cfg.prompts_per_step]
+        return [(i, records[j]) for i, j in enumerate(chosen) if i % self.world == self.rank]
+
+    def sampling(self, **overrides) -> SamplingParams:
+        c = self.cfg
+        return SamplingParams(**{"temperature": c.temperature, "top_p": c.top_p, "top_k": c.top_k,
+                                 "max_new_tokens": c.max_new_tokens, **overrides})
+
+    # ---- one step --------------------------------------------------------------------------------------------------
+
+    def train_step(self, records: list[RLRecord]) -> dict:
+        cfg, metrics = self.cfg, {"step": self.step + 1}
+        share = self.batch(records, self.step)
+        t0 = time.perf_counter()
+        self.engine.encoder_cache.clear()  # cache hits within a step only: resumed runs see the same numerics
+        cache = self.engine.encoder_cache.stats
+        hits0, misses0 = cache.hits, cache.misses
+        rolls = rollout(self.engine, [r for _, r in share], cfg.group_size, self.sampling(),
+                        step_seeds(cfg.seed, self.step, [i for i, _ in share]))
+        t1 = time.perf_counter()
+        proc = self.engine_model.processor
+        rewards, terms = score(rolls, self.reward_fn, proc.decode if proc is not None else None)
+        adv = group_advantages(rewards, cfg.group_size, cfg.std_normalize)
+        micro = [list(range(i, min(i + cfg.micro_batch, len(rolls)))) for i in range(0, len(rolls), cfg.micro_batch)]
+        n_tok = dist.all_reduce_sum(float(sum(sum(r.mask) for r in rolls)))
+        n_seq = dist.all_reduce_sum(float(len(rolls)))
+        device = dist.device()
+        ref = [None] * len(micro)
+        if self.ref is not None:
+            with torch.no_grad():
+                ref = [response_logprobs(self.ref, [rolls[i] for i in mb], self.features, self.waves,
+                                         cfg.temperature)[0] for mb in micro]
+        t2 = time.perf_counter()
+        self.model.train()
+        step_metrics: list[dict] = []
+        for _ in range(cfg.ppo_epochs):
+            self.opt.zero_grad(set_to_none=True)
+            for mb, ref_lp in zip(micro, ref):
+                part = [rolls[i] for i in mb]
+                logp, mask = response_logprobs(self.model, part, self.features, self.waves, cfg.temperature,
+                                               grad_audio=cfg.train_audio_encoder)
+                old = old_logprobs(part, tuple(mask.shape), device)
+                loss, m = policy_loss(logp, old, adv[mb].to(device), mask, cfg.loss, ref_lp, n_tok, n_seq)
+                (loss * self.world).backward()  # FSDP averages gradients over ranks; the loss is a global sum
+                m["loss"] = float(loss.detach()) * self.world
+                step_metrics.append(m)
+            if cfg.grad_clip:
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip))
+            self.opt.step()
+            self.sched.step()
+        self.model.eval()
+        self.push_weights()
+        t3 = time.perf_counter()
+        self.step += 1
+        hits, misses = cache.hits - hits0, cache.misses - misses0
+        sampled = sum(sum(r.mask) for r in rolls)
+        listened = [[r for r in x.relistens if r.inserted] for x in rolls]
+        durations = [(r.decision.applied_samples[1] - r.decision.applied_samples[0]) / 16000
+                     for x in listened for r in x]
+        metrics.update({
+            "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            **{f"reward/{k}": sum(t[k] for t in terms) / len(terms) for k in terms[0]},
+            **{k: sum(m[k] * m["tokens"] for m in step_metrics) / max(1.0, sum(m["tokens"] for m in step_metrics))
+               for k in step_metrics[0] if k not in ("tokens", "loss")},
+            "loss": sum(m["loss"] for m in step_metrics) / cfg.ppo_epochs,
+            "relistens_per_trajectory": sum(map(len, listened)) / len(rolls),
+            "span_seconds": sum(durations) / len(durations) if durations else 0.0,
+            "response_tokens": sampled / len(rolls), "rollout_tokens_per_s": sampled / max(t1 - t0, 1e-9),
+            "encoder_cache_hit_rate": hits / max(1, hits + misses),
+            "time/rollout": t1 - t0, "time/logprob": t2 - t1, "time/update": t3 - t2,
+            "lr": self.sched.get_last_lr()[0]})
+        return metrics
+
+    def push_weights(self) -> None:
+        """Trainer -> engine. Same module (one process): nothing to copy. FSDP2: gather and copy in place."""
+        clear = self.cfg.train_audio_encoder
+        if self.engine_model is self.model:
+            self.engine.update_weights((), clear_encoder_cache=clear)
+        else:
+            self.engine.update_weights(dist.full_parameters(self.model), clear_encoder_cache=clear)
+
+    # ---- validation, checkpoints, loop -----------------------------------------------------------------------------
+
+    def validate(self, records: list[RLRecord]) -> dict:
+        share = [r for i, r in enumerate(records) if i % self.world == self.rank]
+        rolls = rollout(self.engine, share, 1, self.sampling(temperature=0.0), [0] * len(share)) if share else []
+        rewards, terms = score(rolls, self.reward_fn) if rolls else (torch.zeros(0), [])
+        n = dist.all_reduce_sum(float(len(rolls)))
+        out = {"val/reward": dist.all_reduce_sum(float(rewards.sum())) / max(n, 1.0)}
+        for k in (terms[0] if terms else {}):
+            out[f"val/{k}"] = dist.all_reduce_sum(sum(t[k] for t in terms)) / max(n, 1.0)
+        return out
+
+    def save(self, path: Path, trainer_state: bool) -> None:
+        optim = dist.optimizer_state(self.model, self.opt) if trainer_state else None
+        if self.rank == 0:
+            state = None
+            if trainer_state:
+                state = {"optimizer": optim, "scheduler": self.sched.state_dict(), "step": self.step,
+                         "torch_rng": torch.get_rng_state()}
+            save_checkpoint(self.engine_model, self.model_dir, path, state)
+        dist.barrier()
+
+    def fit(self, data: str) -> dict:
+        records, skipped = read_rl_records(data)
+        if not records:
+            raise ValueError(f"{data}: no usable records ({len(skipped)} skipped: {skipped[:3]})")
+        val = read_rl_records(self.cfg.val_data)[0] if self.cfg.val_data else []
+        cfg = self.cfg
+        total = cfg.steps or cfg.epochs * math.ceil(len(records) / cfg.prompts_per_step)
+        main = self.rank == 0
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        writer = _tensorboard(self.out) if cfg.tensorboard and main else None
+        history = []
+        log = (self.out / "log.jsonl").open("a") if main else None
+        try:
+            with tqdm(total=total, initial=self.step, disable=not (cfg.progress and main), desc="grpo",
+                      unit="step") as bar:
+                while self.step < total:
+                    metrics = self.train_step(records)
+                    if val and cfg.val_every and self.step % cfg.val_every == 0:
+                        metrics.update(self.validate(val))
+                    history.append(metrics)
+                    if main:
+                        log.write(json.dumps(metrics) + "\n")
+                        log.flush()
+                        if writer is not None:
+                            for k, v in metrics.items():
+                                writer.add_scalar(k, v, self.step)
+                    bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
+                    bar.update(1)
+                    if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == total:
+                        self.save(self.resume_dir, trainer_state=True)
+        finally:
+            if log is not None:
+                log.close()
+            if writer is not None:
+                writer.close()
+        self.save(self.out / "final", trainer_state=False)
+        return {"steps": self.step, "records": len(records), "skipped": skipped, "history": history}
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise RuntimeError("--tensorboard needs the tensorboard package (pip install tensorboard)") from exc
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def train_grpo(model_dir: str, data: str, out_dir: str, cfg: GRPOConfig | None = None,
+               reward_fn: RewardFn | None = None, logits_processors: Sequence[LogitsProcessor] = ()) -> dict:
+    """GRPO from ``model_dir`` on ``data`` (verl parquet or EAQA JSONL); writes ``out_dir/final`` and the resumable
+    ``out_dir/checkpoint``. Rerunning the same command after a kill resumes from the latter."""
+    return GRPOTrainer(model_dir, out_dir, cfg or GRPOConfig(), reward_fn, logits_processors).fit(data)

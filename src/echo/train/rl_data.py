@@ -1,0 +1,119 @@
+"""GRPO prompts: the parquet layout of the common RL framework (verl) and echo's synthetic EAQA JSONL.
+
+A verl row has ``prompt`` (a chat list whose user text holds an ``<audio>`` placeholder), ``audios`` (paths),
+``data_source``, ``reward_model.ground_truth`` and ``extra_info``. Choices come from ``extra_info.choices`` when
+present, else from the Python list literal in Echo's prompt ("Choose the answer from ['a', 'b']"); a ground truth
+given as an option letter is mapped to its choice. Rows whose audio is missing, or that have no usable prompt or
+ground truth, are skipped and reported (id and reason): a bad row never stops a run hours in.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+from ..errors import EchoError
+from ..eval.prompts import build_prompt
+
+_CHOICES = re.compile(r"Choose the answer from (\[.*?\])")
+
+
+@dataclasses.dataclass(slots=True)
+class RLRecord:
+    id: str
+    audio: str
+    user: str          # the user's text; the audio comes first in the turn
+    choices: list[str]
+    answer: str        # the correct choice's text
+    data_source: str = "echo"
+    extra_info: dict = dataclasses.field(default_factory=dict)
+
+    def conversation(self) -> list[dict]:
+        return [{"role": "user", "content": [{"type": "audio", "audio": self.audio},
+                                             {"type": "text", "text": self.user}]}]
+
+
+def read_rl_records(path: str | os.PathLike) -> tuple[list[RLRecord], list[tuple[str, str]]]:
+    """Records from ``.parquet`` (verl) or ``.jsonl`` (EAQA), plus (id, reason) for every skipped row."""
+    path = Path(path)
+    if not path.is_file():
+        raise EchoError(f"{path}: RL data file not found")
+    rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+    records, skipped = [], []
+    for rid, row in rows:
+        try:
+            rec = _verl_record(rid, row, path.parent) if "prompt" in row else _eaqa_record(rid, row, path.parent)
+            if not Path(rec.audio).is_file():
+                raise EchoError(f"audio file {rec.audio} not found")
+            records.append(rec)
+        except (EchoError, KeyError, TypeError, ValueError, SyntaxError) as exc:
+            skipped.append((rid, f"{type(exc).__name__}: {exc}" if not isinstance(exc, EchoError) else str(exc)))
+    return records, skipped
+
+
+def _parquet_rows(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # pragma: no cover - pyarrow ships with the train extra
+        raise EchoError("reading parquet needs pyarrow: pip install 'echo-lalm[train]'") from exc
+    for i, row in enumerate(pq.read_table(path).to_pylist()):
+        yield str((row.get("extra_info") or {}).get("id", f"row{i}")), row
+
+
+def _jsonl_rows(path: Path):
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"line{n}", {"_error": f"line {n} is not JSON ({exc.msg})"}
+                    continue
+                yield str(row.get("id", f"line{n}")) if isinstance(row, dict) else f"line{n}", row
+
+
+def _resolve(audio: str, base: Path) -> str:
+    return audio if os.path.isabs(audio) else str(base / audio)
+
+
+def _answer_text(truth, choices: list[str]) -> str:
+    truth = str(truth).strip()
+    if choices and truth not in choices and re.fullmatch(r"\(?[A-Za-z]\)?\.?", truth):
+        index = ord(truth.strip("().").upper()) - ord("A")
+        if 0 <= index < len(choices):
+            return choices[index]
+    return truth
+
+
+def _verl_record(rid: str, row: dict, base: Path) -> RLRecord:
+    users = [m["content"] for m in row["prompt"] if m.get("role") == "user"]
+    audios = list(row.get("audios") or [])
+    if len(users) != 1 or len(audios) != 1:
+        raise EchoError(f"expected one user turn and one audio, got {len(users)} and {len(audios)}")
+    text = users[0]
+    if not isinstance(text, str) or "<audio>" not in text:
+        raise EchoError("the user turn has no <audio> placeholder")
+    extra = dict(row.get("extra_info") or {})
+    choices = [str(c) for c in extra.get("choices") or []]
+    if not choices and (m := _CHOICES.search(text)):
+        choices = [str(c) for c in ast.literal_eval(m.group(1))]
+    truth = (row.get("reward_model") or {}).get("ground_truth")
+    if truth is None or not str(truth).strip():
+        raise EchoError("no reward_model.ground_truth")
+    return RLRecord(rid, _resolve(str(audios[0]), base), text.replace("<audio>", "").strip(), choices,
+                    _answer_text(truth, choices), str(row.get("data_source") or "unknown"), extra)
+
+
+def _eaqa_record(rid: str, row: dict, base: Path) -> RLRecord:
+    if "_error" in row:
+        raise EchoError(row["_error"])
+    missing = [k for k in ("audio", "question", "choices", "answer") if k not in row]
+    if missing:
+        raise EchoError(f"neither verl nor EAQA layout; missing {missing}")
+    choices = [str(c) for c in row["choices"]]
+    return RLRecord(rid, _resolve(str(row["audio"]), base), build_prompt(row["question"], choices), choices,
+                    _answer_text(row["answer"], choices), str(row.get("task", "echo")), dict(row.get("meta") or {}))

@@ -1,0 +1,218 @@
+"""GRPO on echo's engine: hand-computed advantages and losses, trainer <-> engine log-prob parity on trajectories
+with several re-listens, a few steps on a task with an obvious right answer raise the mean reward, a killed run
+resumes to the same weights, and the verl parquet layout reads."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import soundfile as sf
+import tiny_checkpoints as tc
+import torch
+from helpers import ScriptedTurn, assert_close
+
+import echo
+from echo.config import EngineConfig, SamplingParams
+from echo.engine.llm import Engine
+from echo.models.tiny import make_checkpoint, special_ids
+from echo.train import grpo as grpo_mod
+from echo.train.grpo import GRPOConfig, train_grpo
+from echo.train.grpo_loss import PolicyLossConfig, group_advantages, k3_kl, policy_loss
+from echo.train.rewards import RewardFn, accuracy_reward
+from echo.train.rl_data import read_rl_records
+from echo.train.rollout import old_logprobs, response_logprobs, rollout
+
+SR = 16_000
+SP = special_ids()
+AUDIO_IDS = {SP["<|AUDIO|>"], SP["<|audio_bos|>"], SP["<|audio_eos|>"]}
+BANNED = list(range(340, 350))  # chat-control and audio specials
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("grpo")
+    make_checkpoint(d / "base", "omni-tiny-gqa2")
+    rows = []
+    for i in range(4):
+        sf.write(d / f"clip{i}.wav", tc.sine_clip(2.5, seed=40 + i), SR, subtype="FLOAT")
+        rows.append({"id": f"q{i}", "audio": f"clip{i}.wav", "question": f"How many beeps, {i}?",
+                     "choices": ["one", "two", "three", "four"], "answer": "two"})
+    (d / "rl.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return d
+
+
+def _script(tok, choose_letter: bool = True) -> ScriptedTurn:
+    """think, re-listen twice (the second span overlapping the first), then answer with a free letter A-D."""
+    enc = lambda s: tok.encode(s, add_special_tokens=False).ids
+    first = enc("<think><seg>0.5, 1.5</seg>")
+    second = enc(" and <seg>1.0, 2.0</seg>")
+    answer = enc("</think><answer>")
+    plan = {0: first, len(first) + 3: second}
+    at = len(first) + 3 + len(second) + 2
+    plan[at] = answer
+    choose = {}
+    if choose_letter:
+        choose = {at + len(answer): [enc(c)[0] for c in "ABCD"]}
+        plan[at + len(answer) + 1] = enc("</answer>") + [SP["<|im_end|>"]]
+    return ScriptedTurn(plan, SP["<|im_start|>"], len(enc("assistant\n")), AUDIO_IDS, BANNED, choose)
+
+
+# ---- the arithmetic -----------------------------------------------------------------------------------------------
+
+def test_group_advantages_hand_computed():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    std = math.sqrt(4 * 0.25 / 3)  # unbiased
+    expected = torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]) / torch.tensor([std] * 4 + [1e-6] * 4 + [0] * 0)
+    expected[4:] = 0.0
+    assert_close("std-normalised", expected, group_advantages(r, 4), atol=1e-5)
+    assert_close("mean only", torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]), group_advantages(r, 4, False))
+    assert_close("groups of one", torch.zeros(3), group_advantages(torch.tensor([1.0, 0.0, 5.0]), 1))
+    with pytest.raises(ValueError, match="groups of 4"):
+        group_advantages(torch.ones(6), 4)
+
+
+def test_policy_loss_clips_dual_clips_and_masks():
+    cfg = PolicyLossConfig(clip_ratio=0.2, dual_clip=3.0, kl_coef=0.0)
+    old = torch.zeros(4, 1)
+    logp = torch.log(torch.tensor([[1.5], [0.5], [5.0], [1.1]]))
+    adv = torch.tensor([1.0, 1.0, -1.0, -2.0])
+    mask = torch.ones(4, 1)
+    loss, m = policy_loss(logp, old, adv, mask, cfg)
+    # ratio 1.5, A>0: min(1.5, 1.2) -> -1.2 ; ratio 0.5, A>0: -0.5 ; ratio 5, A<0: max(5, 1.2)=5 capped at 3 ;
+    # ratio 1.1, A=-2: 2.2
+    per_token = torch.tensor([-1.2, -0.5, 3.0, 2.2])
+    assert_close("token-mean", per_token.mean(), loss, atol=1e-6)
+    assert m["clip_frac"] == pytest.approx(0.75)
+    masked = torch.tensor([[1.0], [0.0], [1.0], [0.0]])  # inserted audio / padding carry no loss and no count
+    loss, m = policy_loss(logp, old, adv, masked, cfg)
+    assert_close("masked", (per_token[0] + per_token[2]) / 2, loss, atol=1e-6)
+    assert m["tokens"] == 2
+    # sequence-mean-token-mean: each sequence's own token mean, then the mean over sequences
+    logp2, old2, mask2 = torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([[1.0, 1, 1], [1, 0, 0]])
+    adv2 = torch.tensor([1.0, -1.0])
+    seq_cfg = PolicyLossConfig(kl_coef=0.0, loss_agg="seq-mean-token-mean")
+    assert_close("seq-mean", torch.tensor(0.0), policy_loss(logp2, old2, adv2, mask2, seq_cfg)[0], atol=1e-7)
+    assert_close("token-mean", torch.tensor((3 * -1.0 + 1.0) / 4), policy_loss(logp2, old2, adv2, mask2)[0],
+                 atol=1e-7)
+    # global denominators: two micro-batches with the whole batch's token count sum to the one-batch loss
+    whole = policy_loss(logp, old, adv, mask, cfg)[0]
+    parts = sum(policy_loss(logp[i:i + 2], old[i:i + 2], adv[i:i + 2], mask[i:i + 2], cfg, num_tokens=4)[0]
+                for i in (0, 2))
+    assert_close("micro-batched", whole, parts, atol=1e-6)
+
+
+def test_k3_kl_matches_its_formula_and_the_true_kl_in_expectation():
+    logp, ref = torch.log(torch.tensor([0.2, 0.5])), torch.log(torch.tensor([0.4, 0.5]))
+    assert_close("k3", torch.tensor([2.0 - math.log(2.0) - 1, 0.0]), k3_kl(logp, ref), atol=1e-6)
+    p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.5, 0.3, 0.2])
+    expectation = (p * k3_kl(p.log(), q.log())).sum()  # E_p[k3] = KL(p || q)
+    assert_close("E[k3] = KL", (p * (p / q).log()).sum(), expectation, atol=1e-6)
+
+
+def test_kl_term_is_added_with_its_coefficient():
+    logp, ref = torch.log(torch.tensor([[0.2, 0.5]])), torch.log(torch.tensor([[0.4, 0.5]]))
+    base = policy_loss(logp, logp.detach(), torch.zeros(1), torch.ones(1, 2), PolicyLossConfig(kl_coef=0.0))[0]
+    with_kl, m = policy_loss(logp, logp.detach(), torch.zeros(1), torch.ones(1, 2), PolicyLossConfig(kl_coef=0.5),
+                             ref)
+    assert_close("kl added", base + 0.5 * k3_kl(logp, ref).mean(), with_kl, atol=1e-6)
+    assert m["kl"] == pytest.approx(float(k3_kl(logp, ref).mean()))
+
+
+# ---- engine <-> trainer --------------------------------------------------------------------------------------------
+
+def test_trainer_logprobs_equal_engine_logprobs_on_interleaved_trajectories(workdir):
+    model = echo.load(workdir / "base")
+    records, skipped = read_rl_records(workdir / "rl.jsonl")
+    assert len(records) == 4 and not skipped
+    engine = Engine(model, EngineConfig(num_blocks=256, block_size=16), logits_processors=[_script(
+        model.processor.tokenizer, choose_letter=False)])
+    rolls = rollout(engine, records[:2], 3, SamplingParams(temperature=1.0, max_new_tokens=60), seeds=[11, 12])
+    assert len(rolls) == 6
+    for r in rolls:
+        inserted = [x for x in r.relistens if x.inserted]
+        assert len(inserted) == 2, r.text  # two real re-listens, spans from the text
+        assert [x.decision.applied_samples for x in inserted] == [(8000, 24000), (16000, 32000)]
+        # mask: 0 exactly on the spliced <|audio_bos|> AUDIO×n <|audio_eos|>, 1 on everything sampled
+        spliced = [t for t, m in zip(r.token_ids, r.mask) if not m]
+        assert len(spliced) == sum(x.num_audio_tokens + 2 for x in inserted)
+        assert set(spliced) <= AUDIO_IDS
+        assert len(r.logprobs) == sum(r.mask)
+    waves = {}
+    with torch.no_grad():
+        logp, mask = response_logprobs(model, rolls, engine.features, waves)
+    old = old_logprobs(rolls, tuple(mask.shape), mask.device)
+    assert int(mask.sum()) == sum(len(r.logprobs) for r in rolls)
+    assert_close("trainer vs engine log-probs", old, logp, atol=1e-4)
+    assert float(logp[mask.bool()].min()) < -1.0  # free tokens were really sampled, not all forced
+
+
+def test_a_few_grpo_steps_raise_the_mean_reward(workdir):
+    cfg = GRPOConfig(group_size=8, prompts_per_step=2, steps=6, lr=1e-2, max_new_tokens=60, progress=False,
+                     loss=PolicyLossConfig(kl_coef=0.04), engine=EngineConfig(num_blocks=512, block_size=16))
+    tok = echo.load(workdir / "base").processor.tokenizer
+    result = train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "learn"), cfg,
+                        RewardFn([("accuracy", accuracy_reward, 1.0)]), [_script(tok)])
+    rewards = [h["reward"] for h in result["history"]]
+    assert rewards[0] <= 0.25 and sum(rewards[-2:]) / 2 >= 0.85, rewards  # chance is 1 in 4
+    h = result["history"][0]
+    assert h["relistens_per_trajectory"] == 2.0 and h["encoder_cache_hit_rate"] > 0.5  # 8 samples, same spans
+    assert h["kl"] == pytest.approx(0.0, abs=1e-6) and result["history"][-1]["kl"] > 0
+    lines = (workdir / "learn" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert (workdir / "learn" / "final" / "model.safetensors").is_file()
+    echo.load(workdir / "learn" / "final")
+
+
+def test_killed_run_resumes_to_the_same_weights(workdir, monkeypatch):
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2, steps=4, lr=1e-3, max_new_tokens=60, save_every=1,
+                     progress=False, engine=EngineConfig(num_blocks=256, block_size=16))
+    tok = echo.load(workdir / "base").processor.tokenizer
+    reward = RewardFn([("accuracy", accuracy_reward, 1.0)])
+    train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "straight"), cfg, reward,
+               [_script(tok)])
+    real, calls = grpo_mod.response_logprobs, {"n": 0}
+
+    def dies_in_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # ref + policy forward per step: the 6th is step 3's policy forward
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpo_mod, "response_logprobs", dies_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "resumed"), cfg, reward,
+                   [_script(tok)])
+    monkeypatch.setattr(grpo_mod, "response_logprobs", real)
+    result = train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "resumed"), cfg, reward,
+                        [_script(tok)])
+    assert [h["step"] for h in result["history"]] == [3, 4]
+    a, b = echo.load(workdir / "straight" / "final"), echo.load(workdir / "resumed" / "final")
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert_close(f"resumed {name}", p, q, atol=1e-6)
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), echo.load(workdir / "base").parameters()))
+
+
+# ---- data ----------------------------------------------------------------------------------------------------------
+
+def test_verl_parquet_rows_read_and_bad_rows_are_reported(workdir):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    prompt = "<audio>How many beeps? Choose the answer from ['one', 'two', 'three']. Think step-by-step."
+    rows = [
+        {"prompt": [{"role": "user", "content": prompt}], "audios": ["clip0.wav"], "data_source": "synth",
+         "reward_model": {"style": "rule", "ground_truth": "B"}, "extra_info": {"id": "a", "split": "train"}},
+        {"prompt": [{"role": "user", "content": prompt}], "audios": ["missing.wav"], "data_source": "synth",
+         "reward_model": {"style": "rule", "ground_truth": "two"}, "extra_info": {"id": "b", "split": "train"}},
+        {"prompt": [{"role": "user", "content": "no placeholder"}], "audios": ["clip1.wav"], "data_source": "synth",
+         "reward_model": {"style": "rule", "ground_truth": "two"}, "extra_info": {"id": "c", "split": "train"}},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), workdir / "rl.parquet")
+    records, skipped = read_rl_records(workdir / "rl.parquet")
+    assert [r.id for r in records] == ["a"]
+    assert records[0].choices == ["one", "two", "three"] and records[0].answer == "two"  # letter -> choice
+    assert records[0].user.startswith("How many beeps?") and records[0].data_source == "synth"
+    assert dict(skipped).keys() == {"b", "c"}
+    assert "missing.wav" in dict(skipped)["b"] and "<audio>" in dict(skipped)["c"]
