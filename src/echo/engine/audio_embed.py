@@ -28,7 +28,7 @@ def feature_config_for(model, model_dir=None) -> FeatureConfig:
 def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor],
                     spans: Sequence[tuple[int, int, int]], grad: bool = False) -> list[torch.Tensor]:
     """Embeddings of ``(wave_index, start_sample, end_sample)`` spans, one ``(num_audio_tokens, hidden)`` tensor
-    each. ``grad`` keeps the encoder in the autograd graph (training it); otherwise inference mode."""
+    each. ``grad`` keeps the encoder in the autograd graph (training it); otherwise no_grad."""
     if not spans:
         return []
     used = sorted({w for w, _, _ in spans})
@@ -43,7 +43,8 @@ def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor
     is_omni = model.config.family == "qwen2_5_omni"
     # Qwen2-Audio's conv stem reads 2 frames past each audio's end (the extractor's padding)
     feats, got = log_mel_spans(wave.contiguous(), starts, lens, features, extra_frames=0 if is_omni else 2)
-    ctx = torch.enable_grad() if grad else torch.inference_mode()
+    # no_grad, not inference_mode: under FSDP2 the gathered parameters must stay usable by a later backward
+    ctx = torch.enable_grad() if grad else torch.no_grad()
     with ctx:
         if is_omni:
             emb = model.encode_audio(feats, frames)

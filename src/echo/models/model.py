@@ -106,6 +106,15 @@ class AudioLanguageModel(nn.Module):
         hidden = self.decoder(inputs_embeds, positions, DenseCausalAttention(attention_mask))
         return self.lm_head(hidden)
 
+    def logits_at(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor
+                  ) -> torch.Tensor:
+        """Dense causal pass over a padded batch (the trainer's), logits only at ``rows`` ``(batch, k)`` positions
+        → ``(batch, k, vocab)``: a response's log-probs never materialise logits for the whole sequence."""
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        hidden = self.decoder(inputs_embeds, positions, DenseCausalAttention(attention_mask))
+        picked = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
+        return self.lm_head(picked)
+
     def forward_flat(self, inputs_embeds: torch.Tensor, positions: torch.Tensor,
                      attention: AttentionBackend) -> torch.Tensor:
         """Flattened tokens of many sequences: inputs_embeds ``(num_tokens, hidden)``, positions ``(num_tokens,)``;

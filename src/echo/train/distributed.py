@@ -41,11 +41,14 @@ def device() -> torch.device:
 
 def shard(model: torch.nn.Module) -> torch.nn.Module:
     """FSDP2: each decoder layer its own unit (so only one layer is gathered at a time), then the root."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     for layer in model.decoder.layers:
         fully_shard(layer)
     fully_shard(model)
+    # the trainers call these model methods, not forward(): each gathers the root's parameters the same way
+    for method in ("embed", "encode_audio", "logits_at"):
+        register_fsdp_forward_method(model, method)
     return model
 
 
@@ -55,6 +58,23 @@ def all_reduce_sum(x: float) -> float:
     t = torch.tensor([x], dtype=torch.float64, device=device())
     tdist.all_reduce(t)
     return float(t)
+
+
+def all_reduce_max(x: float) -> float:
+    if world_size() == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device())
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return float(t)
+
+
+def gather(items: list) -> list:
+    """Every process's ``items`` concatenated in rank order (small picklable metrics only)."""
+    if world_size() == 1:
+        return list(items)
+    out: list = [None] * world_size()
+    tdist.all_gather_object(out, list(items))
+    return [x for part in out for x in part]
 
 
 def barrier() -> None:

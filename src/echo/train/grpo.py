@@ -174,7 +174,7 @@ class GRPOTrainer:
                 old = old_logprobs(part, tuple(mask.shape), device)
                 loss, m = policy_loss(logp, old, adv[mb].to(device), mask, cfg.loss, ref_lp, n_tok, n_seq)
                 (loss * self.world).backward()  # FSDP averages gradients over ranks; the loss is a global sum
-                m["loss"] = float(loss.detach()) * self.world
+                m["loss"] = float(loss.detach())  # this process's share of the global loss
                 step_metrics.append(m)
             if cfg.grad_clip:
                 metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
@@ -185,23 +185,30 @@ class GRPOTrainer:
         self.push_weights()
         t3 = time.perf_counter()
         self.step += 1
-        hits, misses = cache.hits - hits0, cache.misses - misses0
-        sampled = sum(sum(r.mask) for r in rolls)
-        listened = [[r for r in x.relistens if r.inserted] for x in rolls]
-        durations = [(r.decision.applied_samples[1] - r.decision.applied_samples[0]) / 16000
-                     for x in listened for r in x]
+        # every process's trajectories and token metrics, so the log describes the global batch
+        per_traj = dist.gather([(float(rw), t, [(r.decision.applied_samples[1] - r.decision.applied_samples[0]) / 16000
+                                               for r in x.relistens if r.inserted], sum(x.mask))
+                                for rw, t, x in zip(rewards.tolist(), terms, rolls)])
+        tok = dist.gather([(m["tokens"], {k: v for k, v in m.items() if k not in ("tokens", "loss")}, m["loss"])
+                           for m in step_metrics])
+        everything = torch.tensor([x[0] for x in per_traj])
+        spans = [d for x in per_traj for d in x[2]]
+        n_sampled = sum(x[3] for x in per_traj)
+        weight = max(1.0, sum(n for n, _, _ in tok))
+        elapsed = dist.all_reduce_max(t1 - t0)
+        hits, misses = dist.all_reduce_sum(cache.hits - hits0), dist.all_reduce_sum(cache.misses - misses0)
         metrics.update({
-            "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-            **{f"reward/{k}": sum(t[k] for t in terms) / len(terms) for k in terms[0]},
-            **{k: sum(m[k] * m["tokens"] for m in step_metrics) / max(1.0, sum(m["tokens"] for m in step_metrics))
-               for k in step_metrics[0] if k not in ("tokens", "loss")},
-            "loss": sum(m["loss"] for m in step_metrics) / cfg.ppo_epochs,
-            "relistens_per_trajectory": sum(map(len, listened)) / len(rolls),
-            "span_seconds": sum(durations) / len(durations) if durations else 0.0,
-            "response_tokens": sampled / len(rolls), "rollout_tokens_per_s": sampled / max(t1 - t0, 1e-9),
-            "encoder_cache_hit_rate": hits / max(1, hits + misses),
-            "time/rollout": t1 - t0, "time/logprob": t2 - t1, "time/update": t3 - t2,
-            "lr": self.sched.get_last_lr()[0]})
+            "reward": float(everything.mean()),
+            "reward_std": float(everything.std()) if len(everything) > 1 else 0.0,
+            **{f"reward/{k}": sum(x[1][k] for x in per_traj) / len(per_traj) for k in per_traj[0][1]},
+            **{k: sum(n * m[k] for n, m, _ in tok) / weight for k in tok[0][1]},
+            "loss": sum(loss for _, _, loss in tok) / cfg.ppo_epochs,
+            "relistens_per_trajectory": len(spans) / len(per_traj),
+            "span_seconds": sum(spans) / len(spans) if spans else 0.0,
+            "response_tokens": n_sampled / len(per_traj), "rollout_tokens_per_s": n_sampled / max(elapsed, 1e-9),
+            "encoder_cache_hit_rate": hits / max(1.0, hits + misses),
+            "time/rollout": elapsed, "time/logprob": dist.all_reduce_max(t2 - t1),
+            "time/update": dist.all_reduce_max(t3 - t2), "lr": self.sched.get_last_lr()[0]})
         return metrics
 
     def push_weights(self) -> None:

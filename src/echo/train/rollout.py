@@ -19,7 +19,6 @@ from ..audio import load as load_audio
 from ..config import SamplingParams
 from ..engine.audio_embed import span_embeddings
 from ..engine.llm import Engine, Request
-from ..models.attention import DenseCausalAttention
 from .rewards import Trajectory
 from .rl_data import RLRecord
 
@@ -99,8 +98,6 @@ def response_logprobs(model, rollouts: list[Rollout], features: FeatureConfig, w
         rows += span_embeddings(model, features, [waves[r.record.audio]], [(0, s, e) for s, e in r.spans],
                                 grad=grad_audio)
     embeds = model.embed(ids, torch.cat(rows))
-    positions = (attn.cumsum(-1) - 1).clamp_min(0)
-    hidden = model.decoder(embeds, positions, DenseCausalAttention(attn))
     # logits only where a response token is predicted: position p predicts token p + 1
     index = torch.zeros(len(rollouts), r_max, dtype=torch.long, device=device)
     mask = torch.zeros(len(rollouts), r_max, device=device)
@@ -110,8 +107,7 @@ def response_logprobs(model, rollouts: list[Rollout], features: FeatureConfig, w
         index[b, :n] = torch.arange(p - 1, p - 1 + n, device=device)
         mask[b, :n] = torch.tensor(r.mask, dtype=mask.dtype, device=device)
         targets[b, :n] = torch.tensor(r.token_ids, device=device)
-    picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
-    logits = model.compute_logits(picked).float() / temperature
+    logits = model.logits_at(embeds, attn, index).float() / temperature
     logits[..., model.config.audio_token_id] = float("-inf")  # never sampled (engine/sampler.py)
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
     return torch.where(mask.bool(), logp, torch.zeros_like(logp)), mask  # spliced targets are -inf: not 0*inf
