@@ -119,6 +119,33 @@ def _train_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_grpo(args: argparse.Namespace) -> int:
+    from .config import EngineConfig, RelistenPolicy
+    from .train.grpo import GRPOConfig, train_grpo
+    from .train.grpo_loss import PolicyLossConfig
+    from .train.rewards import DEFAULT_TERMS, RewardFn, parse_terms
+
+    loss = PolicyLossConfig(clip_ratio=args.clip_ratio, dual_clip=args.dual_clip or None, kl_coef=args.kl_coef,
+                            loss_agg=args.loss_agg)
+    engine = EngineConfig(kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)), max_num_seqs=args.max_num_seqs,
+                          relisten=RelistenPolicy(max_turns=args.max_relistens))
+    cfg = GRPOConfig(group_size=args.group_size, prompts_per_step=args.prompts_per_step, steps=args.steps,
+                     epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                     ppo_epochs=args.ppo_epochs, micro_batch=args.micro_batch, temperature=args.temperature,
+                     top_p=args.top_p, max_new_tokens=args.max_new_tokens, std_normalize=not args.no_std_normalize,
+                     loss=loss, train_audio_encoder=args.train_audio_encoder, val_data=args.val_data,
+                     val_every=args.val_every, save_every=args.save_every, seed=args.seed, engine=engine,
+                     tensorboard=args.tensorboard)
+    reward = RewardFn(parse_terms(args.reward) if args.reward else DEFAULT_TERMS)
+    result = train_grpo(args.model, args.data, args.out, cfg, reward)
+    for rid, reason in result["skipped"]:
+        print(f"skipped {rid}: {reason}")
+    last = result["history"][-1] if result["history"] else {}
+    print(f"trained {result['steps']} steps on {result['records']} prompts ({len(result['skipped'])} skipped); "
+          f"last mean reward {last.get('reward', float('nan')):.3f}; checkpoint in {args.out}/final")
+    return 0
+
+
 def _make_tiny(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -151,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.set_defaults(func=_generate)
 
-    tr = sub.add_parser("train", help="fine-tune: sft (grounded or interleaved chains of thought)")
+    tr = sub.add_parser("train", help="fine-tune: sft (grounded or interleaved chains of thought), grpo (re-listening rollouts)")
     trs = tr.add_subparsers(dest="train_command", required=True)
     p = trs.add_parser("sft", help="supervised fine-tuning; rerun the same command to resume after a kill")
     p.add_argument("--model", required=True, help="local checkpoint directory (thinker-only Omni or Qwen2-Audio)")
@@ -168,6 +195,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=0, help="optimizer steps between resumable checkpoints")
     p.set_defaults(func=_train_sft)
+
+    q = trs.add_parser("grpo", help="GRPO with re-listening rollouts; torchrun for several processes; rerun to resume")
+    q.add_argument("--model", required=True, help="local checkpoint directory (thinker-only Omni or Qwen2-Audio)")
+    q.add_argument("--data", required=True, help="verl-layout .parquet or echo's EAQA .jsonl")
+    q.add_argument("--out", required=True)
+    q.add_argument("--group-size", type=int, default=8, help="rollouts per prompt")
+    q.add_argument("--prompts-per-step", type=int, default=4, help="global, split over processes")
+    q.add_argument("--steps", type=int, default=None, help="default: --epochs passes over the data")
+    q.add_argument("--epochs", type=int, default=1)
+    q.add_argument("--lr", type=float, default=1e-6)
+    q.add_argument("--weight-decay", type=float, default=0.0)
+    q.add_argument("--warmup-steps", type=int, default=0)
+    q.add_argument("--ppo-epochs", type=int, default=1)
+    q.add_argument("--micro-batch", type=int, default=8, help="trajectories per trainer forward")
+    q.add_argument("--temperature", type=float, default=1.0)
+    q.add_argument("--top-p", type=float, default=1.0)
+    q.add_argument("--max-new-tokens", type=int, default=1024)
+    q.add_argument("--max-relistens", type=int, default=8)
+    q.add_argument("--kl-coef", type=float, default=0.04)
+    q.add_argument("--clip-ratio", type=float, default=0.2)
+    q.add_argument("--dual-clip", type=float, default=3.0, help="0 turns it off")
+    q.add_argument("--loss-agg", default="token-mean", choices=["token-mean", "seq-mean-token-mean"])
+    q.add_argument("--no-std-normalize", action="store_true", help="advantages = reward - group mean")
+    q.add_argument("--reward", action="append", metavar="NAME=WEIGHT",
+                   help="a reward term (format, accuracy, relisten, consistency, confidence, or module:function); "
+                        "repeat for several; default format=0.5 accuracy=1 relisten=0.5 consistency=0.5")
+    q.add_argument("--train-audio-encoder", action="store_true")
+    q.add_argument("--val-data")
+    q.add_argument("--val-every", type=int, default=0)
+    q.add_argument("--save-every", type=int, default=0, help="steps between resumable checkpoints")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--kv-cache-gb", type=float, default=1.0)
+    q.add_argument("--max-num-seqs", type=int, default=64)
+    q.add_argument("--tensorboard", action="store_true")
+    q.set_defaults(func=_train_grpo)
 
     t = sub.add_parser("make-tiny", help="write a tiny random checkpoint (built offline) to try echo on")
     t.add_argument("out", help="directory to create")

@@ -216,3 +216,19 @@ def test_verl_parquet_rows_read_and_bad_rows_are_reported(workdir):
     assert records[0].user.startswith("How many beeps?") and records[0].data_source == "synth"
     assert dict(skipped).keys() == {"b", "c"}
     assert "missing.wav" in dict(skipped)["b"] and "<audio>" in dict(skipped)["c"]
+
+
+def test_cli_runs_grpo_and_rejects_bad_reward_specs(workdir, capsys):
+    from echo.cli import main
+
+    args = ["train", "grpo", "--model", str(workdir / "base"), "--data", str(workdir / "rl.jsonl"), "--out",
+            str(workdir / "cli"), "--group-size", "2", "--prompts-per-step", "2", "--steps", "1",
+            "--max-new-tokens", "8", "--kv-cache-gb", "0.01", "--reward", "accuracy=1", "--reward", "format=0.5"]
+    assert main(args) == 0
+    assert "trained 1 steps on 4 prompts" in capsys.readouterr().out
+    row = json.loads((workdir / "cli" / "log.jsonl").read_text())
+    assert set(row) >= {"reward/accuracy", "reward/format", "kl", "clip_frac", "time/rollout", "time/update"}
+    with pytest.raises(ValueError, match="NAME=WEIGHT"):
+        main(args[:-2] + ["--reward", "accuracy"])
+    with pytest.raises(ValueError, match="no function"):
+        main(args[:-2] + ["--reward", "echo.train.rewards:nope=1"])

@@ -77,3 +77,21 @@ def test_combined_terms_and_custom_term():
     assert total == pytest.approx(0.5 + 1.0 - len(GOOD) / 1000)
     with pytest.raises(ValueError, match="unique"):
         RewardFn([("a", format_reward, 1.0), ("a", accuracy_reward, 1.0)])
+
+
+def test_open_questions_compare_the_normalised_answer_text():
+    t = Trajectory("<think>x</think><answer>A Dog, barking.</answer>", [], "a dog barking")
+    assert accuracy_reward(t) == 1.0
+    assert accuracy_reward(Trajectory("<answer>a cat</answer>", [], "a dog barking")) == 0.0
+    assert accuracy_reward(Trajectory("<answer>a dog barking</answer><answer>x</answer>", [], "a dog barking")) == 0.0
+
+
+def test_terms_parse_from_names_and_module_functions():
+    from echo.train.rewards import parse_terms
+
+    terms = parse_terms(["accuracy=1", "format=0.25", "echo.train.rewards:consistency_reward=2"])
+    assert [(n, w) for n, _, w in terms] == [("accuracy", 1.0), ("format", 0.25), ("consistency_reward", 2.0)]
+    assert terms[2][1] is consistency_reward
+    for bad, match in (("accuracy", "NAME=WEIGHT"), ("nope=1", "not a built-in"), ("accuracy=x", "NAME=WEIGHT")):
+        with pytest.raises(ValueError, match=match):
+            parse_terms([bad])

@@ -38,8 +38,17 @@ def format_reward(t: Trajectory) -> float:
     return 1.0 if t.text.index("</think>") < answers[0].start() else 0.0
 
 
+def _normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
 def is_correct(t: Trajectory) -> bool:
-    """The extracted answer (echo's extraction: tags, letters, choice text; never a guess) is the right choice."""
+    """The extracted answer (echo's extraction: tags, letters, choice text; never a guess) is the right choice.
+    Without choices (open questions), the ``<answer>`` text equals the answer after lower-casing and dropping
+    punctuation."""
+    if not t.choices:
+        answers = _ANSWER.findall(t.text)
+        return len(answers) == 1 and _normalise(answers[0]) == _normalise(str(t.answer))
     picked = extract_answer(t.text, t.choices)
     i = picked.choice_index
     return i is not None and str(t.choices[i]).strip().lower() == str(t.answer).strip().lower()
@@ -86,3 +95,35 @@ class RewardFn:
         """The weighted total and every term's unweighted value."""
         values = {name: float(fn(t)) for name, fn, _ in self.terms}
         return sum(w * values[name] for name, _, w in self.terms), values
+
+
+BUILTIN = {"format": format_reward, "accuracy": accuracy_reward, "relisten": relisten_reward,
+           "consistency": consistency_reward, "confidence": confidence_accuracy_reward}
+
+
+def parse_terms(specs: Sequence[str]) -> list[Term]:
+    """``["accuracy=1", "format=0.5", "mypkg.rewards:brevity=0.1"]`` -> terms: a built-in name or a
+    ``module:function`` taking a Trajectory, each with its weight."""
+    import importlib
+
+    terms = []
+    for spec in specs:
+        name, sep, weight = spec.rpartition("=")
+        try:
+            w = float(weight)
+        except ValueError:
+            w = None
+        if not sep or not name or w is None:
+            raise ValueError(f"reward term {spec!r}: expected NAME=WEIGHT (NAME one of {sorted(BUILTIN)} or "
+                             f"module:function)")
+        if name in BUILTIN:
+            terms.append((name, BUILTIN[name], w))
+            continue
+        module, colon, attr = name.partition(":")
+        if not colon:
+            raise ValueError(f"reward term {name!r}: not a built-in ({sorted(BUILTIN)}) nor module:function")
+        fn = getattr(importlib.import_module(module), attr, None)
+        if not callable(fn):
+            raise ValueError(f"reward term {name!r}: {module} has no function {attr}")
+        terms.append((attr, fn, w))
+    return terms
