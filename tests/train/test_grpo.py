@@ -150,7 +150,8 @@ def test_trainer_logprobs_equal_engine_logprobs_on_interleaved_trajectories(work
 
 def test_a_few_grpo_steps_raise_the_mean_reward(workdir):
     cfg = GRPOConfig(group_size=8, prompts_per_step=2, steps=6, lr=1e-2, max_new_tokens=60, progress=False,
-                     loss=PolicyLossConfig(kl_coef=0.04), engine=EngineConfig(num_blocks=512, block_size=16))
+                     loss=PolicyLossConfig(kl_coef=0.04), engine=EngineConfig(num_blocks=512, block_size=16),
+                     val_data=str(workdir / "rl.jsonl"), val_every=3)
     tok = echo.load(workdir / "base").processor.tokenizer
     result = train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "learn"), cfg,
                         RewardFn([("accuracy", accuracy_reward, 1.0)]), [_script(tok)])
@@ -159,6 +160,9 @@ def test_a_few_grpo_steps_raise_the_mean_reward(workdir):
     h = result["history"][0]
     assert h["relistens_per_trajectory"] == 2.0 and h["encoder_cache_hit_rate"] > 0.5  # 8 samples, same spans
     assert h["kl"] == pytest.approx(0.0, abs=1e-6) and result["history"][-1]["kl"] > 0
+    val = [h.get("val/accuracy") for h in result["history"]]
+    assert val[0] is None and val[2] is not None and val[5] is not None  # greedy validation every 3 steps
+    assert val[5] == 1.0, val  # greedy picks the reinforced letter on all 4 held-out prompts
     lines = (workdir / "learn" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
     assert (workdir / "learn" / "final" / "model.safetensors").is_file()

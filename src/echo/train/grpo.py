@@ -96,14 +96,14 @@ class GRPOTrainer:
         self.resume_dir = self.out / "checkpoint"
         state = load_trainer_state(self.resume_dir)
         source = self.resume_dir if state is not None else model_dir
-        model = load(source, device=dist.device())
+        model = load(source, device=dist.device(), dtype=torch.float32)  # fp32 master weights for AdamW
         model.requires_grad_(False)
         for n, p in model.named_parameters():
             p.requires_grad_(cfg.train_audio_encoder or not n.startswith("audio_tower"))
         self.features = feature_config_for(model, model_dir)
         self.ref = None
         if cfg.loss.kl_coef:
-            self.ref = load(model_dir, device=dist.device()).requires_grad_(False).eval()
+            self.ref = load(model_dir, device=dist.device(), dtype=torch.float32).requires_grad_(False).eval()
         if self.world > 1:
             self.engine_model = copy.deepcopy(model).requires_grad_(False)
             self.model = dist.shard(model)
@@ -150,6 +150,7 @@ class GRPOTrainer:
         rolls = rollout(self.engine, [r for _, r in share], cfg.group_size, self.sampling(),
                         step_seeds(cfg.seed, self.step, [i for i, _ in share]))
         t1 = time.perf_counter()
+        self.last_rollouts = rolls  # for inspection (benchmarks, debugging); replaced every step
         proc = self.engine_model.processor
         rewards, terms = score(rolls, self.reward_fn, proc.decode if proc is not None else None)
         adv = group_advantages(rewards, cfg.group_size, cfg.std_normalize)
