@@ -31,13 +31,15 @@ CASES = {
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (8, 2)], ids=["mha", "gqa2", "gqa4"])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dim", [16, 24], ids=["d16", "d24"])
-def test_matches_dense_causal(backend, case, heads, kv_heads, dim):
+@pytest.mark.parametrize("layout", ["scattered", "consecutive"])
+def test_matches_dense_causal(backend, case, heads, kv_heads, dim, layout):
     name, device = backend
     torch.manual_seed(0)
     block, blocks = 8, 64
     k_cache = torch.zeros(blocks, block, kv_heads, dim)
     v_cache = torch.zeros_like(k_cache)
-    free = torch.randperm(blocks).tolist()  # scattered, out-of-order pages
+    # scattered, out-of-order pages (a gather), or each sequence's pages in a row (read in place)
+    free = torch.randperm(blocks).tolist() if layout == "scattered" else list(range(blocks))[::-1]
     qs, tables, expected = [], [], []
     for ctx, n in CASES[case]:
         total = ctx + n

@@ -26,20 +26,24 @@ from . import _backend
 BACKENDS = ("triton", "torch")
 
 
-def _slots(table: Sequence[int], n_k: int, block_size: int, device) -> torch.Tensor:
-    """Cache slots of a sequence's first n_k positions."""
-    blocks = torch.as_tensor(list(table[: -(-n_k // block_size)]), dtype=torch.long, device=device)
+def _slots(table: Sequence[int], n_k: int, block_size: int, device) -> torch.Tensor | slice:
+    """Cache slots of a sequence's first n_k positions: a slice when its blocks are consecutive (the common case
+    at small batch: the free list hands out ascending ids), so the keys are read in place without a gather."""
+    used = list(table[: -(-n_k // block_size)])
+    if used[-1] - used[0] == len(used) - 1 and used == list(range(used[0], used[0] + len(used))):
+        return slice(used[0] * block_size, used[0] * block_size + n_k)
+    blocks = torch.as_tensor(used, dtype=torch.long, device=device)
     return (blocks[:, None] * block_size + torch.arange(block_size, device=device)).flatten()[:n_k]
 
 
 @dataclasses.dataclass(slots=True)
 class AttentionPlan:
     """Index work that depends only on the step, not the layer: built once per step, reused by every layer.
-    One entry per sequence: (first query row, query count, key slots, mask or None, causal). (Batching the
+    One entry per sequence: (first query row, query count, key slots (index or slice), mask or None, causal). (Batching the
     single-token queries into one padded SDPA call measured slower on the CPU than this loop: the padded gather
     costs more than the calls it saves.)"""
 
-    seqs: list[tuple[int, int, torch.Tensor, torch.Tensor | None, bool]]
+    seqs: list[tuple[int, int, torch.Tensor | slice, torch.Tensor | None, bool]]
 
 
 def plan_paged_attention(block_tables: Sequence[Sequence[int]], query_lens: Sequence[int],
@@ -71,8 +75,12 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     flat_k, flat_v = k_cache.view(-1, kv_heads, head_dim), v_cache.view(-1, kv_heads, head_dim)
     out = torch.empty_like(q)
     for start, n_q, slots, mask, causal in plan.seqs:
-        k = flat_k.index_select(0, slots).transpose(0, 1).to(q.dtype)  # (kv_heads, n_k, head_dim)
-        v = flat_v.index_select(0, slots).transpose(0, 1).to(q.dtype)
+        if isinstance(slots, slice):
+            k, v = flat_k[slots], flat_v[slots]
+        else:
+            k, v = flat_k.index_select(0, slots), flat_v.index_select(0, slots)
+        k = k.transpose(0, 1).to(q.dtype)  # (kv_heads, n_k, head_dim)
+        v = v.transpose(0, 1).to(q.dtype)
         qi = q[start : start + n_q].transpose(0, 1)[None]
         o = F.scaled_dot_product_attention(qi, k[None], v[None], attn_mask=mask, is_causal=causal, scale=scale,
                                            enable_gqa=gqa)
