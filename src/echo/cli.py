@@ -110,12 +110,22 @@ def _train_sft(args: argparse.Namespace) -> int:
 
     cfg = SFTConfig(format=args.format, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                     epochs=args.epochs, grad_accum=args.grad_accum, train_audio_encoder=args.train_audio_encoder,
-                    max_len=args.max_len, seed=args.seed, save_every=args.save_every)
+                    max_len=args.max_len, seed=args.seed, save_every=args.save_every, lora_rank=args.lora,
+                    lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                    gradient_checkpointing=args.gradient_checkpointing, dtype=args.dtype)
     result = train_sft(args.model, args.data, args.out, cfg)
     for rid, reason in result["skipped"]:
         print(f"skipped {rid}: {reason}")
+    what = "LoRA adapter" if args.lora else "checkpoint"
     print(f"trained {result['steps']} steps on {result['examples']} records ({len(result['skipped'])} skipped); "
-          f"checkpoint in {args.out}/final")
+          f"{what} in {args.out}/final")
+    return 0
+
+
+def _merge_lora(args: argparse.Namespace) -> int:
+    from .train.lora import merge_lora
+
+    print(f"merged {args.adapter} into {args.base}: checkpoint in {merge_lora(args.base, args.adapter, args.out)}")
     return 0
 
 
@@ -194,7 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=8192)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=0, help="optimizer steps between resumable checkpoints")
+    p.add_argument("--lora", type=int, default=0, metavar="RANK", help="train a LoRA adapter of this rank (0: full)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default 2 * RANK)")
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute layer activations in backward")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="compute dtype over float32 weights (auto: bf16 on CUDA that supports it)")
     p.set_defaults(func=_train_sft)
+    p = trs.add_parser("merge-lora", help="fold a LoRA adapter into its base: a full checkpoint echo.load reads")
+    p.add_argument("--base", required=True, help="the base checkpoint directory the adapter was trained on")
+    p.add_argument("--adapter", required=True, help="adapter directory (adapter_config.json + safetensors)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_merge_lora)
 
     q = trs.add_parser("grpo", help="GRPO with re-listening rollouts; torchrun for several processes; rerun to resume")
     q.add_argument("--model", required=True, help="local checkpoint directory (thinker-only Omni or Qwen2-Audio)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionBackend
 from .config import DecoderConfig
@@ -20,12 +21,17 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, device=device, dtype=dtype)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, device, dtype) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, device, dtype)
+        self.gradient_checkpointing = False  # training only: recompute each layer's activations in backward
 
     def forward(self, inputs_embeds: torch.Tensor, positions: torch.Tensor,
                 attention: AttentionBackend) -> torch.Tensor:
         """inputs_embeds ``(*lead, hidden)``; positions ``(*lead)`` int64 (one stream, see rope.py)."""
         cos, sin = rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, inputs_embeds.dtype)
         x = inputs_embeds
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, cos, sin, attention)
+            if recompute:
+                x = checkpoint(layer, x, cos, sin, attention, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, attention)
         return self.norm(x)

@@ -1,9 +1,11 @@
 """Supervised fine-tuning on echo's own model code: grounded or interleaved sequences (train/data.py), loss on
 the assistant's tokens only, AdamW with linear warmup + cosine decay, gradient accumulation, audio encoder frozen
-unless asked, checkpoints in the Hugging Face layout, resumable from the last checkpoint."""
+unless asked; full fine-tune or LoRA (train/lora.py), gradient checkpointing, bf16 autocast over float32 master
+weights; checkpoints in the Hugging Face layout (peft's for adapters), resumable from the last checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -14,11 +16,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..audio import FeatureConfig, load as load_audio
+from ..audio import FeatureConfig
+from ..audio import load as load_audio
 from ..engine.audio_embed import feature_config_for, span_embeddings
+from ..errors import ConfigError
 from ..models.loader import load
+from . import distributed as dist
 from .checkpoint import load_trainer_state, save_checkpoint
 from .data import IGNORE, SFTExample, build_dataset, read_records
+from .lora import CONFIG as ADAPTER_CONFIG
+from .lora import DEFAULT_TARGETS, add_lora, load_adapter, lora_config, save_adapter
 
 
 @dataclasses.dataclass(slots=True)
@@ -34,6 +41,12 @@ class SFTConfig:
     seed: int = 0
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
     progress: bool = True
+    lora_rank: int = 0  # 0: full fine-tune
+    lora_alpha: float | None = None  # None: 2 * lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS  # decoder linear layers (the audio tower stays frozen)
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"  # compute dtype: "auto" (bf16 on CUDA that has it, else fp32), "fp32", "bf16"
 
 
 def _audio_rows(model, ex: SFTExample, features: FeatureConfig, grad: bool) -> torch.Tensor:
@@ -52,18 +65,64 @@ def sequence_loss(model, ex: SFTExample, features: FeatureConfig, train_audio_en
     return loss, int((labels != IGNORE).sum())
 
 
-def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig = SFTConfig()) -> dict:
-    """Fine-tune ``model_dir`` on ``data`` (messages-JSONL or synthetic JSONL); writes ``out_dir`` (final) and
-    ``out_dir/checkpoint`` (latest, with trainer state). Rerunning the same command resumes from the latter."""
-    out = Path(out_dir)
-    resume = out / "checkpoint"
-    state = load_trainer_state(resume)
-    model = load(resume if state is not None else model_dir)
+def _autocast(cfg: SFTConfig, device: torch.device):
+    """bf16 autocast (weights stay float32) or none."""
+    if cfg.dtype not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"dtype must be auto, fp32 or bf16, not {cfg.dtype!r}")
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if cfg.dtype == "bf16" and device.type == "cuda" and not cuda_bf16:
+        raise ConfigError(f"dtype bf16: {torch.cuda.get_device_name(device)} does not support bfloat16")
+    if cfg.dtype == "bf16" or (cfg.dtype == "auto" and cuda_bf16):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig):
+    """(model in float32, trainable parameters, LoRA config or None), from ``resume`` when ``resumed``."""
+    if cfg.lora_rank < 0:
+        raise ConfigError(f"lora_rank must be >= 0 (0: full fine-tune), got {cfg.lora_rank}")
+    lora = None
+    if cfg.lora_rank:
+        if cfg.train_audio_encoder:
+            raise ConfigError("LoRA adapts the decoder only; train_audio_encoder needs a full fine-tune")
+        lora = lora_config(model_dir, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    is_adapter = (resume / ADAPTER_CONFIG).is_file()
+    if resumed and is_adapter != (lora is not None):
+        kinds = ("a full fine-tune", "a LoRA adapter")
+        raise ConfigError(f"{resume} holds {kinds[is_adapter]} but this run asks for {kinds[lora is not None]}; "
+                          "rerun with the original settings or use another output directory")
+    if lora is not None:
+        model = load(model_dir, device=dist.device(), dtype=torch.float32)
+        return model, load_adapter(model, resume, expect=lora) if resumed else add_lora(model, lora), lora
+    model = load(resume if resumed else model_dir, device=dist.device(), dtype=torch.float32)
     model.requires_grad_(False)
     trainable = [p for n, p in model.named_parameters() if cfg.train_audio_encoder or not n.startswith("audio_tower")]
     for p in trainable:
         p.requires_grad_(True)
+    return model, trainable, None
+
+
+def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = None) -> dict:
+    """Fine-tune ``model_dir`` on ``data`` (messages-JSONL or synthetic JSONL); writes ``out_dir/final`` and
+    ``out_dir/checkpoint`` (latest, with trainer state): full checkpoints, or with ``lora_rank > 0`` peft adapters
+    whose base is ``model_dir`` (``merge_lora`` makes a full checkpoint). Rerunning the same command resumes."""
+    cfg = cfg or SFTConfig()
+    out = Path(out_dir)
+    resume = out / "checkpoint"
+    state = load_trainer_state(resume)
+    autocast = _autocast(cfg, dist.device())
+    if state is None:
+        torch.manual_seed(cfg.seed)  # LoRA's initial weights and dropout masks; a resumed run restores the RNG
+    model, trainable, lora = _model(model_dir, resume, state is not None, cfg)
+    model.decoder.gradient_checkpointing = cfg.gradient_checkpointing
     model.train()
+
+    def save(path: Path, trainer_state: dict | None = None) -> None:
+        if lora is None:
+            save_checkpoint(model, model_dir, path, trainer_state)
+        else:
+            save_adapter(model, lora, path, trainer_state)
+
     features = feature_config_for(model, model_dir)
     examples, skipped = build_dataset(read_records(data), model.processor, cfg.format, features=features,
                                       max_len=cfg.max_len)
@@ -86,6 +145,8 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig = SFTConfi
         sched.load_state_dict(state["scheduler"])
         step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and model.device.type == "cuda":  # LoRA dropout masks on the GPU
+            torch.cuda.set_rng_state(state["cuda_rng"], model.device)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "log.jsonl").open("a") as log, tqdm(total=total, initial=step, disable=not cfg.progress,
                                                    desc="sft", unit="step") as bar:
@@ -94,9 +155,10 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig = SFTConfi
             order = list(range(len(examples)))
             random.Random(cfg.seed + epoch).shuffle(order)  # data position = (epoch, k): resumable exactly
             batch = [examples[i] for i in order[k * cfg.grad_accum:(k + 1) * cfg.grad_accum]]
-            losses = [sequence_loss(model, ex, features, cfg.train_audio_encoder) for ex in batch]
-            n_tokens = sum(n for _, n in losses)
-            loss = sum(l for l, _ in losses) / max(1, n_tokens)
+            with autocast:
+                losses = [sequence_loss(model, ex, features, cfg.train_audio_encoder) for ex in batch]
+                n_tokens = sum(n for _, n in losses)
+                loss = sum(l for l, _ in losses) / max(1, n_tokens)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -109,7 +171,9 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig = SFTConfi
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
                          "torch_rng": torch.get_rng_state()}
-                save_checkpoint(model, model_dir, resume, state)
+                if model.device.type == "cuda":
+                    state["cuda_rng"] = torch.cuda.get_rng_state(model.device)
+                save(resume, state)
     model.eval()
-    save_checkpoint(model, model_dir, out / "final")
+    save(out / "final")
     return {"steps": step, "examples": len(examples), "skipped": skipped}

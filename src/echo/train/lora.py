@@ -1,0 +1,140 @@
+"""LoRA through peft on echo's own modules: adapters on the decoder's linear layers only (the audio tower's
+identically named projections are never touched), saved in peft's standard layout (``adapter_config.json`` +
+``adapter_model.safetensors``, tensors under ``base_model.model.<echo module>``, so ``PeftModel.from_pretrained``
+reads them onto an ``echo.load``-ed base too), and merged into a full checkpoint in the Hugging Face layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from peft import (
+    LoraConfig,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_peft_model_state_dict,
+)
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError, ConfigError
+from ..models import checkpoint as ckpt
+from ..models.loader import _config_dtype, load
+from .checkpoint import save_checkpoint
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before each module name
+
+
+def lora_config(base_dir: str | os.PathLike, rank: int, alpha: float | None = None, dropout: float = 0.0,
+                targets=DEFAULT_TARGETS) -> LoraConfig:
+    """A peft ``LoraConfig`` for the decoder of the model in ``base_dir``; ``alpha`` defaults to ``2 * rank``."""
+    unknown = sorted(set(targets) - set(DEFAULT_TARGETS))
+    if rank <= 0 or not targets or unknown:
+        raise ConfigError(f"LoRA needs rank > 0 (got {rank}) and targets among {', '.join(DEFAULT_TARGETS)} "
+                          f"(got {list(targets)})")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"lora_dropout must be in [0, 1), got {dropout}")
+    return LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=dropout,
+                      target_modules=rf"decoder\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(map(re.escape, targets))})",
+                      base_model_name_or_path=str(Path(base_dir).resolve()))
+
+
+def add_lora(model, config: LoraConfig) -> list[torch.nn.Parameter]:
+    """Freeze ``model`` and inject fresh adapters in place; returns the adapters' parameters (the trainable ones)."""
+    # what PeftModel records for a model outside transformers; load_adapter checks it
+    config.auto_mapping = {"base_model_class": type(model).__name__, "parent_library": type(model).__module__}
+    model.requires_grad_(False)
+    inject_adapter_in_model(config, model)
+    model.train(model.training)  # new modules (LoRA dropout) start in train mode; follow the model's
+    return [p for n, p in model.named_parameters() if ".lora_" in n]
+
+
+def read_config(adapter_dir: str | os.PathLike) -> LoraConfig:
+    """The ``LoraConfig`` of a peft adapter directory; raises ``CheckpointError`` naming what is missing or wrong."""
+    path = Path(adapter_dir)
+    if not (path / CONFIG).is_file():
+        raise CheckpointError(f"{path}: no {CONFIG}; not a peft adapter directory")
+    if not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"{path}: no {WEIGHTS} (echo reads adapter weights from safetensors only)")
+    try:
+        raw = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / CONFIG}: not valid JSON ({e})") from e
+    if raw.get("peft_type") != "LORA":
+        raise CheckpointError(f"{path / CONFIG}: peft_type {raw.get('peft_type')!r}, echo merges LORA adapters only")
+    try:
+        return LoraConfig.from_pretrained(str(path))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / CONFIG}: peft cannot read it ({e})") from e
+
+
+def load_adapter(model, adapter_dir: str | os.PathLike, expect: LoraConfig | None = None) -> list[torch.nn.Parameter]:
+    """Inject the adapter saved in ``adapter_dir`` into ``model`` with its weights; returns its parameters.
+    ``expect``: the LoRA settings a resumed run asks for, which must be the saved ones."""
+    path = Path(adapter_dir)
+    config = read_config(path)
+    where = f"adapter {path} (trained on {config.base_model_name_or_path})"
+    base_class = (config.auto_mapping or {}).get("base_model_class")
+    if base_class not in (None, type(model).__name__):
+        raise CheckpointError(f"{where} is for a {base_class}, not a {type(model).__name__}")
+    if expect is not None:
+        fields = ("r", "lora_alpha", "lora_dropout", "target_modules")
+        diff = [f"{f}={getattr(config, f)!r} (asked {getattr(expect, f)!r})" for f in fields
+                if getattr(config, f) != getattr(expect, f)]
+        if diff:
+            raise ConfigError(f"{where} was trained with other LoRA settings: {'; '.join(diff)}")
+    try:
+        params = add_lora(model, config)
+    except ValueError as e:  # peft: no target module found in this model
+        raise CheckpointError(f"{where} does not fit {type(model).__name__}: {e}") from e
+    saved = load_file(str(path / WEIGHTS), device=str(model.device))
+    saved = {k.removeprefix(_PREFIX): v for k, v in saved.items()}
+    wanted = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    bad = sorted(set(saved) ^ set(wanted)) + [f"{k} {tuple(v.shape)} (base needs {wanted[k]})"
+                                              for k, v in saved.items() if k in wanted and tuple(v.shape) != wanted[k]]
+    if bad:
+        raise CheckpointError(f"{where} does not match this base model: {', '.join(bad[:6])}"
+                              + (f" … and {len(bad) - 6} more" if len(bad) > 6 else ""))
+    set_peft_model_state_dict(model, saved)
+    return params
+
+
+def save_adapter(model, config: LoraConfig, out_dir: str | os.PathLike, trainer_state: dict | None = None) -> Path:
+    """Write ``model``'s adapter (and ``trainer_state.pt`` when given) atomically, as checkpoint.py does."""
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config.save_pretrained(str(tmp))
+    tensors = {_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def merge_lora(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Base + adapter → a full checkpoint in ``out_dir`` (the base's layout, config, tokenizer; its dtype), which
+    ``echo.load`` and transformers read. The sum is taken in float32."""
+    read_config(adapter_dir)  # a bad adapter directory fails before the base is read
+    model = load(base_dir, dtype=torch.float32)
+    load_adapter(model, adapter_dir)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge(safe_merge=True)  # raises on non-finite merged weights
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    model.to(_config_dtype(ckpt.read_config(Path(base_dir))))
+    return save_checkpoint(model, base_dir, out_dir)
