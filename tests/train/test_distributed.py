@@ -62,3 +62,31 @@ def test_two_processes_equal_one(workdir):
         # AdamW's first step is g / (|g| + eps): summation-order noise on near-zero gradients is scaled up to
         # a fraction of lr (1e-3); the gradients above carry the exact comparison
         assert_close(f"weights {name}", p, q, atol=2e-4)
+
+
+@pytest.fixture(scope="module")
+def sft_data(workdir):
+    rows = []
+    for i in range(5):  # 5 records, 4 per step: the second step leaves one process a zero-weight pad
+        seg = f"<seg>0.{i + 2}, 1.{i + 1}</seg>" if i % 2 else ""
+        rows.append({"id": f"s{i}", "audios": [f"clip{i % 2}.wav"], "messages": [
+            {"role": "user", "content": f"<audio>Item {i}: what is heard?"},
+            {"role": "assistant", "content": f"<think>{seg}tone {i}</think><answer>{'ABCD'[i % 4]}</answer>"}]})
+    (workdir / "sft.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return workdir / "sft.jsonl"
+
+
+@pytest.mark.slow
+def test_sft_two_processes_equal_one(workdir, sft_data):
+    args = ["-m", "echo", "train", "sft", "--model", str(workdir / "base"), "--data", str(sft_data),
+            "--epochs", "2", "--grad-accum", "4", "--lr", "1e-3", "--save-every", "1"]
+    _run([sys.executable, *args, "--out", str(workdir / "sft1")], workdir)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
+          "--out", str(workdir / "sft2")], workdir)
+    one, two = [[json.loads(x) for x in (workdir / d / "log.jsonl").read_text().splitlines()] for d in ("sft1", "sft2")]
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):
+        assert a["tokens"] == b["tokens"] and abs(a["loss"] - b["loss"]) <= 1e-5 * a["loss"], (a, b)
+    m1, m2 = echo.load(workdir / "sft1" / "final"), echo.load(workdir / "sft2" / "final")
+    for (name, p), q in zip(m1.named_parameters(), m2.parameters()):
+        assert_close(f"sft weights {name}", p, q, atol=1e-5)

@@ -24,10 +24,10 @@ _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_c
 
 
 def save_checkpoint(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                    trainer_state: dict | None = None) -> Path:
+                    trainer_state: dict | None = None, params: dict | None = None) -> Path:
     """Write ``model``'s weights under the names ``source_dir`` uses (thinker or Qwen2-Audio layouts), plus the
     source's non-weight files; atomic (a temporary directory renamed into place), so a kill leaves the previous
-    checkpoint intact."""
+    checkpoint intact. ``params`` (name -> tensor) replaces the model's own, e.g. full weights gathered under FSDP2."""
     source, out = Path(source_dir), Path(out_dir)
     raw = ckpt.read_config(source)
     if raw.get("architectures", [None])[0] not in ("Qwen2_5OmniThinkerForConditionalGeneration",
@@ -36,7 +36,8 @@ def save_checkpoint(model, source_dir: str | os.PathLike, out_dir: str | os.Path
                               f"not {raw.get('architectures')}")
     cfg = ModelConfig.from_hf(_full_config(source, raw))
     mapping = _map_names(cfg, sorted(ckpt.weight_map(source)))
-    params = dict(model.named_parameters(remove_duplicate=False))
+    if params is None:  # given: the full tensors gathered from a sharded model
+        params = dict(model.named_parameters(remove_duplicate=False))
     tensors = {hf: params[ours].detach().to("cpu").contiguous() for hf, ours in mapping.items()}
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

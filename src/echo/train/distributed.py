@@ -84,7 +84,7 @@ def barrier() -> None:
 
 def full_parameters(model: torch.nn.Module):
     """(name, full tensor) of every parameter; a collective under FSDP2 (every rank must iterate it all)."""
-    for name, p in model.named_parameters():
+    for name, p in model.named_parameters(remove_duplicate=False):  # tied weights under each of their names
         yield name, p.full_tensor() if hasattr(p, "full_tensor") else p
 
 

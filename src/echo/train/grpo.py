@@ -93,6 +93,8 @@ class GRPOTrainer:
         self.cfg, self.model_dir, self.out = cfg, model_dir, Path(out_dir)
         self.reward_fn = reward_fn or RewardFn()
         self.rank, self.world = dist.setup()
+        if cfg.prompts_per_step % self.world:
+            raise ValueError(f"prompts_per_step={cfg.prompts_per_step} does not split over {self.world} processes")
         self.resume_dir = self.out / "checkpoint"
         state = load_trainer_state(self.resume_dir)
         source = self.resume_dir if state is not None else model_dir
@@ -126,7 +128,7 @@ class GRPOTrainer:
 
     def batch(self, records: list[RLRecord], step: int) -> list[tuple[int, RLRecord]]:
         """(global index, record) of this rank's share of the step's prompts; data position = (epoch, k)."""
-        per_epoch = math.ceil(len(records) / self.cfg.prompts_per_step)
+        per_epoch = len(records) // self.cfg.prompts_per_step  # whole batches only (reshuffled every epoch)
         epoch, k = divmod(step, per_epoch)
         order = list(range(len(records)))
         random.Random(self.cfg.seed + epoch).shuffle(order)
@@ -244,11 +246,12 @@ class GRPOTrainer:
 
     def fit(self, data: str) -> dict:
         records, skipped = read_rl_records(data)
-        if not records:
-            raise ValueError(f"{data}: no usable records ({len(skipped)} skipped: {skipped[:3]})")
+        if len(records) < self.cfg.prompts_per_step:
+            raise ValueError(f"{data}: {len(records)} usable records ({len(skipped)} skipped: {skipped[:3]}) do not "
+                             f"fill one step of prompts_per_step={self.cfg.prompts_per_step}")
         val = read_rl_records(self.cfg.val_data)[0] if self.cfg.val_data else []
         cfg = self.cfg
-        total = cfg.steps or cfg.epochs * math.ceil(len(records) / cfg.prompts_per_step)
+        total = cfg.steps or cfg.epochs * (len(records) // cfg.prompts_per_step)
         main = self.rank == 0
         if main:
             self.out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -107,6 +108,9 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     ``out_dir/checkpoint`` (latest, with trainer state): full checkpoints, or with ``lora_rank > 0`` peft adapters
     whose base is ``model_dir`` (``merge_lora`` makes a full checkpoint). Rerunning the same command resumes."""
     cfg = cfg or SFTConfig()
+    rank, world = dist.setup()
+    if world > 1 and cfg.lora_rank:
+        raise ConfigError("LoRA runs in one process for now; drop --lora or run without torchrun")
     out = Path(out_dir)
     resume = out / "checkpoint"
     state = load_trainer_state(resume)
@@ -116,15 +120,24 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     model, trainable, lora = _model(model_dir, resume, state is not None, cfg)
     model.decoder.gradient_checkpointing = cfg.gradient_checkpointing
     model.train()
+    features = feature_config_for(model, model_dir)
+    processor = model.processor
+    if world > 1:
+        model = dist.shard(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
 
     def save(path: Path, trainer_state: dict | None = None) -> None:
-        if lora is None:
+        if world > 1:  # every rank gathers the full weights; rank 0 writes
+            full = dict(dist.full_parameters(model))
+            if rank == 0:
+                save_checkpoint(model, model_dir, path, trainer_state, params=full)
+            dist.barrier()
+        elif lora is None:
             save_checkpoint(model, model_dir, path, trainer_state)
         else:
             save_adapter(model, lora, path, trainer_state)
 
-    features = feature_config_for(model, model_dir)
-    examples, skipped = build_dataset(read_records(data), model.processor, cfg.format, features=features,
+    examples, skipped = build_dataset(read_records(data), processor, cfg.format, features=features,
                                       max_len=cfg.max_len)
     if not examples:
         raise ValueError(f"{data}: no usable records ({len(skipped)} skipped: {skipped[:3]})")
@@ -141,35 +154,45 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     step = 0
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
+        if world > 1:
+            dist.load_optimizer(model, opt, state["optimizer"])
+        else:
+            opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and model.device.type == "cuda":  # LoRA dropout masks on the GPU
             torch.cuda.set_rng_state(state["cuda_rng"], model.device)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "log.jsonl").open("a") as log, tqdm(total=total, initial=step, disable=not cfg.progress,
-                                                   desc="sft", unit="step") as bar:
+    log_path = out / "log.jsonl" if rank == 0 else Path(os.devnull)
+    with log_path.open("a") as log, tqdm(total=total, initial=step, disable=not cfg.progress or rank > 0,
+                                         desc="sft", unit="step") as bar:
         while step < total:
             epoch, k = divmod(step, steps_per_epoch)
             order = list(range(len(examples)))
             random.Random(cfg.seed + epoch).shuffle(order)  # data position = (epoch, k): resumable exactly
             batch = [examples[i] for i in order[k * cfg.grad_accum:(k + 1) * cfg.grad_accum]]
+            # this process's records; every process runs as many forwards (FSDP2 gathers in lock-step), so a short
+            # share is padded with a zero-weight copy of the batch's first record
+            mine = [(ex, 1.0) for ex in batch[rank::world]]
+            mine += [(batch[0], 0.0)] * (-(-len(batch) // world) - len(mine))
             with autocast:
-                losses = [sequence_loss(model, ex, features, cfg.train_audio_encoder) for ex in batch]
-                n_tokens = sum(n for _, n in losses)
-                loss = sum(l for l, _ in losses) / max(1, n_tokens)
+                losses = [(sequence_loss(model, ex, features, cfg.train_audio_encoder), w) for ex, w in mine]
+                n_tokens = int(dist.all_reduce_sum(float(sum(n for (_, n), w in losses if w))))
+                # the global batch's token mean; FSDP averages gradients over processes, hence * world
+                loss = sum(w * l for (l, _), w in losses) / max(1, n_tokens)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * world).backward()
             opt.step()
             sched.step()
             step += 1
-            log.write(json.dumps({"step": step, "loss": float(loss.detach()), "tokens": n_tokens,
+            log.write(json.dumps({"step": step, "loss": dist.all_reduce_sum(float(loss.detach())), "tokens": n_tokens,
                                   "lr": sched.get_last_lr()[0]}) + "\n")
             log.flush()
             bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                optim = dist.optimizer_state(model, opt) if world > 1 else opt.state_dict()
+                state = {"optimizer": optim, "scheduler": sched.state_dict(), "step": step,
                          "torch_rng": torch.get_rng_state()}
                 if model.device.type == "cuda":
                     state["cuda_rng"] = torch.cuda.get_rng_state(model.device)
