@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import random
 import time
 from pathlib import Path
