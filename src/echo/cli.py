@@ -105,6 +105,12 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def _train_sft(args: argparse.Namespace) -> int:
     from .train.sft import SFTConfig, train_sft
 
@@ -114,6 +120,8 @@ def _train_sft(args: argparse.Namespace) -> int:
                     lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                     gradient_checkpointing=args.gradient_checkpointing, dtype=args.dtype)
     result = train_sft(args.model, args.data, args.out, cfg)
+    if _rank() > 0:  # torchrun: one report
+        return 0
     for rid, reason in result["skipped"]:
         print(f"skipped {rid}: {reason}")
     what = "LoRA adapter" if args.lora else "checkpoint"
@@ -148,6 +156,8 @@ def _train_grpo(args: argparse.Namespace) -> int:
                      tensorboard=args.tensorboard)
     reward = RewardFn(parse_terms(args.reward) if args.reward else DEFAULT_TERMS)
     result = train_grpo(args.model, args.data, args.out, cfg, reward)
+    if _rank() > 0:
+        return 0
     for rid, reason in result["skipped"]:
         print(f"skipped {rid}: {reason}")
     last = result["history"][-1] if result["history"] else {}
