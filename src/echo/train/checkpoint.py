@@ -5,6 +5,7 @@ preprocessor files. Trainer state (optimizer, scheduler, RNG, data position) sit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -39,9 +40,28 @@ def save_checkpoint(model, source_dir: str | os.PathLike, out_dir: str | os.Path
     if params is None:  # given: the full tensors gathered from a sharded model
         params = dict(model.named_parameters(remove_duplicate=False))
     tensors = {hf: params[ours].detach().to("cpu").contiguous() for hf, ours in mapping.items()}
+    with atomic_dir(out) as tmp:
+        _write(tmp, tensors, source, trainer_state)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path):
+    """Yield a fresh temporary directory beside ``out``; on success it replaces ``out`` (a kill at any point
+    leaves either the old or the new directory whole)."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    yield tmp
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write(tmp: Path, tensors: dict, source: Path, trainer_state: dict | None) -> None:
     # tied tensors share storage; safetensors wants each stored once
     seen, unique = {}, {}
     for name, t in tensors.items():
@@ -55,15 +75,6 @@ def save_checkpoint(model, source_dir: str | os.PathLike, out_dir: str | os.Path
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer_state.pt")
     (tmp / "echo_checkpoint.json").write_text(json.dumps({"source": str(source)}))
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-    return out
 
 
 def load_trainer_state(path: str | os.PathLike) -> dict | None:

@@ -8,23 +8,29 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import (
-    LoraConfig,
-    get_peft_model_state_dict,
-    inject_adapter_in_model,
-    set_peft_model_state_dict,
-)
-from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
 from ..models import checkpoint as ckpt
 from ..models.loader import _config_dtype, load
-from .checkpoint import save_checkpoint
+from .checkpoint import atomic_dir, save_checkpoint
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+
+def _peft():
+    """peft, imported on first use: only LoRA runs need the train extra."""
+    try:
+        import peft
+        import peft.tuners.tuners_utils  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("LoRA needs peft: pip install 'echo-lalm[train]'") from exc
+    return peft
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -40,7 +46,7 @@ def lora_config(base_dir: str | os.PathLike, rank: int, alpha: float | None = No
                           f"(got {list(targets)})")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"lora_dropout must be in [0, 1), got {dropout}")
-    return LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=dropout,
+    return _peft().LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=dropout,
                       target_modules=rf"decoder\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(map(re.escape, targets))})",
                       base_model_name_or_path=str(Path(base_dir).resolve()))
 
@@ -50,7 +56,7 @@ def add_lora(model, config: LoraConfig) -> list[torch.nn.Parameter]:
     # what PeftModel records for a model outside transformers; load_adapter checks it
     config.auto_mapping = {"base_model_class": type(model).__name__, "parent_library": type(model).__module__}
     model.requires_grad_(False)
-    inject_adapter_in_model(config, model)
+    _peft().inject_adapter_in_model(config, model)
     model.train(model.training)  # new modules (LoRA dropout) start in train mode; follow the model's
     return [p for n, p in model.named_parameters() if ".lora_" in n]
 
@@ -69,7 +75,7 @@ def read_config(adapter_dir: str | os.PathLike) -> LoraConfig:
     if raw.get("peft_type") != "LORA":
         raise CheckpointError(f"{path / CONFIG}: peft_type {raw.get('peft_type')!r}, echo merges LORA adapters only")
     try:
-        return LoraConfig.from_pretrained(str(path))
+        return _peft().LoraConfig.from_pretrained(str(path))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path / CONFIG}: peft cannot read it ({e})") from e
 
@@ -95,33 +101,26 @@ def load_adapter(model, adapter_dir: str | os.PathLike, expect: LoraConfig | Non
         raise CheckpointError(f"{where} does not fit {type(model).__name__}: {e}") from e
     saved = load_file(str(path / WEIGHTS), device=str(model.device))
     saved = {k.removeprefix(_PREFIX): v for k, v in saved.items()}
-    wanted = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    wanted = {k: tuple(v.shape) for k, v in _peft().get_peft_model_state_dict(model).items()}
     bad = sorted(set(saved) ^ set(wanted)) + [f"{k} {tuple(v.shape)} (base needs {wanted[k]})"
                                               for k, v in saved.items() if k in wanted and tuple(v.shape) != wanted[k]]
     if bad:
         raise CheckpointError(f"{where} does not match this base model: {', '.join(bad[:6])}"
                               + (f" … and {len(bad) - 6} more" if len(bad) > 6 else ""))
-    set_peft_model_state_dict(model, saved)
+    _peft().set_peft_model_state_dict(model, saved)
     return params
 
 
 def save_adapter(model, config: LoraConfig, out_dir: str | os.PathLike, trainer_state: dict | None = None) -> Path:
     """Write ``model``'s adapter (and ``trainer_state.pt`` when given) atomically, as checkpoint.py does."""
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    config.save_pretrained(str(tmp))
-    tensors = {_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / "trainer_state.pt")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        config.save_pretrained(str(tmp))
+        state = _peft().get_peft_model_state_dict(model)
+        tensors = {_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer_state.pt")
     return out
 
 
@@ -132,7 +131,7 @@ def merge_lora(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, out_
     model = load(base_dir, dtype=torch.float32)
     load_adapter(model, adapter_dir)
     for name, module in list(model.named_modules()):
-        if isinstance(module, BaseTunerLayer):
+        if isinstance(module, _peft().tuners.tuners_utils.BaseTunerLayer):
             module.merge(safe_merge=True)  # raises on non-finite merged weights
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.get_base_layer())
