@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -64,6 +65,10 @@ def sequence_loss(model, ex: SFTExample, features: FeatureConfig, train_audio_en
     labels = torch.tensor(ex.labels[1:], device=model.device)
     loss = F.cross_entropy(logits[:-1].float(), labels, ignore_index=IGNORE, reduction="sum")
     return loss, int((labels != IGNORE).sum())
+
+
+def _num_labels(ex: SFTExample) -> int:
+    return sum(1 for t in ex.labels[1:] if t != IGNORE)
 
 
 def _autocast(cfg: SFTConfig, device: torch.device):
@@ -168,6 +173,7 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     with log_path.open("a") as log, tqdm(total=total, initial=step, disable=not cfg.progress or rank > 0,
                                          desc="sft", unit="step") as bar:
         while step < total:
+            started = time.perf_counter()
             epoch, k = divmod(step, steps_per_epoch)
             order = list(range(len(examples)))
             random.Random(cfg.seed + epoch).shuffle(order)  # data position = (epoch, k): resumable exactly
@@ -176,17 +182,21 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
             # share is padded with a zero-weight copy of the batch's first record
             mine = [(ex, 1.0) for ex in batch[rank::world]]
             mine += [(batch[0], 0.0)] * (-(-len(batch) // world) - len(mine))
-            with autocast:
-                losses = [(sequence_loss(model, ex, features, cfg.train_audio_encoder), w) for ex, w in mine]
-                n_tokens = int(dist.all_reduce_sum(float(sum(n for (_, n), w in losses if w))))
-                # the global batch's token mean; FSDP averages gradients over processes, hence * world
-                loss = sum(w * l for (l, _), w in losses) / max(1, n_tokens)
+            n_tokens = int(dist.all_reduce_sum(float(sum(_num_labels(ex) for ex, w in mine if w))))
             opt.zero_grad(set_to_none=True)
-            (loss * world).backward()
+            loss = 0.0
+            for ex, w in mine:  # backward record by record: one record's activations in memory at a time
+                with autocast:
+                    part = w * sequence_loss(model, ex, features, cfg.train_audio_encoder)[0] / max(1, n_tokens)
+                # the global batch's token mean; FSDP averages gradients over processes, hence * world
+                (part * world).backward()
+                loss += float(part.detach())
             opt.step()
             sched.step()
             step += 1
-            log.write(json.dumps({"step": step, "loss": dist.all_reduce_sum(float(loss.detach())), "tokens": n_tokens,
+            seconds = dist.all_reduce_max(time.perf_counter() - started)
+            log.write(json.dumps({"step": step, "loss": dist.all_reduce_sum(loss),
+                                  "tokens": n_tokens, "tokens_per_s": n_tokens / max(seconds, 1e-9),
                                   "lr": sched.get_last_lr()[0]}) + "\n")
             log.flush()
             bar.update(1)

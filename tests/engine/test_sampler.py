@@ -1,0 +1,32 @@
+"""The sampler: greedy/temperature/top-k/top-p pick from the processed logits, log-probs come from the policy
+(temperature-scaled raw logits), and ``never`` ids are removed from both."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from echo.config import SamplingParams
+from echo.engine.sampler import sample
+
+
+def test_never_ids_are_not_sampled_and_leave_the_policy():
+    logits = torch.tensor([[0.0, 1.0, 9.0, 0.5]])  # id 2 (say <|AUDIO|>) dominates
+    gens = [torch.Generator().manual_seed(i) for i in range(50)]
+    for gen in gens:
+        [token], [lp] = sample(logits, [SamplingParams(temperature=1.0)], [gen], [[]], never=[2])
+        assert token != 2
+        rest = torch.tensor([0.0, 1.0, 0.5])
+        assert math.isclose(lp, float(rest[[0, 1, 3].index(token)] - torch.logsumexp(rest, 0)), abs_tol=1e-6)
+    [token], _ = sample(logits, [SamplingParams(temperature=0.0)], [None], [[]], never=[2])
+    assert token == 1
+
+
+def test_logprobs_are_the_temperature_policy_before_processors_and_truncation():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    only_last = lambda hist, x: torch.where(torch.arange(4) == 3, x, torch.full_like(x, float("-inf")))  # noqa: E731
+    [token], [lp] = sample(logits, [SamplingParams(temperature=0.5, top_k=2)], [torch.Generator().manual_seed(0)],
+                           [[]], [only_last])
+    assert token == 3  # the processor forces it (top-k then sees only it)
+    assert math.isclose(lp, float(torch.log_softmax(logits[0] / 0.5, 0)[3]), abs_tol=1e-6)
