@@ -92,3 +92,35 @@ def test_double_free_is_caught():
     bm.free(t)
     with pytest.raises(RuntimeError, match="freed more often"):
         bm.free(alias)
+
+
+def _runs(table: list[int]) -> int:
+    return 1 + sum(1 for a, b in zip(table, table[1:]) if b != a + 1)
+
+
+def test_sequences_growing_together_keep_their_blocks_consecutive():
+    bm = BlockManager(256, 4)
+    tables: list[list[int]] = [[] for _ in range(8)]
+    for t in tables:  # prompts admitted one after another
+        bm.reserve(t, 0, 10)
+    for n in range(10, 120):  # then all decode together, a token each per step
+        for t in tables:
+            bm.reserve(t, n, n + 1)
+    assert all(_runs(t) == 1 for t in tables), [t[:4] for t in tables]
+    assert len({b for t in tables for b in t}) == sum(map(len, tables))  # no block in two tables
+
+
+def test_a_fragmented_pool_still_hands_out_every_free_block():
+    bm = BlockManager(16, 1)
+    held = [[] for _ in range(16)]
+    for t in held:
+        bm.reserve(t, 0, 1)
+    freed = sorted(t[0] for t in held if t[0] % 2 == 0)
+    for t in held:  # free every other block: no two free blocks are neighbours
+        if t[0] % 2 == 0:
+            bm.free(t)
+    big: list[int] = []
+    bm.reserve(big, 0, 8)
+    assert sorted(big) == freed == list(range(0, 16, 2)) and bm.num_free == 0
+    with pytest.raises(OutOfBlocks):
+        bm.reserve(big, 8, 9)
