@@ -77,16 +77,25 @@ def sft_data(workdir):
 
 
 @pytest.mark.slow
-def test_sft_two_processes_equal_one(workdir, sft_data):
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_sft_two_processes_equal_one(workdir, sft_data, mode):
     args = ["-m", "echo", "train", "sft", "--model", str(workdir / "base"), "--data", str(sft_data),
             "--epochs", "2", "--grad-accum", "4", "--lr", "1e-3", "--save-every", "1"]
-    _run([sys.executable, *args, "--out", str(workdir / "sft1")], workdir)
+    args += ["--lora", "4"] if mode == "lora" else []
+    one_dir, two_dir = workdir / f"sft1-{mode}", workdir / f"sft2-{mode}"
+    _run([sys.executable, *args, "--out", str(one_dir)], workdir)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
-          "--out", str(workdir / "sft2")], workdir)
-    one, two = [[json.loads(x) for x in (workdir / d / "log.jsonl").read_text().splitlines()] for d in ("sft1", "sft2")]
+          "--out", str(two_dir)], workdir)
+    one, two = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (one_dir, two_dir)]
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
     for a, b in zip(one, two):
         assert a["tokens"] == b["tokens"] and abs(a["loss"] - b["loss"]) <= 1e-5 * a["loss"], (a, b)
-    m1, m2 = echo.load(workdir / "sft1" / "final"), echo.load(workdir / "sft2" / "final")
-    for (name, p), q in zip(m1.named_parameters(), m2.parameters()):
-        assert_close(f"sft weights {name}", p, q, atol=1e-5)
+    if mode == "lora":
+        a, b = (load_file(d / "final" / "adapter_model.safetensors") for d in (one_dir, two_dir))
+        assert a.keys() == b.keys() and len(a) > 0
+        pairs = [(k, a[k], b[k]) for k in a]
+    else:
+        m1, m2 = echo.load(one_dir / "final"), echo.load(two_dir / "final")
+        pairs = [(n, p, q) for (n, p), q in zip(m1.named_parameters(), m2.parameters())]
+    for name, p, q in pairs:
+        assert_close(f"sft {mode} {name}", p, q, atol=1e-5)

@@ -111,12 +111,19 @@ def load_adapter(model, adapter_dir: str | os.PathLike, expect: LoraConfig | Non
     return params
 
 
-def save_adapter(model, config: LoraConfig, out_dir: str | os.PathLike, trainer_state: dict | None = None) -> Path:
-    """Write ``model``'s adapter (and ``trainer_state.pt`` when given) atomically, as checkpoint.py does."""
+def adapter_state(model) -> dict:
+    """The adapter's tensors by peft's names; full tensors under FSDP2 (a collective: every process calls it)."""
+    state = _peft().get_peft_model_state_dict(model)
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in state.items()}
+
+
+def save_adapter(model, config: LoraConfig, out_dir: str | os.PathLike, trainer_state: dict | None = None,
+                 state: dict | None = None) -> Path:
+    """Write ``model``'s adapter (``state`` when given: already gathered) and ``trainer_state.pt`` atomically."""
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         config.save_pretrained(str(tmp))
-        state = _peft().get_peft_model_state_dict(model)
+        state = adapter_state(model) if state is None else state
         tensors = {_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if trainer_state is not None:

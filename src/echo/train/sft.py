@@ -27,7 +27,7 @@ from . import distributed as dist
 from .checkpoint import load_trainer_state, save_checkpoint
 from .data import IGNORE, SFTExample, build_dataset, read_records
 from .lora import CONFIG as ADAPTER_CONFIG
-from .lora import DEFAULT_TARGETS, add_lora, load_adapter, lora_config, save_adapter
+from .lora import DEFAULT_TARGETS, adapter_state, add_lora, load_adapter, lora_config, save_adapter
 
 
 @dataclasses.dataclass(slots=True)
@@ -114,8 +114,6 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     whose base is ``model_dir`` (``merge_lora`` makes a full checkpoint). Rerunning the same command resumes."""
     cfg = cfg or SFTConfig()
     rank, world = dist.setup()
-    if world > 1 and cfg.lora_rank:
-        raise ConfigError("LoRA runs in one process for now; drop --lora or run without torchrun")
     out = Path(out_dir)
     resume = out / "checkpoint"
     state = load_trainer_state(resume)
@@ -132,10 +130,12 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
         trainable = [p for p in model.parameters() if p.requires_grad]
 
     def save(path: Path, trainer_state: dict | None = None) -> None:
-        if world > 1:  # every rank gathers the full weights; rank 0 writes
-            full = dict(dist.full_parameters(model))
-            if rank == 0:
+        if world > 1:  # every rank gathers the full weights (or adapter); rank 0 writes
+            full = dict(dist.full_parameters(model)) if lora is None else adapter_state(model)
+            if rank == 0 and lora is None:
                 save_checkpoint(model, model_dir, path, trainer_state, params=full)
+            elif rank == 0:
+                save_adapter(model, lora, path, trainer_state, state=full)
             dist.barrier()
         elif lora is None:
             save_checkpoint(model, model_dir, path, trainer_state)
