@@ -236,3 +236,28 @@ def test_cli_runs_grpo_and_rejects_bad_reward_specs(workdir, capsys):
         main(args[:-2] + ["--reward", "accuracy"])
     with pytest.raises(ValueError, match="no function"):
         main(args[:-2] + ["--reward", "echo.train.rewards:nope=1"])
+
+
+def test_confidence_term_reads_the_first_sampled_token_after_answer(workdir):
+    from echo.engine.relisten import RelistenDecision
+    from echo.engine.sequence import RelistenRecord
+    from echo.train.rewards import confidence_accuracy_reward
+    from echo.train.rl_data import RLRecord
+    from echo.train.rollout import Rollout
+
+    proc = echo.load(workdir / "base").processor
+    enc = lambda s: proc.tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
+    head, letter, tail = enc("<think><seg>0.5, 1.5</seg>ok</think><answer>"), enc("B"), enc("</answer>")
+    splice = [SP["<|audio_bos|>"]] + [SP["<|AUDIO|>"]] * 3 + [SP["<|audio_eos|>"]]
+    cut = len(enc("<think><seg>0.5, 1.5</seg>"))
+    ids = head[:cut] + splice + head[cut:] + letter + tail
+    mask = [1] * cut + [0] * len(splice) + [1] * (len(ids) - cut - len(splice))
+    logprobs = [-0.01 * i for i in range(sum(mask))]
+    record = RLRecord("q", "x.wav", "Q?", ["one", "two"], "two")
+    text = proc.decode(ids, skip_special_tokens=True)
+    r = Rollout(record, 0, [], ids, mask, logprobs, [RelistenRecord(0, RelistenDecision("relisten", "ok"))], text,
+                "stop", 40_000)
+    t = r.trajectory(proc.decode)
+    assert t.answer_token_logprob == logprobs[len(head)]  # "B": every head token was sampled, the splice was not
+    assert confidence_accuracy_reward(t) == pytest.approx(math.exp(t.answer_token_logprob))
+    assert r.spans == [(0, 40_000)]  # the record was never marked inserted: no span to re-encode
