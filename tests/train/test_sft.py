@@ -154,3 +154,21 @@ def test_bf16_autocast_runs_a_step_on_cpu(workdir, monkeypatch):
     (line,) = (out / "log.jsonl").read_text().splitlines()
     assert math.isfinite(json.loads(line)["loss"])
     assert echo.load(out / "final").dtype == torch.float32  # master weights stay float32
+
+
+def test_final_checkpoint_keeps_the_source_dtype_and_resumable_one_keeps_fp32(tmp_path):
+    from safetensors.torch import load_file
+
+    from echo.train.checkpoint import save_checkpoint
+
+    make_checkpoint(tmp_path / "base", "omni-tiny-gqa2")
+    cfg_path = tmp_path / "base" / "config.json"
+    raw = json.loads(cfg_path.read_text())
+    raw["torch_dtype"] = "bfloat16"  # a bf16 source (the tiny one was saved in fp32)
+    raw.pop("dtype", None)
+    cfg_path.write_text(json.dumps(raw))
+    model = echo.load(tmp_path / "base", dtype=torch.float32)
+    save_checkpoint(model, tmp_path / "base", tmp_path / "final")
+    save_checkpoint(model, tmp_path / "base", tmp_path / "resumable", {"step": 1})
+    assert {t.dtype for t in load_file(tmp_path / "final" / "model.safetensors").values()} == {torch.bfloat16}
+    assert {t.dtype for t in load_file(tmp_path / "resumable" / "model.safetensors").values()} == {torch.float32}

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from ..errors import CheckpointError
 from ..models import checkpoint as ckpt
 from ..models.config import ModelConfig
-from ..models.loader import _full_config, _map_names
+from ..models.loader import _config_dtype, _full_config, _map_names
 
 _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
          "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
@@ -39,7 +39,10 @@ def save_checkpoint(model, source_dir: str | os.PathLike, out_dir: str | os.Path
     mapping = _map_names(cfg, sorted(ckpt.weight_map(source)))
     if params is None:  # given: the full tensors gathered from a sharded model
         params = dict(model.named_parameters(remove_duplicate=False))
-    tensors = {hf: params[ours].detach().to("cpu").contiguous() for hf, ours in mapping.items()}
+    # a final checkpoint takes the source's dtype (a bf16 model stays bf16 on disk); a resumable one (with trainer
+    # state) keeps the fp32 master weights exactly
+    dtype = None if trainer_state is not None else _config_dtype(raw)
+    tensors = {hf: params[ours].detach().to("cpu", dtype).contiguous() for hf, ours in mapping.items()}
     with atomic_dir(out) as tmp:
         _write(tmp, tensors, source, trainer_state)
     return out
