@@ -3,7 +3,11 @@ forward with the audio embeddings it placed."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import soundfile as sf
 import torch
 
 from echo.models import num_audio_tokens
@@ -17,6 +21,29 @@ def sine_clip(seconds: float, seed: int = 0) -> np.ndarray:
     t = np.arange(int(round(seconds * 16000))) / 16000
     wave = 0.3 * np.sin(2 * np.pi * (220 + 40 * seed) * t) + 0.05 * rng.standard_normal(t.shape)
     return wave.astype(np.float32)
+
+
+def write_sft_task(d: Path, questions: list[str], targets: list[str], seed: int) -> Path:
+    """A tiny SFT set in the messages-JSONL layout: clip{i}.wav (2.5 s, ``sine_clip(seed + i)``) per target."""
+    rows = []
+    for i, (question, target) in enumerate(zip(questions, targets)):
+        sf.write(d / f"clip{i}.wav", sine_clip(2.5, seed=seed + i), 16000, subtype="FLOAT")
+        rows.append({"id": f"r{i}", "messages": [{"role": "user", "content": f"<audio>{question}"},
+                                                 {"role": "assistant", "content": target}],
+                     "audios": [f"clip{i}.wav"]})
+    (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return d / "data.jsonl"
+
+
+def write_rl_task(d: Path, questions: list[str], seed: int) -> Path:
+    """A tiny GRPO set in EAQA JSONL: one 2.5 s clip per question, choices one..four, the answer always "two"."""
+    rows = []
+    for i, question in enumerate(questions):
+        sf.write(d / f"clip{i}.wav", sine_clip(2.5, seed=seed + i), 16000, subtype="FLOAT")
+        rows.append({"id": f"q{i}", "audio": f"clip{i}.wav", "question": question,
+                     "choices": ["one", "two", "three", "four"], "answer": "two"})
+    (d / "rl.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return d / "rl.jsonl"
 
 
 def features_for(family: str, clips: list[np.ndarray]):

@@ -30,7 +30,8 @@ def _frames(processor, clips):
     return [int(m.sum()) for m in out["attention_mask"]]
 
 
-def _check(model, processor, case):
+def assert_ids_match(model, processor, case):
+    """echo's chat template and prompt ids equal the transformers processor's for one conversation."""
     seconds, conv = CONVERSATIONS[case]
     clips = [sine_clip(s, i) for i, s in enumerate(seconds)]
     text = processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
@@ -49,7 +50,7 @@ def test_ids_equal_qwen2_audio_processor(case, checkpoint):
     path, _ = checkpoint("qwen2audio-tiny-gqa2")
     processor = Qwen2AudioProcessor(WhisperFeatureExtractor.from_pretrained(path), AutoTokenizer.from_pretrained(path),
                                     chat_template=(path / "chat_template.jinja").read_text())
-    _check(echo.load(path), processor, case)
+    assert_ids_match(echo.load(path), processor, case)
 
 
 def _torchvision_reason() -> str | None:
@@ -74,7 +75,7 @@ def test_ids_equal_qwen2_5_omni_processor(case, checkpoint):
     processor = Qwen2_5OmniProcessor(Qwen2VLImageProcessor(), Qwen2VLVideoProcessor(),
                                      WhisperFeatureExtractor.from_pretrained(path), AutoTokenizer.from_pretrained(path),
                                      chat_template=(path / "chat_template.jinja").read_text())
-    _check(echo.load(path), processor, case)
+    assert_ids_match(echo.load(path), processor, case)
 
 
 def test_encode_expands_each_audio_and_checks_counts(checkpoint):

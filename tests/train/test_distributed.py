@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 from safetensors.torch import load_file
 
 import echo
@@ -25,12 +24,7 @@ WORKER = Path(__file__).with_name("grpo_worker.py")
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
     make_checkpoint(d / "base", "omni-tiny-gqa2")
-    rows = []
-    for i in range(2):
-        sf.write(d / f"clip{i}.wav", tc.sine_clip(2.5, seed=60 + i), 16_000, subtype="FLOAT")
-        rows.append({"id": f"q{i}", "audio": f"clip{i}.wav", "question": f"Which, {i}?",
-                     "choices": ["one", "two", "three", "four"], "answer": "two"})
-    (d / "rl.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tc.write_rl_task(d, [f"Which, {i}?" for i in range(2)], seed=60)
     return d
 
 

@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-import soundfile as sf
 import tiny_checkpoints as tc
 import torch
 from helpers import ScriptedTurn, assert_close
@@ -24,7 +23,6 @@ from echo.train.rewards import RewardFn, accuracy_reward
 from echo.train.rl_data import read_rl_records
 from echo.train.rollout import old_logprobs, response_logprobs, rollout
 
-SR = 16_000
 SP = special_ids()
 AUDIO_IDS = {SP["<|AUDIO|>"], SP["<|audio_bos|>"], SP["<|audio_eos|>"]}
 BANNED = list(range(340, 350))  # chat-control and audio specials
@@ -34,12 +32,7 @@ BANNED = list(range(340, 350))  # chat-control and audio specials
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("grpo")
     make_checkpoint(d / "base", "omni-tiny-gqa2")
-    rows = []
-    for i in range(4):
-        sf.write(d / f"clip{i}.wav", tc.sine_clip(2.5, seed=40 + i), SR, subtype="FLOAT")
-        rows.append({"id": f"q{i}", "audio": f"clip{i}.wav", "question": f"How many beeps, {i}?",
-                     "choices": ["one", "two", "three", "four"], "answer": "two"})
-    (d / "rl.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tc.write_rl_task(d, [f"How many beeps, {i}?" for i in range(4)], seed=40)
     return d
 
 

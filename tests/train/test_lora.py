@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import soundfile as sf
 import tiny_checkpoints as tc
 import torch
 from helpers import assert_close
@@ -28,13 +27,7 @@ IDS = torch.tensor([[10, 20, 30, 40, 50, 60]])
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("lora")
     make_checkpoint(d / "base", "omni-tiny-gqa2")
-    rows = []
-    for i, target in enumerate(TARGETS):
-        sf.write(d / f"clip{i}.wav", tc.sine_clip(2.5, seed=50 + i), 16_000, subtype="FLOAT")
-        rows.append({"id": f"r{i}", "messages": [{"role": "user", "content": f"<audio>Question {i}?"},
-                                                 {"role": "assistant", "content": target}],
-                     "audios": [f"clip{i}.wav"]})
-    (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tc.write_sft_task(d, [f"Question {i}?" for i in range(len(TARGETS))], TARGETS, seed=50)
     train_sft(str(d / "base"), str(d / "data.jsonl"), str(d / "straight"), CFG)
     return d
 

@@ -9,7 +9,6 @@ import json
 import math
 
 import pytest
-import soundfile as sf
 import tiny_checkpoints as tc
 import torch
 from helpers import assert_close
@@ -22,7 +21,6 @@ from echo.train import sft as sft_mod
 from echo.train.data import build_dataset, read_records
 from echo.train.sft import SFTConfig, sequence_loss, train_sft
 
-SR = 16_000
 TARGETS = ["<think><seg>0.5, 1.5</seg>two</think><answer>B</answer>",
            "<think>none</think><answer>A</answer>",
            "<think><seg>1.0, 2.0</seg>high</think><answer>C</answer>",
@@ -40,13 +38,7 @@ QUESTIONS = ["How many beeps?", "Is there speech?", "How high is the tone?", "Wh
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("sft")
     make_checkpoint(d / "base", "omni-tiny-gqa2")
-    rows = []
-    for i, target in enumerate(TARGETS):
-        sf.write(d / f"clip{i}.wav", tc.sine_clip(2.5, seed=30 + i), SR, subtype="FLOAT")
-        rows.append({"id": f"r{i}", "messages": [{"role": "user", "content": f"<audio>{QUESTIONS[i]}"},
-                                                 {"role": "assistant", "content": target}],
-                     "audios": [f"clip{i}.wav"]})
-    (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tc.write_sft_task(d, QUESTIONS, TARGETS, seed=30)
     return d
 
 
