@@ -7,6 +7,7 @@ so training sees exactly the embeddings the engine decoded with.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -18,8 +19,6 @@ from ..ops.log_mel import log_mel_spans
 
 def feature_config_for(model, model_dir=None) -> FeatureConfig:
     """The checkpoint's preprocessor config when it ships one, else the family's default max length."""
-    from pathlib import Path
-
     if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
         return FeatureConfig.from_pretrained(model_dir)
     return FeatureConfig(chunk_length=300 if model.config.family == "qwen2_5_omni" else 30)

@@ -25,7 +25,7 @@ from ..audio import load as load_audio
 from ..audio.features import num_audio_tokens, num_mel_frames
 from ..config import EngineConfig, SamplingParams
 from ..errors import ConfigError, EchoError
-from .audio_embed import span_embeddings
+from .audio_embed import feature_config_for, span_embeddings
 from .block_manager import BlockManager
 from .encoder_cache import EncoderCache, audio_hash
 from .kv_cache import PagedKVCache
@@ -81,10 +81,8 @@ class Engine:
                  logits_processors: Seq[LogitsProcessor] = ()):
         self.model, self.config = model, config or EngineConfig()
         self.logits_processors = list(logits_processors)
-        mc = model.config
-        d = mc.decoder
-        self.is_omni = mc.family == "qwen2_5_omni"
-        self.features = feature_config or FeatureConfig(chunk_length=300 if self.is_omni else 30)
+        d = model.config.decoder
+        self.features = feature_config or feature_config_for(model)
         if self.config.num_blocks is not None:
             self.kv = PagedKVCache(d.num_layers, self.config.num_blocks, self.config.block_size, d.num_kv_heads,
                                    d.head_dim, model.dtype, model.device)

@@ -27,8 +27,8 @@ BACKENDS = ("triton", "torch")
 
 
 def _slots(table: Sequence[int], n_k: int, block_size: int, device) -> torch.Tensor | slice:
-    """Cache slots of a sequence's first n_k positions: a slice when its blocks are consecutive (the common case
-    at small batch: the free list hands out ascending ids), so the keys are read in place without a gather."""
+    """Cache slots of a sequence's first n_k positions: a slice when its blocks are consecutive (the block
+    manager places a sequence's blocks in a row when it can), so the keys are read in place without a gather."""
     used = list(table[: -(-n_k // block_size)])
     if used[-1] - used[0] == len(used) - 1 and used == list(range(used[0], used[0] + len(used))):
         return slice(used[0] * block_size, used[0] * block_size + n_k)

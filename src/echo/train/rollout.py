@@ -89,15 +89,19 @@ def response_logprobs(model, rollouts: list[Rollout], features: FeatureConfig, w
     t_max, r_max = max(lengths), max(len(r.token_ids) for r in rollouts)
     ids = torch.zeros(len(rollouts), t_max, dtype=torch.long, device=device)
     attn = torch.zeros(len(rollouts), t_max, dtype=torch.long, device=device)
-    rows = []
+    keys = []  # (audio, start, end) of every audio in every sequence, in order
     for b, r in enumerate(rollouts):
         ids[b, : lengths[b]] = torch.tensor(r.prompt_ids + r.token_ids, device=device)
         attn[b, : lengths[b]] = 1
         if r.record.audio not in waves:
             waves[r.record.audio] = torch.from_numpy(load_audio(r.record.audio)).to(device)
-        rows += span_embeddings(model, features, [waves[r.record.audio]], [(0, s, e) for s, e in r.spans],
-                                grad=grad_audio)
-    embeds = model.embed(ids, torch.cat(rows))
+        keys += [(r.record.audio, s, e) for s, e in r.spans]
+    # a group shares its clip and often its spans: encode each distinct span once, in one call
+    distinct = list(dict.fromkeys(keys))
+    audios = list(dict.fromkeys(a for a, _, _ in distinct))
+    rows = dict(zip(distinct, span_embeddings(model, features, [waves[a] for a in audios],
+                                              [(audios.index(a), s, e) for a, s, e in distinct], grad=grad_audio)))
+    embeds = model.embed(ids, torch.cat([rows[k] for k in keys]))
     # logits only where a response token is predicted: position p predicts token p + 1
     index = torch.zeros(len(rollouts), r_max, dtype=torch.long, device=device)
     mask = torch.zeros(len(rollouts), r_max, device=device)
