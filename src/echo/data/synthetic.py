@@ -21,7 +21,11 @@ from ..errors import ConfigError
 from . import signals
 from .formats import DataFormatError, EAQARecord, write_eaqa
 from .speech import SpeechUnavailable, have_espeak
+from .scene_tasks import SCENE_DIFFICULTIES, SCENE_FAMILIES, dataset_manifest, make_scene_task
+from .sounds import SPLITS, find_library
 from .tasks import DIFFICULTIES, FAMILIES, Difficulty
+
+ALL_FAMILIES = {**FAMILIES, **SCENE_FAMILIES}  # the scene families need recorded sounds (``sounds``)
 
 JSONL_NAME = "synthetic.jsonl"
 AUDIO_DIR = "audio"
@@ -40,6 +44,9 @@ class SynthConfig:
         distractors: override the levels' number of distractor events.
         snr_db: override the levels' background-noise SNR (dB); use ``clean=True`` for no noise at all.
         clean: no background noise at any level.
+        split: ``train``/``val``/``test``: its own seed stream, and scene families draw only that split's recordings;
+            None: no split (the seed stream of earlier versions, every recording).
+        sources: where the recorded sounds' packages are (see ``sounds``); None: where they install by default.
     """
 
     n: int
@@ -50,13 +57,17 @@ class SynthConfig:
     distractors: int | None = None
     snr_db: float | None = None
     clean: bool = False
+    split: str | None = None
+    sources: str | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ConfigError(f"n must be >= 1, got {self.n}")
-        unknown = [f for f in self.families or () if f not in FAMILIES]
+        unknown = [f for f in self.families or () if f not in ALL_FAMILIES]
         if unknown:
-            raise ConfigError(f"unknown task families {unknown}; known: {', '.join(FAMILIES)}")
+            raise ConfigError(f"unknown task families {unknown}; known: {', '.join(ALL_FAMILIES)}")
+        if self.split is not None and self.split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         bad = [d for d in self.difficulties if d not in DIFFICULTIES]
         if bad or not self.difficulties:
             raise ConfigError(f"difficulties must be a non-empty subset of {list(DIFFICULTIES)}, got {self.difficulties}")
@@ -66,16 +77,18 @@ class SynthConfig:
             raise ConfigError(f"distractors must be in [0, 8], got {self.distractors}")
 
     def resolved_families(self) -> tuple[str, ...]:
-        """The families to generate; raises if a requested one needs espeak-ng and it is missing."""
+        """The families to generate; raises if a requested one needs espeak-ng or recorded sounds that are missing."""
         if self.families is None:
             return tuple(f for f, (_, speech) in FAMILIES.items() if have_espeak() or not speech)
-        missing = [f for f in self.families if FAMILIES[f][1] and not have_espeak()]
+        missing = [f for f in self.families if ALL_FAMILIES[f][1] and not have_espeak()]
         if missing:
             raise SpeechUnavailable(f"families {missing} need the espeak-ng program (apt-get install espeak-ng)")
+        if any(f in SCENE_FAMILIES for f in self.families):
+            find_library(self.sources).require()
         return tuple(self.families)
 
-    def level(self, name: str) -> Difficulty:
-        d = DIFFICULTIES[name]
+    def level(self, name: str, table: dict[str, Difficulty] = DIFFICULTIES) -> Difficulty:
+        d = table[name]
         if self.clip_s is not None:
             d = replace(d, clip_s=tuple(self.clip_s))
         if self.distractors is not None:
@@ -98,11 +111,16 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
     families = families or config.resolved_families()
     family = families[index % len(families)]
     level = config.difficulties[(index // len(families)) % len(config.difficulties)]
-    rng = np.random.default_rng([config.seed, index])
-    d = config.level(level)
-    task = FAMILIES[family][0](rng, d)
+    split_code = [] if config.split is None else [SPLITS.index(config.split) + 1]
+    rng = np.random.default_rng([config.seed, *split_code, index])
+    if family in SCENE_FAMILIES:
+        d = config.level(level, SCENE_DIFFICULTIES)
+        task = make_scene_task(family, rng, d, config.split, config.sources)
+    else:
+        d = config.level(level)
+        task = FAMILIES[family][0](rng, d)
     wave = signals.finish(signals.add_noise(rng, task.wave, d.snr_db))
-    item_id = f"synth-s{config.seed}-{index:06d}-{family}"
+    item_id = f"synth-s{config.seed}-{config.split + '-' if config.split else ''}{index:06d}-{family}"
     spans = [[float(a), float(b)] for a, b in task.spans]
     record = EAQARecord(
         id=item_id,
@@ -115,6 +133,7 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
         task=family,
         difficulty=level,
         duration_s=wave.shape[0] / signals.SR,
+        meta=getattr(task, "meta", {}),
     )
     _check_scorable(record)
     return SynthItem(record=record, wave=wave)
@@ -149,6 +168,7 @@ def write_synthetic(config: SynthConfig, out_dir: str | os.PathLike, *, progress
     path = os.path.join(out_dir, JSONL_NAME)
     write_eaqa(path, records, check_audio=True)
     manifest = {"config": asdict(config), "families": list(config.resolved_families()), "count": len(records)}
+    manifest.update(dataset_manifest(records, config.sources))
     with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
     return path

@@ -1,0 +1,303 @@
+"""Question families over scenes of recorded sounds (10-30 s clips), in the style of AudioSet-Strong questions.
+
+Each family is ``fn(rng, d, pool) -> SceneTask``: it picks sounds from the pool (the recordings of one split plus
+echo's synthesised events), mixes them at known times (:mod:`scenes`), and asks about a detail at a time: what is
+heard between a and b, which comes first, how many times, what is said at t, when something starts, which lasts
+longer, which of four sounds is heard. The reasoning cites the ground-truth spans as ``<seg>a, b</seg>``; the item's
+``meta`` lists every event (recording, onset, end, gain) and the music bed, so any answer can be re-derived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..eval.scoring import word_tokens
+from . import scenes
+from . import signals as S
+from .formats import format_span as seg
+from .sounds import SPLITS, Library, Recording, find_library, load
+from .speech import speak
+from .tasks import WORDS, Difficulty, Task, _clip_len, _t
+
+# The scene levels: longer clips, more distractor sounds, a music bed and noise as the level rises.
+SCENE_DIFFICULTIES = {
+    "easy": Difficulty("easy", (10.0, 15.0), 2, None, 0.0, 0, 0.8, True),
+    "medium": Difficulty("medium", (15.0, 22.0), 4, 20.0, 0.0, 0, 0.5, True),
+    "hard": Difficulty("hard", (22.0, 30.0), 6, 10.0, 0.0, 0, 0.3, True),
+}
+MUSIC_DB = {"easy": None, "medium": -24.0, "hard": -16.0}  # music bed below the events' peak
+EVENT_S = (1.0, 3.0)  # how much of a recorded event is played
+COUNT_S = (0.5, 1.2)  # shorter excerpts when one sound repeats
+
+
+@dataclass(slots=True)
+class SceneTask(Task):
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Pool:
+    """What one item may draw from: the split's recordings and the level's knobs."""
+
+    events: list[Recording]
+    speech: list[Recording]
+    music: list[Recording]
+    split: str | None
+    level: str
+
+    @classmethod
+    def of(cls, library: Library, split: str | None, level: str) -> "Pool":
+        return cls(library.pick(split, "event"), library.pick(split, "speech"), library.pick(split, "music"),
+                   split, level)
+
+
+def _pick(rng: np.random.Generator, items: list, k: int) -> list:
+    return [items[i] for i in rng.choice(len(items), size=min(k, len(items)), replace=False)]
+
+
+def _draw_events(rng: np.random.Generator, pool: Pool, k: int, exclude: set[str] = frozenset(),
+                 length_s: tuple[float, float] = EVENT_S) -> list[scenes.Sound]:
+    """``k`` event sounds with distinct names (not in ``exclude``): recorded ones from the split and echo's own."""
+    options: list = [r for r in pool.events if r.name not in exclude]
+    options += [s for s in scenes.synthesised(rng) if s.name not in exclude]
+    out = []
+    for item in _pick(rng, options, k):
+        out.append(scenes.recorded(item, round(float(rng.uniform(*length_s)), 1)) if isinstance(item, Recording)
+                   else item)
+    return out
+
+
+def _all_labels(pool: Pool) -> list[str]:
+    """Every event label known (text only: distractor choices may name sounds of other splits and sources)."""
+    from .sounds import ANIMAL_NAMES, ASTERISK_EVENTS, FREEDESKTOP_NAMES
+
+    labels = [label for table in (ANIMAL_NAMES, FREEDESKTOP_NAMES, ASTERISK_EVENTS) for _, label in table.values()]
+    return labels + [f"a {name}" for name in scenes._events()] + [r.label for r in pool.events]
+
+
+def _choices(rng: np.random.Generator, answer: str, preferred: list[str], pool: list[str], k: int = 4) -> list[str]:
+    """``answer`` plus distractors whose word tokens differ from every other choice's (so the official scoring rule
+    tells them apart), ``preferred`` first; shuffled."""
+    out, seen = [answer], [word_tokens(answer)]
+    for group in (preferred, pool):
+        for i in rng.permutation(len(group)) if group else []:
+            c, tokens = str(group[i]), word_tokens(group[i])
+            if len(out) < k and tokens and tokens not in seen:
+                out.append(c)
+                seen.append(tokens)
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def _scene(rng: np.random.Generator, d: Difficulty, pool: Pool, sounds: list[scenes.Sound],
+           need_extra_s: float = 0.0, gains_db: list[float] | None = None):
+    """Mix ``sounds`` (already in clip order) into a clip of the level's length, with the level's music bed."""
+    need = sum(s.seconds for s in sounds) + d.gap_s * (len(sounds) - 1) + 0.5 + need_extra_s
+    clip_s = _clip_len(rng, d, need_s=need)
+    if gains_db is None:
+        gains_db = [float(rng.uniform(-6.0, 0.0)) for _ in sounds]
+    wave, events = scenes.mix(rng, sounds, clip_s, d.gap_s, gains_db)
+    meta: dict = {"split": pool.split, "events": [e.to_json() for e in events]}
+    level_db = MUSIC_DB.get(pool.level)
+    if level_db is not None and pool.music:
+        track = pool.music[int(rng.integers(0, len(pool.music)))]
+        bed = scenes.add_music(rng, wave, load(track), level_db)
+        meta["background"] = {"recording": track.id, "source": track.source, **bed}
+    return wave, events, meta
+
+
+def _shuffle(rng: np.random.Generator, sounds: list) -> list:
+    return [sounds[i] for i in rng.permutation(len(sounds))]
+
+
+def _speech_distractor(rng: np.random.Generator, pool: Pool, d: Difficulty) -> list[scenes.Sound]:
+    """One spoken prompt among the events from the medium level up (so speech is not always the answer)."""
+    if d.distractors < 3 or not pool.speech:
+        return []
+    rec = pool.speech[int(rng.integers(0, len(pool.speech)))]
+    return [scenes.Sound(load(rec), "speech", "a woman speaking", "speech", rec.id, rec.source)]
+
+
+def heard_between(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
+    target, *others = _draw_events(rng, pool, 1 + d.distractors)
+    order = _shuffle(rng, [target, *others, *_speech_distractor(rng, pool, d)])
+    wave, events, meta = _scene(rng, d, pool, order)
+    j = next(i for i, e in enumerate(events) if e.recording == target.recording)
+    ev = events[j]
+    prev_end = events[j - 1].end if j > 0 else 0.0
+    next_start = events[j + 1].start if j + 1 < len(events) else wave.shape[0] / S.SR
+    a = max(np.floor((ev.start - float(rng.uniform(0.0, 1.0))) * 10) / 10, np.ceil(prev_end * 10) / 10)
+    b = min(np.ceil((ev.end + float(rng.uniform(0.0, 1.0))) * 10) / 10, np.floor(next_start * 10) / 10)
+    a, b = (round(float(a), 1) if a <= ev.start else ev.start), (round(float(b), 1) if b >= ev.end else ev.end)
+    heard_elsewhere = [e.label for e in events if e.label != ev.label]
+    choices = _choices(rng, ev.label, heard_elsewhere, _all_labels(pool))
+    thought = (
+        f"I need what plays between {_t(a)} s and {_t(b)} s. Listening to that part again {seg(ev.start, ev.end)}, "
+        f"from {_t(ev.start)} to {_t(ev.end)} s I hear {ev.label}; the other sounds of the clip come outside that window."
+    )
+    return SceneTask(wave, f"What is heard between {_t(a)} s and {_t(b)} s?", choices, ev.label,
+                     [(ev.start, ev.end)], thought, meta)
+
+
+def which_first(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
+    x, y, *others = _draw_events(rng, pool, 2 + d.distractors)
+    wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [x, y, *others, *_speech_distractor(rng, pool, d)]))
+    ex, ey = (next(e for e in events if e.recording == s.recording) for s in (x, y))
+    first, second = sorted((ex, ey), key=lambda e: e.start)
+    answer = f"the {first.name}"
+    choices = _choices(rng, answer, [f"the {second.name}", "they start at the same time",
+                                     "neither of them is heard"], [])
+    thought = (
+        f"The {first.name} plays here {seg(first.start, first.end)} and the {second.name} here "
+        f"{seg(second.start, second.end)}. The {first.name} starts at {_t(first.start)} s, before the {second.name} "
+        f"at {_t(second.start)} s."
+    )
+    return SceneTask(wave, f"Which comes first: the {x.name} or the {y.name}?", choices, answer,
+                     [(first.start, first.end), (second.start, second.end)], thought, meta)
+
+
+def count(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
+    k = int(rng.integers(1, 5 if pool.level == "easy" else 6))
+    (target,) = _draw_events(rng, pool, 1, length_s=COUNT_S)
+    others = _draw_events(rng, pool, d.distractors, exclude={target.name})
+    order = _shuffle(rng, [target] * k + others + _speech_distractor(rng, pool, d))
+    wave, events, meta = _scene(rng, d, pool, order)
+    spans = [(e.start, e.end) for e in events if e.recording == target.recording]
+    answer = str(k)
+    pool_n = [str(n) for n in range(max(0, k - 2), k + 4) if n != k]
+    choices = _choices(rng, answer, [str(len(events))] if len(events) != k else [], pool_n)
+    cited = ", ".join(seg(*s) for s in spans)
+    thought = (
+        f"I listen for every {target.name} sound in the clip: {cited}. "
+        f"That is {k} time{'s' if k > 1 else ''}; the other sounds are different."
+    )
+    return SceneTask(wave, f"How many times is the {target.name} heard in the clip?", choices, answer, spans,
+                     thought, meta)
+
+
+def said_at(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
+    n_speech = 2 + d.distractors // 2
+    prompts: list[Recording] = []
+    for r in _pick(rng, pool.speech, 4 * n_speech):  # distinct transcripts, so the question has one answer
+        if len(prompts) < n_speech and all(word_tokens(r.label) != word_tokens(p.label) for p in prompts):
+            prompts.append(r)
+    spoken = [scenes.Sound(load(r), r.name, r.label, "speech", r.id, r.source) for r in prompts]
+    if d.distractors >= 3:  # a second, synthetic voice saying one word
+        word = WORDS[int(rng.integers(0, len(WORDS)))]
+        spoken.append(scenes.Sound(speak(word, "en+m3", 160, 50), f"espeak-{word}", word, "speech",
+                                   f"espeak/{word}", "espeak"))
+    others = _draw_events(rng, pool, max(1, d.distractors // 2))
+    order = _shuffle(rng, spoken + others)
+    wave, events, meta = _scene(rng, d, pool, order)
+    ev = next(e for e in events if e.recording == prompts[0].id)
+    at = round((ev.start + ev.end) / 2, 1)
+    at = at if ev.start + 0.03 <= at <= ev.end - 0.03 else S.on_grid((ev.start + ev.end) / 2)
+    said_elsewhere = [e.label for e in events if e.kind == "speech" and e.recording != ev.recording]
+    choices = _choices(rng, ev.label, said_elsewhere, [r.label for r in pool.speech])
+    thought = (
+        f"Someone is speaking at {_t(at)} s. Listening to that phrase again {seg(ev.start, ev.end)}, "
+        f"the words are \"{ev.label}\"."
+    )
+    return SceneTask(wave, f"What is said at {_t(at)} s?", choices, ev.label, [(ev.start, ev.end)], thought, meta)
+
+
+def starts_when(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
+    target, *others = _draw_events(rng, pool, 1 + d.distractors)
+    wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [target, *others, *_speech_distractor(rng, pool, d)]))
+    ev = next(e for e in events if e.recording == target.recording)
+    answer = f"at {_t(ev.start)} s"
+    clip_s = wave.shape[0] / S.SR
+    elsewhere = [f"at {_t(e.start)} s" for e in events if abs(e.start - ev.start) >= 1.0]
+    spread = [f"at {_t(S.on_grid(t))} s" for t in rng.uniform(0.2, clip_s - 0.5, size=12) if abs(t - ev.start) >= 1.0]
+    choices = _choices(rng, answer, elsewhere, spread)
+    thought = (
+        f"The {target.name} plays here {seg(ev.start, ev.end)}: it begins at {_t(ev.start)} s and lasts until "
+        f"{_t(ev.end)} s."
+    )
+    return SceneTask(wave, f"When does the {target.name} start?", choices, answer, [(ev.start, ev.end)], thought, meta)
+
+
+def longer(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
+    ratio = {"easy": 2.0, "medium": 1.6, "hard": 1.3}.get(pool.level, 1.6)
+    for _ in range(50):  # two sounds whose natural lengths allow the level's length ratio
+        x, y = _draw_events(rng, pool, 2, length_s=(3.0, 3.0))
+        lo_s, hi_s = sorted((x.seconds, y.seconds))
+        short_s = S.on_grid(float(rng.uniform(0.4, max(0.4, min(lo_s, hi_s / ratio)))))
+        if short_s <= lo_s and short_s * ratio + S.GRID_S <= hi_s:
+            long_s = S.on_grid(float(rng.uniform(short_s * ratio + S.GRID_S, hi_s)))
+            break
+    else:
+        raise ValueError(f"no two sounds in the {pool.split} pool differ enough in length for a {ratio}x comparison")
+    lx, ly = (long_s, short_s) if x.seconds >= y.seconds else (short_s, long_s)
+    x = scenes.Sound(_cut(x.wave, lx), x.name, x.label, x.kind, x.recording, x.source)
+    y = scenes.Sound(_cut(y.wave, ly), y.name, y.label, y.kind, y.recording, y.source)
+    others = _draw_events(rng, pool, d.distractors, exclude={x.name, y.name})
+    wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [x, y, *others, *_speech_distractor(rng, pool, d)]))
+    ex, ey = (next(e for e in events if e.recording == s.recording) for s in (x, y))
+    lng, sht = (ex, ey) if ex.end - ex.start > ey.end - ey.start else (ey, ex)
+    answer = f"the {lng.name}"
+    choices = _choices(rng, answer, [f"the {sht.name}", "they last equally long", "neither of them is heard"], [])
+    thought = (
+        f"The {ex.name} plays here {seg(ex.start, ex.end)}, {ex.end - ex.start:.2f} s long, and the {ey.name} here "
+        f"{seg(ey.start, ey.end)}, {ey.end - ey.start:.2f} s long, so the {lng.name} lasts longer."
+    )
+    return SceneTask(wave, f"Which sound lasts longer: the {x.name} or the {y.name}?", choices, answer,
+                     [(ex.start, ex.end), (ey.start, ey.end)], thought, meta)
+
+
+def _cut(wave: np.ndarray, seconds: float) -> np.ndarray:
+    n = min(wave.shape[0], S.n_samples(S.on_grid(seconds)))
+    out = wave[:n].copy()
+    fade = min(n // 4, S.SR // 20)
+    out[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+    return out
+
+
+def which_heard(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
+    target, *others = _draw_events(rng, pool, 1 + d.distractors)
+    wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [target, *others, *_speech_distractor(rng, pool, d)]))
+    ev = next(e for e in events if e.recording == target.recording)
+    present = {w for e in events for w in word_tokens(e.label)}
+    sources = {e.source for e in events}
+    absent = [lab for lab in dict.fromkeys(_all_labels(pool)) if not word_tokens(lab) & present - {"a", "an"}]
+    from_other_sources = [lab for lab in absent if lab not in {r.label for r in pool.events if r.source in sources}]
+    choices = _choices(rng, ev.label, from_other_sources, absent)
+    thought = (
+        f"Of the four, only {ev.label} is in the clip: it plays here {seg(ev.start, ev.end)}. "
+        f"None of the other three is heard anywhere."
+    )
+    return SceneTask(wave, "Which of these sounds can be heard in the clip?", choices, ev.label,
+                     [(ev.start, ev.end)], thought, meta)
+
+
+SCENE_FAMILIES = {  # name -> (function, needs espeak-ng)
+    "scene_heard_between": (heard_between, False),
+    "scene_which_first": (which_first, False),
+    "scene_count": (count, False),
+    "scene_said_at": (said_at, True),
+    "scene_starts_when": (starts_when, False),
+    "scene_longer": (longer, False),
+    "scene_which_heard": (which_heard, False),
+}
+
+
+def make_scene_task(family: str, rng: np.random.Generator, d: Difficulty, split: str | None,
+                    sources: str | None) -> SceneTask:
+    """One item of a scene family, drawing from ``split``'s recordings under ``sources`` (None: the default places)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    library = find_library(sources)
+    library.require()
+    return SCENE_FAMILIES[family][0](rng, d, Pool.of(library, split, d.name))
+
+
+def dataset_manifest(records, sources: str | None) -> dict:
+    """What goes into a dataset's manifest for its scene items: the licences and splits of the recordings used."""
+    from .sounds import manifest
+
+    used = {e["recording"] for r in records for e in r.meta.get("events", [])}
+    used |= {r.meta["background"]["recording"] for r in records if "background" in r.meta}
+    if not used:
+        return {}
+    return manifest(used, find_library(sources))

