@@ -16,10 +16,12 @@ import numpy as np
 from ..eval.scoring import word_tokens
 from . import scenes
 from . import signals as S
+from .formats import DataFormatError
 from .formats import format_span as seg
-from .sounds import SPLITS, Library, Recording, find_library, load
+from .sounds import ANIMAL_NAMES, ASTERISK_EVENTS, FREEDESKTOP_NAMES, SPLITS, Library, Recording, find_library, load
+from .sounds import manifest as sounds_manifest
 from .speech import speak
-from .tasks import WORDS, Difficulty, Task, _clip_len, _t
+from .tasks import WORDS, Difficulty, Task, _clip_len, _events, _t
 
 # The scene levels: longer clips, more distractor sounds, a music bed and noise as the level rises.
 SCENE_DIFFICULTIES = {
@@ -71,10 +73,8 @@ def _draw_events(rng: np.random.Generator, pool: Pool, k: int, exclude: set[str]
 
 def _all_labels(pool: Pool) -> list[str]:
     """Every event label known (text only: distractor choices may name sounds of other splits and sources)."""
-    from .sounds import ANIMAL_NAMES, ASTERISK_EVENTS, FREEDESKTOP_NAMES
-
     labels = [label for table in (ANIMAL_NAMES, FREEDESKTOP_NAMES, ASTERISK_EVENTS) for _, label in table.values()]
-    return labels + [f"a {name}" for name in scenes._events()] + [r.label for r in pool.events]
+    return labels + [f"a {name}" for name in _events()] + [r.label for r in pool.events]
 
 
 def _choices(rng: np.random.Generator, answer: str, preferred: list[str], pool: list[str], k: int = 4) -> list[str]:
@@ -221,7 +221,7 @@ def starts_when(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTas
 def longer(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
     ratio = {"easy": 2.0, "medium": 1.6, "hard": 1.3}.get(pool.level, 1.6)
     for _ in range(50):  # two sounds whose natural lengths allow the level's length ratio
-        x, y = _draw_events(rng, pool, 2, length_s=(3.0, 3.0))
+        x, y = (_stretched(rng, s) for s in _draw_events(rng, pool, 2, length_s=(3.0, 3.0)))
         lo_s, hi_s = sorted((x.seconds, y.seconds))
         short_s = S.on_grid(float(rng.uniform(0.4, max(0.4, min(lo_s, hi_s / ratio)))))
         if short_s <= lo_s and short_s * ratio + S.GRID_S <= hi_s:
@@ -244,6 +244,19 @@ def longer(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
     )
     return SceneTask(wave, f"Which sound lasts longer: the {x.name} or the {y.name}?", choices, answer,
                      [(ex.start, ex.end), (ey.start, ey.end)], thought, meta)
+
+
+STRETCHABLE = {  # echo's sounds that can be made any length, so a duration comparison never runs out of material
+    "low hum": lambda rng, s: S.tone(110.0, s, harmonics=6),
+    "noise burst": lambda rng, s: S.noise_burst(rng, s),
+    "click train": lambda rng, s: S.click_train(s),
+}
+
+
+def _stretched(rng: np.random.Generator, snd: scenes.Sound, seconds: float = 3.0) -> scenes.Sound:
+    if snd.source != "echo" or snd.name not in STRETCHABLE:
+        return snd
+    return scenes.Sound(STRETCHABLE[snd.name](rng, seconds), snd.name, snd.label, snd.kind, snd.recording, snd.source)
 
 
 def _cut(wave: np.ndarray, seconds: float) -> np.ndarray:
@@ -289,15 +302,18 @@ def make_scene_task(family: str, rng: np.random.Generator, d: Difficulty, split:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     library = find_library(sources)
     library.require()
-    return SCENE_FAMILIES[family][0](rng, d, Pool.of(library, split, d.name))
+    task = SCENE_FAMILIES[family][0](rng, d, Pool.of(library, split, d.name))
+    placed = {(e["start"], e["end"]) for e in task.meta["events"]}
+    stray = [span for span in task.spans if tuple(span) not in placed]
+    if stray:  # every cited span is where a mixed sound lies; anything else is a bug in the family
+        raise DataFormatError(f"{family}: cited spans {stray} are not the spans of mixed sounds {sorted(placed)}")
+    return task
 
 
 def dataset_manifest(records, sources: str | None) -> dict:
     """What goes into a dataset's manifest for its scene items: the licences and splits of the recordings used."""
-    from .sounds import manifest
-
     used = {e["recording"] for r in records for e in r.meta.get("events", [])}
     used |= {r.meta["background"]["recording"] for r in records if "background" in r.meta}
     if not used:
         return {}
-    return manifest(used, find_library(sources))
+    return sounds_manifest(used, find_library(sources))

