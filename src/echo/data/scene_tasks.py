@@ -32,6 +32,7 @@ SCENE_DIFFICULTIES = {
 MUSIC_DB = {"easy": None, "medium": -24.0, "hard": -16.0}  # music bed below the events' peak
 EVENT_S = (1.0, 3.0)  # how much of a recorded event is played
 COUNT_S = (0.5, 1.2)  # shorter excerpts when one sound repeats
+MAX_PAUSE_S = 0.15  # a sound to count or time must be one burst: no longer pause inside it
 
 
 @dataclass(slots=True)
@@ -159,7 +160,12 @@ def which_first(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTas
 
 def count(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
     k = int(rng.integers(1, 5 if pool.level == "easy" else 6))
-    (target,) = _draw_events(rng, pool, 1, length_s=COUNT_S)
+    for _ in range(50):  # one burst, so each placement is one occurrence to count (echo's sounds always are)
+        (target,) = _draw_events(rng, pool, 1, length_s=COUNT_S)
+        if scenes.longest_pause_s(target.wave) <= MAX_PAUSE_S:
+            break
+    else:
+        (target,) = [s for s in scenes.synthesised(rng) if s.name == "high beep"]
     others = _draw_events(rng, pool, d.distractors, exclude={target.name})
     order = _shuffle(rng, [target] * k + others + _speech_distractor(rng, pool, d))
     wave, events, meta = _scene(rng, d, pool, order)
@@ -226,10 +232,11 @@ def longer(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
         short_s = S.on_grid(float(rng.uniform(0.4, max(0.4, min(lo_s, hi_s / ratio)))))
         if short_s <= lo_s and short_s * ratio + S.GRID_S <= hi_s:
             long_s = S.on_grid(float(rng.uniform(short_s * ratio + S.GRID_S, hi_s)))
-            break
+            lx, ly = (long_s, short_s) if x.seconds >= y.seconds else (short_s, long_s)
+            if max(scenes.longest_pause_s(_cut(x.wave, lx)), scenes.longest_pause_s(_cut(y.wave, ly))) <= MAX_PAUSE_S:
+                break  # both continuous, so "how long it lasts" is the span's length
     else:
         raise ValueError(f"no two sounds in the {pool.split} pool differ enough in length for a {ratio}x comparison")
-    lx, ly = (long_s, short_s) if x.seconds >= y.seconds else (short_s, long_s)
     x = scenes.Sound(_cut(x.wave, lx), x.name, x.label, x.kind, x.recording, x.source)
     y = scenes.Sound(_cut(y.wave, ly), y.name, y.label, y.kind, y.recording, y.source)
     others = _draw_events(rng, pool, d.distractors, exclude={x.name, y.name})

@@ -47,6 +47,16 @@ class Event:
         return asdict(self)
 
 
+def longest_pause_s(wave: np.ndarray, rel_db: float = -30.0) -> float:
+    """The longest quiet stretch inside a sound (10 ms frames ``rel_db`` below its loudest): a dog excerpt with two
+    barks has one, so it is not one occurrence to count, nor one continuous sound to time."""
+    hop = S.SR // 100
+    n = wave.shape[0] // hop * hop
+    rms = np.sqrt(np.mean(wave[:n].reshape(-1, hop).astype(np.float64) ** 2, axis=1))
+    active = np.flatnonzero(rms > rms.max() * 10 ** (rel_db / 20)) if n else np.zeros(0, dtype=int)
+    return float((np.diff(active) - 1).max()) * 0.01 if active.size > 1 else 0.0
+
+
 def recorded(rec: Recording, max_s: float | None = None) -> Sound:
     return Sound(load(rec, max_s), rec.name, rec.label, rec.kind, rec.id, rec.source)
 

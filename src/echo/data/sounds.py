@@ -350,7 +350,7 @@ def _read_from_frame_sync(data: bytes, path: str):
     raise SoundsUnavailable(f"{path}: cannot decode this audio file; reinstall its package")
 
 
-def _trim(wave: np.ndarray, path: str, rel_db: float = -30.0) -> np.ndarray:
+def _trim(wave: np.ndarray, path: str, rel_db: float = -40.0) -> np.ndarray:
     """Cut leading/trailing 10 ms frames quieter than ``rel_db`` below the loudest frame; pad to the 10 ms grid."""
     hop = SR // 100
     n = wave.shape[0] // hop * hop
