@@ -295,3 +295,11 @@ def test_real_packages_make_valid_disjoint_splits(tmp_path):
         used[split] = set().union(*map(_used, recs)) & set(REAL.splits)
         assert all(REAL.splits[i] == split for i in used[split])
     assert not used["train"] & used["test"]
+
+
+def test_scene_items_are_fixed_by_seed_split_and_index(standins):
+    cfg = SynthConfig(n=3, seed=4, families=NO_SPEECH, split="val", sources=standins)
+    a, b = make_item(cfg, 2), make_item(SynthConfig(n=40, seed=4, families=NO_SPEECH, split="val", sources=standins), 2)
+    assert a.record == b.record and np.array_equal(a.wave, b.wave)
+    c = make_item(SynthConfig(n=3, seed=5, families=NO_SPEECH, split="val", sources=standins), 2)
+    assert c.record.meta != a.record.meta

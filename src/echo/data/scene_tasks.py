@@ -91,13 +91,11 @@ def _choices(rng: np.random.Generator, answer: str, preferred: list[str], pool: 
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def _scene(rng: np.random.Generator, d: Difficulty, pool: Pool, sounds: list[scenes.Sound],
-           need_extra_s: float = 0.0, gains_db: list[float] | None = None):
+def _scene(rng: np.random.Generator, d: Difficulty, pool: Pool, sounds: list[scenes.Sound]):
     """Mix ``sounds`` (already in clip order) into a clip of the level's length, with the level's music bed."""
-    need = sum(s.seconds for s in sounds) + d.gap_s * (len(sounds) - 1) + 0.5 + need_extra_s
+    need = sum(s.seconds for s in sounds) + d.gap_s * (len(sounds) - 1) + 0.5
     clip_s = _clip_len(rng, d, need_s=need)
-    if gains_db is None:
-        gains_db = [float(rng.uniform(-6.0, 0.0)) for _ in sounds]
+    gains_db = [float(rng.uniform(-6.0, 0.0)) for _ in sounds]  # each sound's level, kept in the item's meta
     wave, events = scenes.mix(rng, sounds, clip_s, d.gap_s, gains_db)
     meta: dict = {"split": pool.split, "events": [e.to_json() for e in events]}
     level_db = MUSIC_DB.get(pool.level)
