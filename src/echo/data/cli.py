@@ -12,8 +12,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``data`` with its sub-commands on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     from .tasks import DIFFICULTIES, FAMILIES
 
-    data = subparsers.add_parser("data", help="make datasets: synthetic tasks with exact answers")
-    commands = data.add_subparsers(dest="data_command", metavar="{synth}", required=True)
+    from .pipeline.cli import COMMANDS, add_parsers as add_pipeline_parsers
+
+    data = subparsers.add_parser("data", help="make datasets: synthetic tasks with exact answers; the caption -> "
+                                 "QA/CoT -> filter pipeline")
+    commands = data.add_subparsers(dest="data_command", metavar="{synth," + ",".join(COMMANDS) + "}", required=True)
+    add_pipeline_parsers(commands)
 
     synth = commands.add_parser(
         "synth",
