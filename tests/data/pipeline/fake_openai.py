@@ -71,6 +71,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/v1/chat/completions":
             return self._send(404, {"error": {"message": f"no route {self.path}"}})
         script = STATE["script"]
+        if "model" not in body or "messages" not in body:  # a client killed while sending
+            return self._send(400, {"error": {"message": "incomplete request"}})
         digest = request_digest(body["model"], body["messages"])
         text = _text(body["messages"])
         audio = _audio_hashes(body["messages"])
