@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .cache import cache_key, sha256
 from .client import Reply
-from .clips import Clip, find_clips, shard
+from .clips import Clip, find_clips, my_clips
 from .config import PipelineConfig
 from .prompts import CAPTION_VIEWS, Prompt
 from .stage import StageContext, ask_or_drop, print_dry_run, run_stage
@@ -52,7 +52,7 @@ def run_caption(cfg: PipelineConfig) -> StageContext:
     clips, bad = find_clips(cfg.audio_dir, cfg.meta)
     ctx = StageContext(cfg, "caption", cfg.caption)
     done = ctx.store.done(redo_reason="caption:request_failed" if cfg.retry_failed else None)
-    mine = set(shard([c.id for c in clips] + [cid for cid, _ in bad], cfg.rank, cfg.world_size))
+    mine = my_clips(cfg.audio_dir, cfg.rank, cfg.world_size)
     if not cfg.dry_run:
         ctx.store.write([{"key": cid, "dropped": "caption:" + why.split(" ")[0]} for cid, why in bad
                          if cid in mine and cid not in done])

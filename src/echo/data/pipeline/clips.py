@@ -66,9 +66,16 @@ def find_clips(audio_dir: Path, meta: Path | None = None) -> tuple[list[Clip], l
     return clips, bad
 
 
-def shard(keys: list, rank: int, world_size: int) -> list:
-    """This process's share: every ``world_size``-th from ``rank`` of the sorted keys (stable under resumption)."""
-    return list(sorted(keys))[rank::world_size]
+def list_clip_ids(audio_dir: Path) -> list[str]:
+    """Every clip id under ``audio_dir``, sorted (a directory listing: nothing is read)."""
+    return sorted(p.relative_to(audio_dir).with_suffix("").as_posix() for p in Path(audio_dir).rglob("*")
+                  if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+def my_clips(audio_dir: Path, rank: int, world_size: int) -> set[str]:
+    """This process's share of the clips: every ``world_size``-th id from ``rank`` of all ids in sorted order, so
+    every stage of every process agrees on the owner of a clip whatever the others have done."""
+    return set(list_clip_ids(audio_dir)[rank::world_size])
 
 
 def read_meta(path: Path) -> dict[str, list[dict]]:

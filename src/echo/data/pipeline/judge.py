@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 
 from . import rules
-from .clips import Clip, shard
+from .clips import Clip, my_clips
 from .config import PipelineConfig
 from .prompts import Prompt
 from .stage import StageContext, ask_or_drop, parse_json, print_dry_run, run_stage
@@ -47,7 +47,7 @@ def run_filter(cfg: PipelineConfig, *, llm: bool = True) -> StageContext:
     ctx = StageContext(cfg, "filter", cfg.judge if llm else None)
     done = ctx.store.done(redo_reason="judge:request_failed" if cfg.retry_failed else None)
     sources = ChunkStore(cfg.out_dir, "synthesize").read()
-    mine = set(shard([r["key"] for r in sources], cfg.rank, cfg.world_size))
+    mine = my_clips(cfg.audio_dir, cfg.rank, cfg.world_size)
     todo = [(row, item) for row in sources if row["key"] in mine for item in row["items"] if item["id"] not in done]
     prompt = Prompt("judge", cfg.prompts_dir)
 

@@ -21,6 +21,7 @@ _POLICY = RelistenPolicy(max_turns=1 << 30, out_of_range="skip", reversed_span="
 _SPAN_REASONS = {"malformed": "malformed_span", "reversed": "span_reversed", "out of range": "span_outside_clip",
                  "too short": "span_too_short"}
 
+_CATCH_ALL = {"all of the above", "none of the above", "both", "neither", "all of them", "none of them"}
 QA_REASONS = ("empty_question", "too_few_choices", "choices_not_distinct", "answer_not_in_choices",
               "answer_not_unique")
 COT_REASONS = ("cot_format", "cot_answer_mismatch", *_SPAN_REASONS.values(), "span_precision", "no_span_cited")
@@ -41,8 +42,12 @@ def qa_problems(item: dict) -> list[str]:
         return ["choices_not_distinct"]
     if answer not in choices:
         return ["answer_not_in_choices"]
-    # the scorer must map the answer's own text to its choice and to no other
-    if extract_answer(f"<answer>{answer}</answer>", choices).choice_index != choices.index(answer):
+    # one right choice only: no catch-all option, no other choice that says the answer and more, and the scorer
+    # maps the answer's own text to its choice
+    words = set(_norm(answer).split())
+    others = [set(_norm(c).split()) for c in choices if c != answer]
+    if (any(_norm(c) in _CATCH_ALL for c in choices) or any(words <= o for o in others)
+            or extract_answer(f"<answer>{answer}</answer>", choices).choice_index != choices.index(answer)):
         return ["answer_not_unique"]
     return []
 

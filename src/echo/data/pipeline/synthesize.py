@@ -6,7 +6,7 @@ LLM gave nothing usable; rule-built items are kept even then)."""
 
 from __future__ import annotations
 
-from .clips import Clip, shard
+from .clips import Clip, my_clips
 from .config import PipelineConfig
 from .prompts import Prompt
 from .rule_questions import rule_items
@@ -34,7 +34,7 @@ def run_synthesize(cfg: PipelineConfig, *, llm: bool = True) -> StageContext:
         from .clips import find_clips
 
         sources = [{"key": c.id, "clip": c.to_json(), "captions": {}} for c in find_clips(cfg.audio_dir, cfg.meta)[0]]
-    mine = set(shard([r["key"] for r in sources], cfg.rank, cfg.world_size))
+    mine = my_clips(cfg.audio_dir, cfg.rank, cfg.world_size)
     todo = [r for r in sources if r["key"] in mine and r["key"] not in done]
     prompt = Prompt("synthesize", cfg.prompts_dir)
 
