@@ -121,3 +121,21 @@ def test_cache_survives_a_torn_line(tmp_path):
     assert reread.get(other) == {"text": "two"} and len(reread) == 2
     assert [json.loads(line)["key"] for line in cache.path.read_text().splitlines() if line.startswith('{"answer')] \
         == [key, other]
+
+
+def test_concurrent_answers_share_fsyncs(tmp_path, monkeypatch):
+    import asyncio
+    import os
+
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    cache = RequestCache(tmp_path, "filter")
+
+    async def many():
+        await asyncio.gather(*(cache.put_async(f"k{i}", {"text": str(i)}) for i in range(50)))
+
+    asyncio.run(many())
+    cache.close()
+    assert 1 <= len(calls) < 50  # group commit: one fsync covers every line written before it started
+    assert len(RequestCache(tmp_path, "filter")) == 50

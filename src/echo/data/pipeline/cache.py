@@ -9,6 +9,7 @@ parameters would not help); failures after every retry are not, so a rerun tries
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -65,6 +66,8 @@ class RequestCache:
         for path in sorted(self.dir.glob(f"{stage}-rank*.jsonl")):
             self._read(path)
         self._file = None
+        self._written = self._synced = 0  # lines appended / known durable by this process
+        self._syncing = None
 
     def _read(self, path: Path) -> None:
         with open(path, "rb") as f:
@@ -86,18 +89,41 @@ class RequestCache:
     def get(self, key: str) -> dict | None:
         return self._answers.get(key)
 
-    def put(self, key: str, answer: dict, **extra) -> None:
-        """Record ``answer`` durably (written, flushed and fsynced before returning)."""
+    def _append(self, key: str, answer: dict, extra: dict) -> bool:
         if key in self._answers:
-            return
+            return False
         if self._file is None:
             self._file = open(self.path, "ab")
             if self._file.tell() and not _ends_with_newline(self.path):
                 self._file.write(b"\n")  # close a torn line left by a kill so the next one parses
         self._file.write((canonical({"key": key, "answer": answer, **extra}) + "\n").encode())
         self._file.flush()
-        os.fsync(self._file.fileno())
         self._answers[key] = answer
+        self._written += 1
+        return True
+
+    def put(self, key: str, answer: dict, **extra) -> None:
+        """Record ``answer`` durably (written, flushed and fsynced before returning)."""
+        if self._append(key, answer, extra):
+            os.fsync(self._file.fileno())
+            self._synced = self._written
+
+    async def put_async(self, key: str, answer: dict, **extra) -> None:
+        """``put`` for the event loop: group commit. One fsync, in a thread, covers every line written before it
+        started, so concurrent answers share it and the loop never blocks on the disk; returns once durable."""
+        if not self._append(key, answer, extra):
+            return
+        mine = self._written
+        while self._synced < mine:
+            if self._syncing is None or self._syncing.done():
+                self._syncing = asyncio.ensure_future(asyncio.to_thread(os.fsync, self._file.fileno()))
+                # registered before any awaiter: the count is updated before they resume
+                self._syncing.add_done_callback(lambda f, upto=self._written: self._synced_to(f, upto))
+            await asyncio.shield(self._syncing)
+
+    def _synced_to(self, fut, upto: int) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._synced = max(self._synced, upto)
 
     def entries(self) -> list[dict]:
         """Every cached row of this stage (all ranks), for reports and tests."""

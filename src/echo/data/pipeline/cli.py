@@ -131,7 +131,7 @@ def _run(args) -> int:
             ctx = run_synthesize(cfg, llm=llm)
         else:
             ctx = run_filter(cfg, llm=llm)
-        report = {"usage_this_run": {name: vars(ctx.usage) if hasattr(ctx.usage, "__dict__") else _asdict(ctx.usage)}}
+        report = {"usage_this_run": {name: _asdict(ctx.usage)}}
         if not cfg.dry_run:
             report.update(build_report(cfg.out_dir, endpoints(cfg)))
     if not cfg.dry_run:

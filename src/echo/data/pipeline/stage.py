@@ -49,7 +49,7 @@ class StageContext:
             self.client = ChatClient(ep, self.usage)
         reply = await self.client.complete(messages, response_format=response_format)
         self.usage.add_tokens(reply, ep)
-        self.cache.put(key, reply.to_json(), request=request_digest(ep.model, messages))
+        await self.cache.put_async(key, reply.to_json(), request=request_digest(ep.model, messages))
         return reply
 
     def remember(self, key: str, reply: Reply, request: str) -> None:
