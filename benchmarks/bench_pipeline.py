@@ -84,6 +84,8 @@ def resume_cost(server, scripted, audio, meta, work: Path, n_clips: int) -> dict
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     while server.counts()["rules"].get("caption", 0) < n_clips:
+        if proc.poll() is not None:
+            raise RuntimeError("the pipeline ended before the kill")
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
