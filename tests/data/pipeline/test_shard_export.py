@@ -7,7 +7,7 @@ import json
 
 import pytest
 from conftest import write_clips
-from scripted import CAPTION, JUDGE, item, judge, synth
+from scripted import CAPTION, item, judge, synth
 
 from echo.cli import main
 from echo.train.data import read_records
@@ -90,3 +90,18 @@ def test_export_trains_one_step_of_sft_and_grpo(server, tmp_path, checkpoint, ca
                  str(tmp_path / "grpo"), "--group-size", "2", "--prompts-per-step", "2", "--steps", "1",
                  "--max-new-tokens", "8", "--kv-cache-gb", "0.02"]) == 0
     assert "trained 1 steps on 4 prompts (0 skipped)" in capsys.readouterr().out
+
+
+def test_stages_one_by_one_equal_the_pipeline(server, tmp_path, capsys):
+    audio, meta = write_clips(tmp_path, 3)
+    server.script(mixed(3))
+    assert main(pipeline(server.url, audio, meta, tmp_path / "whole")) == 0
+    stages = tmp_path / "stages"
+    common = ["--audio", str(audio), "--meta", str(meta), "--out", str(stages), "--no-progress"]
+    assert main(["data", "caption", *common, "--caption-endpoint", server.url, "--caption-model", "omni"]) == 0
+    assert main(["data", "export", "--out", str(stages)]) == 2  # nothing synthesised yet: refused, named
+    assert "3 items are not finished yet (e.g. synthesize c0, " in capsys.readouterr().err
+    for stage in ("synthesize", "filter"):
+        assert main(["data", stage, *common, "--llm-endpoint", server.url, "--llm-model", "r1"]) == 0
+    assert main(["data", "export", "--out", str(stages)]) == 0
+    assert exported(stages) == exported(tmp_path / "whole")
