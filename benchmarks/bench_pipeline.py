@@ -3,7 +3,7 @@ at once) at concurrency 1 / 8 / 64, for the bare ``AsyncOpenAI`` client (baselin
 stages (cache lookups, fsync'd cache writes, atomic chunks, audio base64); and the resume cost after a kill -9
 (requests re-sent, and re-sent although answered).
 
-Run: ``python benchmarks/bench_pipeline.py [--clips 200]`` (prints the machine and a table; also runs under pytest).
+Run: ``python benchmarks/bench_pipeline.py [--clips 200] [--repeats 3]`` (prints the machine and a table; also runs under pytest).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def resume_cost(server, scripted, audio, meta, work: Path, n_clips: int) -> dict
             "resent_although_answered": sum(final[d] - seen[d] for d in stored)}
 
 
-def main(clips: int = 200) -> dict:
+def main(clips: int = 200, repeats: int = 3) -> dict:
     fixtures = _load("pipeline_fixtures", TESTS / "conftest.py")
     scripted = _load("scripted", TESTS / "scripted.py")
     server = fixtures.FakeServer()
@@ -111,26 +111,30 @@ def main(clips: int = 200) -> dict:
             tmp = Path(tmp)
             audio, meta = fixtures.write_clips(tmp, clips, seconds=2.0)
             for c in (1, 8, 64):
-                server.script(scripted.plain(clips))
-                bare = asyncio.run(bare_client(server.url, 3 * clips, c))
-                work = tmp / f"run{c}"
-                server.script(scripted.plain(clips))
-                cap, n_cap = stage_rps(server, scripted, audio, meta, work, "caption", c)
-                # the judge stage needs synthesised items: synthesise them first (not timed)
-                from echo.data.pipeline.config import EndpointConfig, PipelineConfig
-                from echo.data.pipeline.synthesize import run_synthesize
+                best = {"bare": 0.0, "caption": 0.0, "judge": 0.0}
+                for rep in range(repeats):  # interleaved repeats, best of each: the machine is shared
+                    server.script(scripted.plain(clips))
+                    best["bare"] = max(best["bare"], asyncio.run(bare_client(server.url, 3 * clips, c)))
+                    work = tmp / f"run{c}-{rep}"
+                    server.script(scripted.plain(clips))
+                    cap, n_cap = stage_rps(server, scripted, audio, meta, work, "caption", c)
+                    # the judge stage needs synthesised items: synthesise them first (not timed)
+                    from echo.data.pipeline.config import EndpointConfig, PipelineConfig
+                    from echo.data.pipeline.synthesize import run_synthesize
 
-                ep = EndpointConfig(server.url, "r1", concurrency=64)
-                run_synthesize(PipelineConfig(audio, work, meta=meta, llm=ep, progress=False))
-                jud, n_jud = stage_rps(server, scripted, audio, meta, work, "filter", c)
-                results["rows"].append({"concurrency": c, "bare_client_rps": round(bare, 1),
-                                        "caption_rps": round(cap, 1), "caption_requests": n_cap,
-                                        "judge_rps": round(jud, 1), "judge_requests": n_jud})
+                    ep = EndpointConfig(server.url, "r1", concurrency=64)
+                    run_synthesize(PipelineConfig(audio, work, meta=meta, llm=ep, progress=False))
+                    jud, n_jud = stage_rps(server, scripted, audio, meta, work, "filter", c)
+                    best["caption"], best["judge"] = max(best["caption"], cap), max(best["judge"], jud)
+                results["rows"].append({"concurrency": c, "bare_client_rps": round(best["bare"], 1),
+                                        "caption_rps": round(best["caption"], 1), "caption_requests": n_cap,
+                                        "judge_rps": round(best["judge"], 1), "judge_requests": n_jud})
             results["resume"] = resume_cost(server, scripted, audio, meta, tmp / "resume", clips)
     finally:
         server.close()
     print(f"machine: {results['machine']}")
-    print(f"{clips} clips of 2 s; loopback scripted server (Python ThreadingHTTPServer, answers at once)")
+    print(f"{clips} clips of 2 s; loopback scripted server (Python ThreadingHTTPServer, answers at once); "
+          f"best of {repeats} interleaved repeats")
     print("| concurrency | bare AsyncOpenAI req/s | caption stage req/s | judge stage req/s |")
     print("|---:|---:|---:|---:|")
     for r in results["rows"]:
@@ -141,11 +145,13 @@ def main(clips: int = 200) -> dict:
 
 
 def test_pipeline_throughput_and_resume():
-    results = main(clips=int(os.environ.get("ECHO_BENCH_CLIPS", "60")))
+    results = main(clips=int(os.environ.get("ECHO_BENCH_CLIPS", "60")), repeats=1)
     assert results["resume"]["resent_although_answered"] == 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=200)
-    main(parser.parse_args().clips)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    main(args.clips, args.repeats)
