@@ -5,7 +5,7 @@ the prompt text, counting requests per request digest and per rule, and injectin
 Script (POST /script): ``{"rules": [{"name", "contains": [substrings], "reply": text, "finish_reason",
 "refusal", "faults": [...], "audio_sha256"}], "delay": seconds, "retry_after": seconds, "hang": seconds}``. The first rule whose
 substrings all occur in the request's text (and whose audio, when it names one, is attached) answers. ``faults[n]`` is applied to the n-th request of a digest:
-``429`` (with Retry-After), ``500``, ``timeout`` (answers after ``hang`` seconds), ``drop`` (closes the connection
+``429`` (with Retry-After), ``500``, ``401``, ``timeout`` (answers after ``hang`` seconds), ``drop`` (closes the connection
 without a response). GET /counts: ``{"digests": {digest: n}, "rules": {name: n}, "times": {digest: [t...]}, "rule_times": {name: [t...]}}``.
 """
 
@@ -97,8 +97,8 @@ class Handler(BaseHTTPRequestHandler):
         if fault == "429":
             return self._send(429, {"error": {"message": "slow down"}},
                               {"Retry-After": str(script.get("retry_after", 0.1))})
-        if fault == "500":
-            return self._send(500, {"error": {"message": "boom"}})
+        if fault in ("500", "401"):
+            return self._send(int(fault), {"error": {"message": "boom" if fault == "500" else "bad key"}})
         if fault == "drop":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)

@@ -36,7 +36,8 @@ def routing_script(audio) -> list[dict]:
         synth("c4", reply='{"items": [{"question": "Wh', finish_reason="length"),
         synth("c5", reply='{"items": [oops]}'),
         judge("c0/0", faults=["429"]),                  # SFT, after a 429 with Retry-After
-        judge("c0/1", cot=False),                       # RL: the judge rejects the CoT
+        {**judge("c0/1", cot=False),                    # RL: the judge rejects the CoT (after thinking aloud)
+         "reply": "<think>The doorbell is invented.</think>" + judge("c0/1", cot=False)["reply"]},
         judge("c1/0", qa=False),                        # dropped by the judge
         judge("c1/1"),                                  # never asked: the rules drop it first
         judge("c2/0"),                                  # RL: the rules rejected the CoT, the question is fine
@@ -100,3 +101,16 @@ def test_requests_per_minute_limit(server, tmp_path):
     # 300/min = 5/s with a one-second bucket: 5 at once, then one every 0.2 s, 1.4 s in all (unlimited, 12 requests
     # at concurrency 8 take a few ms); the margin absorbs when the first connections were opened
     assert times[-1] - times[0] >= 1.0
+
+
+def test_a_refused_key_stops_the_stage_instead_of_dropping_every_clip(server, tmp_path, capsys):
+    audio, meta = write_clips(tmp_path, 2)
+    server.script([{**rule, "faults": ["401"]} for rule in CAPTION])
+    argv = ["data", "caption", "--audio", str(audio), "--out", str(tmp_path / "out"), "--caption-endpoint",
+            server.url, "--caption-model", "omni", "--caption-api-key-env", "ECHO_TEST_KEY", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err and "$ECHO_TEST_KEY" in err
+    assert not list((tmp_path / "out" / "caption").glob("*.jsonl"))  # nothing recorded as done
+    assert main(argv) == 0  # the second attempt of each prompt is answered: every clip is captioned
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["caption"]["captioned"] == 2

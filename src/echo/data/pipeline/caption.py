@@ -64,18 +64,15 @@ def run_caption(cfg: PipelineConfig) -> StageContext:
 
     async def handle(clip: Clip) -> list[dict]:
         part = audio_part(clip)
-        views = {}
-        for view, prompt in prompts.items():
-            text = prompt.render(duration=f"{clip.duration_s:.2f}")
-            messages = [{"role": "user", "content": [part, {"type": "text", "text": text}]}]
-            views[view] = asyncio.ensure_future(ask_or_drop(ctx, messages, clip.sha256))
-        texts = {}
-        for view, fut in views.items():
-            reply, drop = await fut
-            if drop:
-                return [{"key": clip.id, "clip": clip.to_json(), "dropped": drop}]
-            texts[view] = reply.text if reply else None
-        return [] if None in texts.values() else [_row(clip, texts)]
+        asks = [ask_or_drop(ctx, [{"role": "user", "content": [part, {"type": "text", "text": prompt.render(
+            duration=f"{clip.duration_s:.2f}")}]}], clip.sha256) for prompt in prompts.values()]
+        answers = await asyncio.gather(*asks)  # every view is asked (and cached) even when one fails
+        drops = [drop for _, drop in answers if drop]
+        if drops:
+            return [{"key": clip.id, "clip": clip.to_json(), "dropped": drops[0]}]
+        if any(reply is None for reply, _ in answers):
+            return []  # dry run
+        return [_row(clip, {view: reply.text for view, (reply, _) in zip(prompts, answers)})]
 
     run_stage(ctx, todo, handle, "caption")
     if cfg.dry_run:

@@ -14,6 +14,11 @@ from ...errors import EchoError
 from .config import EndpointConfig
 
 
+class EndpointRefused(EchoError):
+    """The endpoint refuses every request (bad key, unknown model or route): the stage stops instead of dropping
+    every item, so a corrected rerun finds them all still to do."""
+
+
 class RequestFailed(EchoError):
     """A request that still failed after every retry (or failed in a way retrying cannot fix)."""
 
@@ -140,9 +145,12 @@ class ChatClient:
                 except openai.APIStatusError as exc:
                     status = exc.status_code
                     last = f"HTTP {status}: {str(exc)[:200]}"
+                    if status in (401, 403, 404):
+                        raise EndpointRefused(f"{ep.base_url} ({ep.model}) answered {last}; check the API key "
+                                              f"(${ep.api_key_env}), the model name and the URL") from None
                     if status != 429 and status < 500 and status != 408:
                         self.usage.failed += 1
-                        raise RequestFailed("rejected", last) from None  # 4xx other than 408/429: retrying won't help
+                        raise RequestFailed("rejected", last) from None  # a bad request: retrying won't help
                     retry_after = _retry_after(exc.response.headers)
                 else:
                     self.usage.answered += 1

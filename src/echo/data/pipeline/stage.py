@@ -117,6 +117,8 @@ def parse_json(ctx: StageContext, reply: Reply, schema: dict | None) -> tuple[ob
     from .prompts import validate
 
     text = (reply.text or "").strip()
+    if text.startswith("<think>") and "</think>" in text:  # a reasoning model's thinking, then the answer
+        text = text.split("</think>", 1)[1].strip()
     if text.startswith("```"):  # some servers fence JSON even under a response format
         text = text.strip("`").removeprefix("json").strip()
     try:
