@@ -1,4 +1,5 @@
-"""``echo data synth`` (and room for ``echo data build``): argparse wiring only; the work is in ``synthetic``."""
+"""``echo data synth`` and the pipeline commands (``echo data pipeline | caption | synthesize | filter | export``,
+wired in ``pipeline.cli``): argparse wiring only; the work is in ``synthetic`` and ``pipeline``."""
 
 from __future__ import annotations
 

@@ -114,3 +114,13 @@ def test_a_refused_key_stops_the_stage_instead_of_dropping_every_clip(server, tm
     assert not list((tmp_path / "out" / "caption").glob("*.jsonl"))  # nothing recorded as done
     assert main(argv) == 0  # the second attempt of each prompt is answered: every clip is captioned
     assert json.loads((tmp_path / "out" / "report.json").read_text())["caption"]["captioned"] == 2
+
+
+def test_unreadable_audio_is_counted_not_fatal(server, tmp_path):
+    audio, meta = write_clips(tmp_path, 2)
+    (audio / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
+    server.script(list(CAPTION))
+    assert main(["data", "caption", "--audio", str(audio), "--out", str(tmp_path / "out"), "--caption-endpoint",
+                 server.url, "--caption-model", "omni", "--no-progress"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["caption"] == {"clips": 3, "captioned": 2, "dropped": {"caption:audio_unreadable": 1}}
