@@ -3,7 +3,8 @@ at once) at concurrency 1 / 8 / 64, for the bare ``AsyncOpenAI`` client (baselin
 stages (cache lookups, fsync'd cache writes, atomic chunks, audio base64); and the resume cost after a kill -9
 (requests re-sent, and re-sent although answered).
 
-Run: ``python benchmarks/bench_pipeline.py [--clips 200] [--repeats 3]`` (prints the machine and a table; also runs under pytest).
+Run: ``python benchmarks/bench_pipeline.py [--clips 200] [--repeats 3]`` (prints the machine and a table; also
+runs under pytest).
 """
 
 from __future__ import annotations

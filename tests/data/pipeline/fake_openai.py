@@ -2,11 +2,13 @@
 process: ``python fake_openai.py``; it prints its port), answering ``/v1/chat/completions`` from rules keyed on
 the prompt text, counting requests per request digest and per rule, and injecting faults on demand.
 
-Script (POST /script): ``{"rules": [{"name", "contains": [substrings], "reply": text, "finish_reason",
-"refusal", "faults": [...], "audio_sha256"}], "delay": seconds, "retry_after": seconds, "hang": seconds}``. The first rule whose
-substrings all occur in the request's text (and whose audio, when it names one, is attached) answers. ``faults[n]`` is applied to the n-th request of a digest:
-``429`` (with Retry-After), ``500``, ``401``, ``timeout`` (answers after ``hang`` seconds), ``drop`` (closes the connection
-without a response). GET /counts: ``{"digests": {digest: n}, "rules": {name: n}, "times": {digest: [t...]}, "rule_times": {name: [t...]}}``.
+Script (POST /script, which also zeroes the counts): ``{"rules": [{"name", "contains": [substrings], "reply": text,
+"finish_reason", "refusal", "faults": [...], "audio_sha256"}], "delay": seconds, "retry_after": seconds,
+"hang": seconds}``. The first rule whose substrings all occur in the request's text (and whose audio, when it names
+one, is attached) answers. ``faults[n]`` is applied to the n-th request of a digest: ``429`` (with Retry-After),
+``500``, ``401``, ``timeout`` (answers after ``hang`` seconds), ``drop`` (closes the connection without a
+response). GET /counts: ``{"digests": {digest: n}, "rules": {name: n}, "times": {digest: [t...]},
+"rule_times": {name: [t...]}}``.
 """
 
 from __future__ import annotations

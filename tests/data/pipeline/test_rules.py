@@ -40,7 +40,8 @@ def cot(body: str, answer: str = "a horn") -> dict:
     (cot("<seg>1.505, 2.60</seg>"), [], ["span_precision"]),
     (cot("<seg>1.50, 2.60</seg>", answer="a bell"), [], ["cot_answer_mismatch"]),
     ({**GOOD, "cot": "a horn, since <seg>1.50, 2.60</seg>"}, [], ["cot_format"]),
-], ids=["good", "empty-question", "one-choice", "choices-repeat", "answer-missing", "answer-inside-another", "catch-all",
+], ids=["good", "empty-question", "one-choice", "choices-repeat", "answer-missing", "answer-inside-another",
+        "catch-all",
         "no-span", "span-past-end", "span-reversed", "span-too-short", "span-words", "seg-unclosed",
         "three-decimals", "cot-other-answer", "no-think-answer"])
 def test_rules_on_hand_made_items(item, qa, cot_problems):

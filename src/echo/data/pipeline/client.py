@@ -81,11 +81,12 @@ class Usage:
 class RateLimiter:
     """Token bucket refilled at ``per_minute / 60`` per second, holding at most one second's worth (or one call)."""
 
-    def __init__(self, per_minute: float | None):
+    def __init__(self, per_minute: float | None, *, clock=time.monotonic, sleep=asyncio.sleep):
         self.rate = None if per_minute is None else per_minute / 60.0
         self.capacity = None if self.rate is None else max(1.0, self.rate)
         self.level = self.capacity
-        self.stamp = time.monotonic()
+        self.clock, self.sleep = clock, sleep
+        self.stamp = clock()
         self.lock = asyncio.Lock()
 
     async def acquire(self, amount: float = 1.0) -> None:
@@ -94,13 +95,13 @@ class RateLimiter:
         amount = min(amount, self.capacity)  # a request bigger than the bucket waits for a full bucket
         async with self.lock:
             while True:
-                now = time.monotonic()
+                now = self.clock()
                 self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
                 self.stamp = now
                 if self.level >= amount:
                     self.level -= amount
                     return
-                await asyncio.sleep((amount - self.level) / self.rate)
+                await self.sleep((amount - self.level) / self.rate)
 
 
 class ChatClient:

@@ -58,7 +58,8 @@ def markdown(report: dict) -> str:
               *_reasons(f["dropped"]), "", "| stage | answers | prompt tokens | completion tokens | cost |",
               "|---|---:|---:|---:|---:|"]
     for stage, u in report["usage"].items():
-        lines.append(f"| {stage} | {u['answers']} | {u['prompt_tokens']} | {u['completion_tokens']} | {u['cost']:.4f} |")
+        lines.append(f"| {stage} | {u['answers']} | {u['prompt_tokens']} | {u['completion_tokens']} "
+                     f"| {u['cost']:.4f} |")
     if "export" in report:
         lines += ["", "Exported: " + _pairs(report["export"])]
     return "\n".join(lines) + "\n"

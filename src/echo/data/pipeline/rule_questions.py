@@ -106,7 +106,8 @@ def rule_items(clip: Clip, seed: int = 0) -> list[dict]:
             count = len(before)
             choices = [str(n) for n in range(max(0, count - 1), max(0, count - 1) + 4)]
             cites = ", ".join(_seg(clip, e) for e in before)
+            times = f"{count} time{'s' if count != 1 else ''}"
             items.append(_item(clip, "count", f"How many times is a {label} heard before {t:.1f} s?", choices,
-                               str(count), f"Before {t:.1f} s the {label} is heard in {cites}: {count} time{'s' if count != 1 else ''}."))
+                               str(count), f"Before {t:.1f} s the {label} is heard in {cites}: {times}."))
             break
     return items

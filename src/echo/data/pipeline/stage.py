@@ -100,7 +100,8 @@ def run_stage(ctx: StageContext, items: list, handle, desc: str) -> int:
     return asyncio.run(run_items(ctx, items, handle, desc))
 
 
-async def ask_or_drop(ctx: StageContext, messages, input_hash, *, response_format=None) -> tuple[Reply | None, str | None]:
+async def ask_or_drop(ctx: StageContext, messages, input_hash, *, response_format=None
+                      ) -> tuple[Reply | None, str | None]:
     """(reply, None), or (None, "<stage>:<reason>") when no usable answer came, or (None, None) in a dry run."""
     try:
         reply = await ctx.ask(messages, input_hash, response_format=response_format)
