@@ -35,6 +35,7 @@ def exported(out) -> dict:
 @pytest.mark.parametrize("rules_only", [False, True], ids=["llm", "rules-only"])
 def test_shards_merge_to_the_single_process_result(server, tmp_path, monkeypatch, capsys, rules_only):
     audio, meta = write_clips(tmp_path, 5)
+    (audio / "c9.wav").write_bytes(b"not audio")  # counted as dropped by whichever shard owns it; blocks nothing
     server.script(mixed(5))
     extra = ["--rules-only"] if rules_only else []
     assert main(pipeline(server.url, audio, meta, tmp_path / "one", *extra)) == 0
@@ -54,6 +55,10 @@ def test_shards_merge_to_the_single_process_result(server, tmp_path, monkeypatch
         report = json.loads((tmp_path / "one" / "report.json").read_text())
         # per clip: start, gap, overlap, order, longer (one bark, so no count question)
         assert report["synthesize"]["items_by_source"] == {"rules": 5 * 5} and report["filter"]["sft"] == 25
+        assert report["synthesize"]["dropped"] == {"synthesize:audio_unreadable": 1}
+    else:
+        report = json.loads((tmp_path / "one" / "report.json").read_text())
+        assert report["caption"]["dropped"] == {"caption:audio_unreadable": 1}
 
 
 def test_dry_run_sends_and_writes_nothing(server, tmp_path, capsys):

@@ -49,14 +49,12 @@ def _row(clip: Clip, texts: dict[str, str]) -> dict:
 def run_caption(cfg: PipelineConfig) -> StageContext:
     """Caption this shard's clips that have no row yet. Unreadable files get a dropped row."""
     cfg.require("caption")
-    clips, bad = find_clips(cfg.audio_dir, cfg.meta)
     ctx = StageContext(cfg, "caption", cfg.caption)
     done = ctx.store.done(redo_reason="caption:request_failed" if cfg.retry_failed else None)
-    mine = my_clips(cfg.audio_dir, cfg.rank, cfg.world_size)
+    clips, bad = find_clips(cfg.audio_dir, cfg.meta, only=my_clips(cfg.audio_dir, cfg.rank, cfg.world_size) - done)
     if not cfg.dry_run:
-        ctx.store.write([{"key": cid, "dropped": "caption:" + why.split(" ")[0]} for cid, why in bad
-                         if cid in mine and cid not in done])
-    todo = [c for c in clips if c.id in mine and c.id not in done]
+        ctx.store.write([{"key": cid, "dropped": "caption:" + why.split(" ")[0]} for cid, why in bad])
+    todo = clips
     prompts = view_prompts(cfg)
     if cfg.caption_local is not None:
         _caption_local(ctx, todo, prompts)

@@ -36,8 +36,10 @@ class Clip:
         return cls(**d)
 
 
-def find_clips(audio_dir: Path, meta: Path | None = None) -> tuple[list[Clip], list[tuple[str, str]]]:
-    """Every clip under ``audio_dir`` sorted by id, plus (id, reason) for files that cannot be used."""
+def find_clips(audio_dir: Path, meta: Path | None = None, only: set[str] | None = None
+               ) -> tuple[list[Clip], list[tuple[str, str]]]:
+    """Every clip under ``audio_dir`` (or only the ids in ``only``: a shard reads and hashes its own files only)
+    sorted by id, plus (id, reason) for files that cannot be used."""
     import soundfile as sf
 
     audio_dir = Path(audio_dir)
@@ -47,6 +49,8 @@ def find_clips(audio_dir: Path, meta: Path | None = None) -> tuple[list[Clip], l
     clips, bad = [], []
     for path in sorted(p for p in audio_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()):
         cid = path.relative_to(audio_dir).with_suffix("").as_posix()
+        if only is not None and cid not in only:
+            continue
         try:
             info = sf.info(str(path))
             duration = info.frames / info.samplerate
@@ -61,7 +65,7 @@ def find_clips(audio_dir: Path, meta: Path | None = None) -> tuple[list[Clip], l
                         key=lambda e: (e["onset"], e["offset"], e["label"]))
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         clips.append(Clip(cid, str(path.resolve()), round(duration, 6), digest, events))
-    if not clips and not bad:
+    if not clips and not bad and only is None:
         raise EchoError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {audio_dir}")
     return clips, bad
 

@@ -134,7 +134,7 @@ class PipelineConfig:
             if role == "caption" and self.caption is None and self.caption_local is None:
                 raise ConfigError("captioning needs --caption-endpoint/--caption-model or --caption-local DIR")
             if role in ("llm", "judge") and getattr(self, role) is None:
-                raise ConfigError(f"this stage needs an LLM: --llm-endpoint and --llm-model")
+                raise ConfigError(f"this stage needs an LLM ({role}): --llm-endpoint and --llm-model")
 
 
 def _dist_env() -> tuple[int, int]:

@@ -47,7 +47,7 @@ def run_export(out_dir: Path, *, export_dir: Path | None = None, clip_ids: set[s
     if missing:
         raise EchoError(f"{out_dir}: {len(missing)} items are not finished yet (e.g. {', '.join(missing[:3])}); "
                         "run the remaining shards or stages first")
-    clips = {r["key"]: Clip.from_json(r["clip"]) for r in ChunkStore(out_dir, "synthesize").read()}
+    clips = {r["key"]: Clip.from_json(r["clip"]) for r in ChunkStore(out_dir, "synthesize").read() if "clip" in r}
     rows = ChunkStore(out_dir, "filter").read()
     export_dir.mkdir(parents=True, exist_ok=True)
     sft, messages, rl = [], [], []

@@ -4,7 +4,7 @@ report run in whichever process finds every shard's work done."""
 from __future__ import annotations
 
 from .caption import run_caption
-from .clips import find_clips
+from .clips import list_clip_ids
 from .config import PipelineConfig
 from .export import pending_work, run_export
 from .judge import run_filter
@@ -26,8 +26,7 @@ def run_pipeline(cfg: PipelineConfig, *, llm: bool = True) -> dict:
     usage["filter"] = run_filter(cfg, llm=llm).usage
     if cfg.dry_run:
         return {"usage_this_run": {k: vars_of(u) for k, u in usage.items()}}
-    found, bad = find_clips(cfg.audio_dir, cfg.meta)
-    clip_ids = {c.id for c in found} | ({cid for cid, _ in bad} if llm else set())
+    clip_ids = set(list_clip_ids(cfg.audio_dir))
     exported = None if pending_work(cfg.out_dir, clip_ids, llm=llm) else run_export(cfg.out_dir, llm=llm)
     report = build_report(cfg.out_dir, endpoints(cfg), exported)
     report["usage_this_run"] = {k: vars_of(u) for k, u in usage.items()}

@@ -6,7 +6,7 @@ LLM gave nothing usable; rule-built items are kept even then)."""
 
 from __future__ import annotations
 
-from .clips import Clip, my_clips
+from .clips import Clip, find_clips, my_clips
 from .config import PipelineConfig
 from .prompts import Prompt
 from .rule_questions import rule_items
@@ -28,13 +28,15 @@ def run_synthesize(cfg: PipelineConfig, *, llm: bool = True) -> StageContext:
         cfg.require("llm")
     ctx = StageContext(cfg, "synthesize", cfg.llm if llm else None)
     done = ctx.store.done(redo_reason="synthesize:request_failed" if cfg.retry_failed else None)
+    mine = my_clips(cfg.audio_dir, cfg.rank, cfg.world_size)
     if llm:
         sources = [r for r in ChunkStore(cfg.out_dir, "caption").read() if "captions" in r]
-    else:
-        from .clips import find_clips
-
-        sources = [{"key": c.id, "clip": c.to_json(), "captions": {}} for c in find_clips(cfg.audio_dir, cfg.meta)[0]]
-    mine = my_clips(cfg.audio_dir, cfg.rank, cfg.world_size)
+    else:  # no captions: the clips themselves, read here (unreadable ones are counted as dropped)
+        found, bad = find_clips(cfg.audio_dir, cfg.meta, only=mine - done)
+        sources = [{"key": c.id, "clip": c.to_json(), "captions": {}} for c in found]
+        if not cfg.dry_run:
+            ctx.store.write([{"key": cid, "items": [], "dropped": "synthesize:" + why.split(" ")[0]}
+                             for cid, why in bad])
     todo = [r for r in sources if r["key"] in mine and r["key"] not in done]
     prompt = Prompt("synthesize", cfg.prompts_dir)
 
