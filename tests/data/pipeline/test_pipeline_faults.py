@@ -26,7 +26,7 @@ def routing_script(audio) -> list[dict]:
     return [
         # c5's description meets every transient fault once and is then answered; c7's never is; c6 is refused
         {**CAPTION[0], "name": "caption c5", "audio_sha256": sha["c5"], "faults": FAULTS},
-        {**CAPTION[0], "name": "caption c7", "audio_sha256": sha["c7"], "faults": ["500"] * 9},
+        {**CAPTION[0], "name": "caption c7", "audio_sha256": sha["c7"], "faults": ["500"] * 8},
         {**CAPTION[0], "name": "caption c6", "audio_sha256": sha["c6"], "refusal": "I can't help with that."},
         *CAPTION,
         synth("c0", [item("c0", 0), item("c0", 1)]),
@@ -35,6 +35,7 @@ def routing_script(audio) -> list[dict]:
         synth("c3", refusal="I won't."),
         synth("c4", reply='{"items": [{"question": "Wh', finish_reason="length"),
         synth("c5", reply='{"items": [oops]}'),
+        synth("c7", []),                                # only reached by --retry-failed
         judge("c0/0", faults=["429"]),                  # SFT, after a 429 with Retry-After
         {**judge("c0/1", cot=False),                    # RL: the judge rejects the CoT (after thinking aloud)
          "reply": "<think>The doorbell is invented.</think>" + judge("c0/1", cot=False)["reply"]},
@@ -83,12 +84,15 @@ def test_faults_routing_and_rerun(server, tmp_path):
 
     # a rerun sends nothing and changes nothing; --retry-failed sends only what never got an answer
     before = {p.name: p.read_bytes() for p in (out / "export").iterdir()}
-    server.script(routing_script(audio), retry_after=0.3, hang=1.5)
     assert main(argv) == 0
-    assert server.counts()["rules"] == {}
+    assert server.counts()["rules"] == counts["rules"]
     assert main(argv + ["--retry-failed"]) == 0
-    assert server.counts()["rules"] == {"caption c7": 5}
-    assert {p.name: p.read_bytes() for p in (out / "export").iterdir()} == before
+    # c7's description: 3 more faults (5 were spent), then answered; its other views were cached the first time
+    sent = {k: n - counts["rules"].get(k, 0) for k, n in server.counts()["rules"].items()}
+    assert {k: n for k, n in sent.items() if n} == {"caption c7": 4, "synth": 1}
+    report = json.loads((out / "report.json").read_text())
+    assert report["caption"] == {"clips": 8, "captioned": 7, "dropped": {"caption:refusal": 1}}
+    assert {p.name: p.read_bytes() for p in (out / "export").iterdir()} == before  # c7 gave no questions
 
 
 def test_requests_per_minute_limit(server, tmp_path):

@@ -19,17 +19,19 @@ class ChunkStore:
         self.prefix = f"r{rank:05d}-of-{world_size:05d}-"
 
     def chunks(self) -> list[Path]:
-        return sorted(self.dir.glob("*.jsonl"))
+        """Every chunk of every shard, oldest first."""
+        return sorted(self.dir.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime_ns, p.name))
 
     def read(self) -> list[dict]:
-        """Every line of every chunk (all shards), sorted by key; the first line of a key wins."""
+        """Every line of every chunk (all shards), sorted by key. A key written again (an item redone after
+        ``request_failed``) takes its latest row."""
         seen: dict[str, dict] = {}
         for path in self.chunks():
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     if line.strip():
                         row = json.loads(line)
-                        seen.setdefault(row["key"], row)
+                        seen[row["key"]] = row
         return [seen[k] for k in sorted(seen)]
 
     def done(self, *, redo_reason: str | None = None) -> set[str]:
