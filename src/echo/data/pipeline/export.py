@@ -10,6 +10,7 @@ Audio paths are relative to the export folder.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -42,14 +43,20 @@ def run_export(out_dir: Path, *, export_dir: Path | None = None, clip_ids: set[s
     out_dir = Path(out_dir)
     export_dir = Path(export_dir or out_dir / "export")
     missing = pending_work(out_dir, clip_ids, llm=llm)
-    if not (out_dir / "synthesize").is_dir():
-        raise EchoError(f"{out_dir}: nothing to export (no caption or synthesize output)")
     if missing:
         raise EchoError(f"{out_dir}: {len(missing)} items are not finished yet (e.g. {', '.join(missing[:3])}); "
                         "run the remaining shards or stages first")
+    if not (out_dir / "synthesize").is_dir():
+        raise EchoError(f"{out_dir}: nothing to export (no caption or synthesize output)")
+    export_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".export.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # shards finishing together export one after the other (same bytes)
+        return _export(out_dir, export_dir)
+
+
+def _export(out_dir: Path, export_dir: Path) -> dict:
     clips = {r["key"]: Clip.from_json(r["clip"]) for r in ChunkStore(out_dir, "synthesize").read() if "clip" in r}
     rows = ChunkStore(out_dir, "filter").read()
-    export_dir.mkdir(parents=True, exist_ok=True)
     sft, messages, rl = [], [], []
     for row in rows:
         item, clip = row["item"], clips[row["clip"]]
@@ -94,6 +101,6 @@ def _write_verl(path: Path, rl: list[dict]) -> None:
         ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
         ("extra_info", pa.struct([("id", pa.string()), ("choices", pa.list_(pa.string())), ("clip", pa.string()),
                                   ("duration_s", pa.float64())]))])
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     os.replace(tmp, path)

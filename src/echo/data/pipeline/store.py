@@ -62,7 +62,7 @@ def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
     """Write a whole file so a reader never sees half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several shards may write the same file at once
     with open(tmp, "wb") as f:
         f.write(text.encode() if isinstance(text, str) else text)
         f.flush()
