@@ -1,4 +1,5 @@
-"""``echo data synth`` (and room for ``echo data build``): argparse wiring only; the work is in ``synthetic``."""
+"""``echo data synth`` and the pipeline commands (``echo data pipeline | caption | synthesize | filter | export``,
+wired in ``pipeline.cli``): argparse wiring only; the work is in ``synthetic`` and ``pipeline``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from .synthetic import ALL_FAMILIES as FAMILIES
     from .tasks import DIFFICULTIES
 
-    data = subparsers.add_parser("data", help="make datasets: synthetic tasks with exact answers")
-    commands = data.add_subparsers(dest="data_command", metavar="{synth}", required=True)
+    from .pipeline.cli import COMMANDS, add_parsers as add_pipeline_parsers
+
+    data = subparsers.add_parser("data", help="make datasets: synthetic tasks with exact answers; the caption -> "
+                                 "QA/CoT -> filter pipeline")
+    commands = data.add_subparsers(dest="data_command", metavar="{synth," + ",".join(COMMANDS) + "}", required=True)
+    add_pipeline_parsers(commands)
 
     synth = commands.add_parser(
         "synth",

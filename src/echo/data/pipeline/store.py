@@ -1,0 +1,70 @@
+"""A stage's output: chunk files of JSON lines, each written atomically (temporary file, fsync, rename).
+
+Every line has a ``key`` (the clip or item it is about); a key present in any chunk is done, whichever process or
+run wrote it, so a rerun does only the rest and nothing written is ever lost or duplicated. Readers return lines
+sorted by key: the merge is deterministic whatever the sharding or the order of completion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class ChunkStore:
+    def __init__(self, root: str | os.PathLike, stage: str, rank: int = 0, world_size: int = 1):
+        self.dir = Path(root) / stage
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = f"r{rank:05d}-of-{world_size:05d}-"
+
+    def chunks(self) -> list[Path]:
+        """Every chunk of every shard, oldest first."""
+        return sorted(self.dir.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def read(self) -> list[dict]:
+        """Every line of every chunk (all shards), sorted by key. A key written again (an item redone after
+        ``request_failed``) takes its latest row."""
+        seen: dict[str, dict] = {}
+        for path in self.chunks():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        row = json.loads(line)
+                        seen[row["key"]] = row
+        return [seen[k] for k in sorted(seen)]
+
+    def done(self, *, redo_reason: str | None = None) -> set[str]:
+        """Keys already written (those dropped for ``redo_reason`` excluded, so they are tried again)."""
+        return {r["key"] for r in self.read()
+                if redo_reason is None or redo_reason not in (r.get("dropped"), r.get("reason"))}
+
+    def write(self, rows: list[dict]) -> Path | None:
+        """One new chunk holding ``rows`` (atomically); returns its path."""
+        if not rows:
+            return None
+        taken = {p.name for p in self.dir.glob(self.prefix + "*")}
+        index = 0
+        while f"{self.prefix}{index:06d}.jsonl" in taken:
+            index += 1
+        path = self.dir / f"{self.prefix}{index:06d}.jsonl"
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in sorted(rows, key=lambda r: r["key"]):
+                f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+
+def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
+    """Write a whole file so a reader never sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several shards may write the same file at once
+    with open(tmp, "wb") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
