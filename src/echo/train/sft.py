@@ -21,13 +21,14 @@ from tqdm import tqdm
 from ..audio import FeatureConfig
 from ..audio import load as load_audio
 from ..engine.audio_embed import feature_config_for, span_embeddings
-from ..errors import ConfigError
+from ..errors import ConfigError, EchoError
 from ..models.loader import load
 from . import distributed as dist
 from .checkpoint import load_trainer_state, save_checkpoint
 from .data import IGNORE, SFTExample, build_dataset, read_records
 from .lora import CONFIG as ADAPTER_CONFIG
 from .lora import DEFAULT_TARGETS, adapter_state, add_lora, load_adapter, lora_config, save_adapter
+from .run_state import describe, prepare_run, trim_log
 
 
 @dataclasses.dataclass(slots=True)
@@ -49,6 +50,18 @@ class SFTConfig:
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS  # decoder linear layers (the audio tower stays frozen)
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # compute dtype: "auto" (bf16 on CUDA that has it, else fp32), "fp32", "bf16"
+
+    def __post_init__(self):
+        for name in ("epochs", "grad_accum", "max_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"SFTConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_steps", "save_every", "lora_rank"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"SFTConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"SFTConfig.lr must be a positive number, got {self.lr}")
+        if self.format not in ("grounded", "interleaved"):
+            raise ConfigError(f"SFTConfig.format must be grounded or interleaved, got {self.format!r}")
 
 
 def _audio_rows(model, ex: SFTExample, features: FeatureConfig, grad: bool) -> torch.Tensor:
@@ -108,13 +121,16 @@ def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig):
     return model, trainable, None
 
 
-def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = None) -> dict:
+def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = None, overwrite: bool = False
+              ) -> dict:
     """Fine-tune ``model_dir`` on ``data`` (messages-JSONL or synthetic JSONL); writes ``out_dir/final`` and
     ``out_dir/checkpoint`` (latest, with trainer state): full checkpoints, or with ``lora_rank > 0`` peft adapters
-    whose base is ``model_dir`` (``merge_lora`` makes a full checkpoint). Rerunning the same command resumes."""
+    whose base is ``model_dir`` (``merge_lora`` makes a full checkpoint). Rerunning the same command resumes; a
+    rerun with another model, data or settings is refused (``run_state``) unless ``overwrite`` starts over."""
     cfg = cfg or SFTConfig()
     rank, world = dist.setup()
     out = Path(out_dir)
+    prepare_run(out, describe("sft", model_dir, data, cfg), overwrite)
     resume = out / "checkpoint"
     state = load_trainer_state(resume)
     autocast = _autocast(cfg, dist.device())
@@ -145,7 +161,7 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     examples, skipped = build_dataset(read_records(data), processor, cfg.format, features=features,
                                       max_len=cfg.max_len)
     if not examples:
-        raise ValueError(f"{data}: no usable records ({len(skipped)} skipped: {skipped[:3]})")
+        raise EchoError(f"{data}: no usable records ({len(skipped)} skipped: {skipped[:3]})")
     steps_per_epoch = math.ceil(len(examples) / cfg.grad_accum)
     total = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -169,6 +185,8 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
         if "cuda_rng" in state and model.device.type == "cuda":  # LoRA dropout masks on the GPU
             torch.cuda.set_rng_state(state["cuda_rng"], model.device)
     out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        trim_log(out, step)
     log_path = out / "log.jsonl" if rank == 0 else Path(os.devnull)
     with log_path.open("a") as log, tqdm(total=total, initial=step, disable=not cfg.progress or rank > 0,
                                          desc="sft", unit="step") as bar:
