@@ -295,6 +295,15 @@ class GRPOTrainer:
         return {"steps": self.step, "records": len(records), "skipped": skipped, "history": history}
 
 
+def read_prompts(data: str, cfg: GRPOConfig) -> tuple[list[RLRecord], list[tuple[str, str]]]:
+    """The usable prompts and the skipped rows; at least one step's worth or EchoError."""
+    records, skipped = read_rl_records(data)
+    if len(records) < cfg.prompts_per_step:
+        raise EchoError(f"{data}: {len(records)} usable records ({len(skipped)} skipped: {skipped[:3]}) do not "
+                        f"fill one step of prompts_per_step={cfg.prompts_per_step}")
+    return records, skipped
+
+
 def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -314,4 +323,5 @@ def train_grpo(model_dir: str, data: str, out_dir: str, cfg: GRPOConfig | None =
     prepare_run(out_dir, describe("grpo", model_dir, data, cfg,
                                   reward=[[name, getattr(fn, "__qualname__", str(fn)), w]
                                           for name, fn, w in reward_fn.terms]), overwrite)
+    read_prompts(data, cfg)  # bad data is reported before the model loads and the KV cache is allocated
     return GRPOTrainer(model_dir, out_dir, cfg or GRPOConfig(), reward_fn, logits_processors).fit(data)

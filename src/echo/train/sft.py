@@ -96,15 +96,19 @@ def _autocast(cfg: SFTConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig):
-    """(model in float32, trainable parameters, LoRA config or None), from ``resume`` when ``resumed``."""
+def _lora(model_dir: str, cfg: SFTConfig):
+    """The LoRA config ``cfg`` asks for (None: full fine-tune); raises ConfigError on an invalid one."""
     if cfg.lora_rank < 0:
         raise ConfigError(f"lora_rank must be >= 0 (0: full fine-tune), got {cfg.lora_rank}")
-    lora = None
-    if cfg.lora_rank:
-        if cfg.train_audio_encoder:
-            raise ConfigError("LoRA adapts the decoder only; train_audio_encoder needs a full fine-tune")
-        lora = lora_config(model_dir, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if not cfg.lora_rank:
+        return None
+    if cfg.train_audio_encoder:
+        raise ConfigError("LoRA adapts the decoder only; train_audio_encoder needs a full fine-tune")
+    return lora_config(model_dir, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+
+
+def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig, lora):
+    """(model in float32, trainable parameters), from ``resume`` when ``resumed``; ``lora`` from ``_lora``."""
     is_adapter = (resume / ADAPTER_CONFIG).is_file()
     if resumed and is_adapter != (lora is not None):
         kinds = ("a full fine-tune", "a LoRA adapter")
@@ -112,13 +116,13 @@ def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig):
                           "rerun with the original settings or use another output directory")
     if lora is not None:
         model = load(model_dir, device=dist.device(), dtype=torch.float32)
-        return model, load_adapter(model, resume, expect=lora) if resumed else add_lora(model, lora), lora
+        return model, load_adapter(model, resume, expect=lora) if resumed else add_lora(model, lora)
     model = load(resume if resumed else model_dir, device=dist.device(), dtype=torch.float32)
     model.requires_grad_(False)
     trainable = [p for n, p in model.named_parameters() if cfg.train_audio_encoder or not n.startswith("audio_tower")]
     for p in trainable:
         p.requires_grad_(True)
-    return model, trainable, None
+    return model, trainable
 
 
 def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = None, overwrite: bool = False
@@ -130,13 +134,17 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     cfg = cfg or SFTConfig()
     rank, world = dist.setup()
     out = Path(out_dir)
+    autocast = _autocast(cfg, dist.device())  # invalid settings first, then whether they match the run in out
+    lora = _lora(model_dir, cfg)
     prepare_run(out, describe("sft", model_dir, data, cfg), overwrite)
+    records = read_records(data)  # a missing or malformed file is reported before the model loads
+    if not records:
+        raise EchoError(f"{data}: no records")
     resume = out / "checkpoint"
     state = load_trainer_state(resume)
-    autocast = _autocast(cfg, dist.device())
     if state is None:
         torch.manual_seed(cfg.seed)  # LoRA's initial weights and dropout masks; a resumed run restores the RNG
-    model, trainable, lora = _model(model_dir, resume, state is not None, cfg)
+    model, trainable = _model(model_dir, resume, state is not None, cfg, lora)
     model.decoder.gradient_checkpointing = cfg.gradient_checkpointing
     model.train()
     features = feature_config_for(model, model_dir)
@@ -158,7 +166,7 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
         else:
             save_adapter(model, lora, path, trainer_state)
 
-    examples, skipped = build_dataset(read_records(data), processor, cfg.format, features=features,
+    examples, skipped = build_dataset(records, processor, cfg.format, features=features,
                                       max_len=cfg.max_len)
     if not examples:
         raise EchoError(f"{data}: no usable records ({len(skipped)} skipped: {skipped[:3]})")
