@@ -58,6 +58,8 @@ def env(tmp_path_factory, checkpoint):
     (d / "full").mkdir()
     (d / "full" / "notes.txt").write_text("a trained checkpoint could live here")
     (d / "preds_empty.jsonl").write_text("")
+    (d / "preds.jsonl").write_text(json.dumps({"id": "a", "question": "q", "choices": ["x", "y"], "answer": "x",
+                                               "model_output": "x", "task": "t"}) + "\n")
     return d
 
 
@@ -141,6 +143,13 @@ CASES = [
      ["full", "no echo synthetic dataset", "--overwrite"]),
     ("eval empty predictions", lambda d: ["eval", "--benchmark", "synthetic", "--predictions",
                                           str(d / "preds_empty.jsonl")], ["preds_empty.jsonl", "no predictions"]),
+    ("sft out under a file", lambda d: _sft(d, out="a_file/run"), ["a_file"]),
+    ("grpo out under a file", lambda d: _grpo(d)[:-1] + [str(d / "a_file" / "run")], ["a_file"]),
+    ("synth out under a file", lambda d: ["data", "synth", "--n", "2", "--out", str(d / "a_file" / "s"),
+                                          "--no-progress"], ["a_file"]),
+    ("make-tiny under a file", lambda d: ["make-tiny", str(d / "a_file" / "t")], ["a_file"]),
+    ("eval out under a file", lambda d: ["eval", "--benchmark", "synthetic", "--predictions", str(d / "preds.jsonl"),
+                                         "--out", str(d / "a_file" / "e")], ["a_file"]),
     ("features out in a missing dir", lambda d: ["features", str(d / "clip.wav"), "--out",
                                                  str(d / "a_file" / "x.npy")], ["a_file"]),
 ]

@@ -188,6 +188,24 @@ def test_sft_killed_inside_the_checkpoint_swap_resumes_from_that_checkpoint(task
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("left", ["new+out", "new+old", "old only", "tmp+out", "old+out"])
+def test_recover_dir_keeps_the_newest_whole_version(tmp_path, left):
+    from echo.train.checkpoint import recover_dir
+
+    out = tmp_path / "checkpoint"
+    versions = {"old": "v1", "out": "v1", "new": "v2", "tmp": "v2 (partial)"}
+    if left == "old+out":
+        versions["out"] = "v2"  # killed while deleting the old version
+    for part in left.replace(" only", "").split("+"):
+        d = out if part == "out" else tmp_path / f"checkpoint.{part}"
+        d.mkdir()
+        (d / "version").write_text(versions[part])
+    recover_dir(out)
+    expected = "v2" if left in ("new+out", "new+old", "old+out") else "v1"
+    assert (out / "version").read_text() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
 def test_sft_rerun_with_other_settings_is_refused_or_started_over(task, sft_straight, capsys):
     d, base = task
     before = tree(sft_straight)
