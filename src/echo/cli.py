@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="?", help="question about the audio")
     g.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
     g.add_argument("--input", help="JSONL of requests ({'audio', 'prompt', optional 'id' and sampling fields})")
-    g.add_argument("--output", help="JSONL of results, one per request line")
+    g.add_argument("--output", help="JSONL of results, one per request line, appended as each finishes; "
+                                     "rerun the same command to resume")
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=non_negative_int, default=0)
