@@ -231,6 +231,7 @@ def grpo_argv(d: Path, base: Path, out: str, *extra) -> list[str]:
             "--max-new-tokens", "8", "--kl-coef", "0", "--kv-cache-gb", "0.01", "--temperature", "1.0", *extra]
 
 
+@pytest.mark.slow
 def test_grpo_killed_after_a_logged_step_resumes_to_the_same_run(task, monkeypatch, capsys):
     d, base = task
     assert main(grpo_argv(d, base, "grpo_straight")) == 0
@@ -290,6 +291,7 @@ def test_eval_killed_mid_run_resumes_with_nothing_lost_or_repeated(tmp_path, mon
 
 # ---- generate --input ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_generate_input_killed_mid_batch_keeps_finished_results_and_resumes(task, tmp_path, monkeypatch, capsys):
     d, base = task
     rows = [{"id": f"r{i}", "audio": str(d / f"clip{i % 3}.wav"), "prompt": f"Question {i}?",
