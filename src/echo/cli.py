@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--span", nargs=2, type=float, action="append", metavar=("START_S", "END_S"),
                    help="featurise this span (seconds) as a re-listen would; repeatable")
     p.add_argument("--config", help="checkpoint directory or preprocessor_config.json to take the feature config from")
-    p.add_argument("--chunk-length", type=positive_int, default=300, help="max seconds when no --config (300: Qwen2.5-Omni)")
+    p.add_argument("--chunk-length", type=positive_int, default=300,
+                   help="max seconds when no --config (300: Qwen2.5-Omni)")
     p.add_argument("--max-seconds", type=float, default=1200.0, help="refuse longer audio")
     p.add_argument("--backend", default="auto", choices=["auto", "cuda", "cpu", "torch"])
     p.set_defaults(func=_features)

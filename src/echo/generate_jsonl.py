@@ -88,8 +88,8 @@ def run(engine, pending: list, output_path: str, total: int, progress: bool = Tr
     queue = list(pending)
     live: dict[int, tuple[int, dict, int]] = {}  # engine request index -> (input index, row, samples left)
     written = errors = 0
-    with open(output_path, "a", encoding="utf-8") as f, \
-            tqdm(total=total, initial=total - len(pending), disable=not progress, desc="generate", unit="request") as bar:
+    bar = tqdm(total=total, initial=total - len(pending), disable=not progress, desc="generate", unit="request")
+    with open(output_path, "a", encoding="utf-8") as f, bar:
         def emit(out_row: dict) -> None:
             nonlocal written, errors
             append_row(f, out_row)
