@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import EchoError
+from .argtypes import non_negative_int, positive_float, positive_int
+from .errors import ConfigError, EchoError
 
 
 def _features(args: argparse.Namespace) -> int:
@@ -56,49 +57,43 @@ def _sampling(args: argparse.Namespace):
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
-    from .config import EngineConfig, RelistenPolicy, SamplingParams
-    from .engine.llm import Engine, Request
+    from . import generate_jsonl as batch
+    from .config import EngineConfig, RelistenPolicy
+
+    # every check that needs no model runs first: a bad argument costs no model load and no KV cache
+    batch.check_device(args.device)
+    params = _sampling(args)
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)),
+                          relisten=RelistenPolicy(max_turns=args.max_relistens))
+    if args.input:
+        if not args.output:
+            raise EchoError("--input needs --output")
+        pending, done = batch.prepare(args.input, args.output, params)
+        total = len(pending) + len(done)
+    elif not (args.audio and args.prompt):
+        raise EchoError("give AUDIO and PROMPT, or --input requests.jsonl --output results.jsonl")
+    else:
+        from .audio import load as load_audio
+
+        load_audio(args.audio)  # a missing or corrupt clip is reported before the model loads
+
+    from .engine.llm import Engine
     from .models import load
 
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    model = load(args.model, device=args.device, dtype=dtype)
-    config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)),
-                          relisten=RelistenPolicy(max_turns=args.max_relistens))
-    engine = Engine(model, config)
-    params = _sampling(args)
-    if args.input:
-        if not args.output:
-            raise SystemExit("echo generate: --input needs --output")
-        with open(args.input, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        requests = []
-        for i, row in enumerate(rows):
-            if "audio" not in row or "prompt" not in row:
-                raise SystemExit(f"echo generate: {args.input} line {i + 1} needs 'audio' and 'prompt'")
-            fields = {k: row[k] for k in SamplingParams.__dataclass_fields__ if k in row}
-            requests.append(Request(row["audio"], row["prompt"], SamplingParams(**{
-                **{k: getattr(params, k) for k in ("temperature", "top_p", "top_k", "max_new_tokens", "seed")},
-                **fields})))
-        results = engine.generate(requests, progress=True)
-        with open(args.output, "w", encoding="utf-8") as f:
-            for row, res in zip(rows, results):
-                out = {"id": row.get("id"), "error": res.error, "samples": [
-                    {"text": s.text, "finish_reason": s.finish_reason,
-                     "relistens": [{"turn": r.turn, "action": r.decision.action, "reason": r.decision.reason,
-                                    "requested_s": r.decision.requested_s,
-                                    "applied_samples": r.decision.applied_samples,
-                                    "num_audio_tokens": r.num_audio_tokens} for r in s.relistens]}
-                    for s in res.samples]}
-                f.write(json.dumps(out) + "\n")
-        bad = sum(r.error is not None for r in results)
-        print(f"wrote {len(results)} results to {args.output}" + (f" ({bad} with errors)" if bad else ""))
+    if args.input and not pending:
+        batch.finish(args.output, total)
+        print(f"all {total} results already in {args.output}")
         return 0
-    if not (args.audio and args.prompt):
-        raise SystemExit("echo generate: give AUDIO and PROMPT, or --input requests.jsonl --output results.jsonl")
+    engine = Engine(load(args.model, device=args.device, dtype=dtype), config)
+    if args.input:
+        written, bad = batch.run(engine, pending, args.output, total)
+        batch.finish(args.output, total)
+        print(f"wrote {written} results to {args.output}" + (f" ({bad} with errors)" if bad else "") +
+              (f"; {len(done)} were already there" if done else ""))
+        return 0
     for delta, record in engine.stream(args.audio, args.prompt, params):
         print(_relisten_mark(record) if record is not None else delta, end="", flush=True)
     print()
@@ -119,7 +114,7 @@ def _train_sft(args: argparse.Namespace) -> int:
                     max_len=args.max_len, seed=args.seed, save_every=args.save_every, lora_rank=args.lora,
                     lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                     gradient_checkpointing=args.gradient_checkpointing, dtype=args.dtype)
-    result = train_sft(args.model, args.data, args.out, cfg)
+    result = train_sft(args.model, args.data, args.out, cfg, overwrite=args.overwrite)
     if _rank() > 0:  # torchrun: one report
         return 0
     for rid, reason in result["skipped"]:
@@ -154,8 +149,11 @@ def _train_grpo(args: argparse.Namespace) -> int:
                      loss=loss, train_audio_encoder=args.train_audio_encoder, val_data=args.val_data,
                      val_every=args.val_every, save_every=args.save_every, seed=args.seed, engine=engine,
                      tensorboard=args.tensorboard)
-    reward = RewardFn(parse_terms(args.reward) if args.reward else DEFAULT_TERMS)
-    result = train_grpo(args.model, args.data, args.out, cfg, reward)
+    try:
+        reward = RewardFn(parse_terms(args.reward) if args.reward else DEFAULT_TERMS)
+    except (ValueError, ImportError) as exc:  # an unknown term or a module that does not import
+        raise ConfigError(f"--reward: {exc}") from None
+    result = train_grpo(args.model, args.data, args.out, cfg, reward, overwrite=args.overwrite)
     if _rank() > 0:
         return 0
     for rid, reason in result["skipped"]:
@@ -169,9 +167,9 @@ def _train_grpo(args: argparse.Namespace) -> int:
 def _make_tiny(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .models.tiny import make_checkpoint
+    from .models.tiny import make_checkpoint_dir
 
-    make_checkpoint(Path(args.out), args.preset, seed=args.seed)
+    make_checkpoint_dir(Path(args.out), args.preset, seed=args.seed, force=args.force)
     print(f"wrote a random {args.preset} checkpoint to {args.out} (untrained: its text is noise)")
     return 0
 
@@ -185,15 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="?", help="question about the audio")
     g.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
     g.add_argument("--input", help="JSONL of requests ({'audio', 'prompt', optional 'id' and sampling fields})")
-    g.add_argument("--output", help="JSONL of results, one per request line")
+    g.add_argument("--output", help="JSONL of results, one per request line, appended as each finishes; "
+                                     "rerun the same command to resume")
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--max-new-tokens", type=int, default=1024)
+    g.add_argument("--top-k", type=non_negative_int, default=0)
+    g.add_argument("--max-new-tokens", type=positive_int, default=1024)
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--max-relistens", type=int, default=8, help="re-listen turns per answer")
-    g.add_argument("--max-num-seqs", type=int, default=64)
-    g.add_argument("--kv-cache-gb", type=float, default=2.0)
+    g.add_argument("--max-relistens", type=non_negative_int, default=8, help="re-listen turns per answer")
+    g.add_argument("--max-num-seqs", type=positive_int, default=64)
+    g.add_argument("--kv-cache-gb", type=positive_float, default=2.0)
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.set_defaults(func=_generate)
@@ -205,21 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="messages-JSONL or echo's synthetic JSONL")
     p.add_argument("--out", required=True)
     p.add_argument("--format", default="interleaved", choices=["grounded", "interleaved"])
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=positive_float, default=1e-5)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--grad-accum", type=int, default=1, help="records per optimizer step")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=1)
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="records per optimizer step")
     p.add_argument("--train-audio-encoder", action="store_true")
-    p.add_argument("--max-len", type=int, default=8192)
+    p.add_argument("--max-len", type=positive_int, default=8192)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=0, help="optimizer steps between resumable checkpoints")
-    p.add_argument("--lora", type=int, default=0, metavar="RANK", help="train a LoRA adapter of this rank (0: full)")
+    p.add_argument("--save-every", type=non_negative_int, default=0, help="optimizer steps between resumable checkpoints")
+    p.add_argument("--lora", type=non_negative_int, default=0, metavar="RANK", help="train a LoRA adapter of this rank (0: full)")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default 2 * RANK)")
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute layer activations in backward")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="compute dtype over float32 weights (auto: bf16 on CUDA that supports it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in --out, discarding a run there made with other data or settings")
     p.set_defaults(func=_train_sft)
     p = trs.add_parser("merge-lora", help="fold a LoRA adapter into its base: a full checkpoint echo.load reads")
     p.add_argument("--base", required=True, help="the base checkpoint directory the adapter was trained on")
@@ -231,19 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True, help="local checkpoint directory (thinker-only Omni or Qwen2-Audio)")
     q.add_argument("--data", required=True, help="verl-layout .parquet or echo's EAQA .jsonl")
     q.add_argument("--out", required=True)
-    q.add_argument("--group-size", type=int, default=8, help="rollouts per prompt")
-    q.add_argument("--prompts-per-step", type=int, default=4, help="global, split over processes")
-    q.add_argument("--steps", type=int, default=None, help="default: --epochs passes over the data")
-    q.add_argument("--epochs", type=int, default=1)
-    q.add_argument("--lr", type=float, default=1e-6)
+    q.add_argument("--group-size", type=positive_int, default=8, help="rollouts per prompt")
+    q.add_argument("--prompts-per-step", type=positive_int, default=4, help="global, split over processes")
+    q.add_argument("--steps", type=positive_int, default=None, help="default: --epochs passes over the data")
+    q.add_argument("--epochs", type=positive_int, default=1)
+    q.add_argument("--lr", type=positive_float, default=1e-6)
     q.add_argument("--weight-decay", type=float, default=0.0)
-    q.add_argument("--warmup-steps", type=int, default=0)
-    q.add_argument("--ppo-epochs", type=int, default=1)
-    q.add_argument("--micro-batch", type=int, default=8, help="trajectories per trainer forward")
+    q.add_argument("--warmup-steps", type=non_negative_int, default=0)
+    q.add_argument("--ppo-epochs", type=positive_int, default=1)
+    q.add_argument("--micro-batch", type=positive_int, default=8, help="trajectories per trainer forward")
     q.add_argument("--temperature", type=float, default=1.0)
     q.add_argument("--top-p", type=float, default=1.0)
-    q.add_argument("--max-new-tokens", type=int, default=1024)
-    q.add_argument("--max-relistens", type=int, default=8)
+    q.add_argument("--max-new-tokens", type=positive_int, default=1024)
+    q.add_argument("--max-relistens", type=non_negative_int, default=8)
     q.add_argument("--kl-coef", type=float, default=0.04)
     q.add_argument("--clip-ratio", type=float, default=0.2)
     q.add_argument("--dual-clip", type=float, default=3.0, help="0 turns it off")
@@ -254,18 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeat for several; default format=0.5 accuracy=1 relisten=0.5 consistency=0.5")
     q.add_argument("--train-audio-encoder", action="store_true")
     q.add_argument("--val-data")
-    q.add_argument("--val-every", type=int, default=0)
-    q.add_argument("--save-every", type=int, default=0, help="steps between resumable checkpoints")
+    q.add_argument("--val-every", type=non_negative_int, default=0)
+    q.add_argument("--save-every", type=non_negative_int, default=0, help="steps between resumable checkpoints")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--kv-cache-gb", type=float, default=1.0)
-    q.add_argument("--max-num-seqs", type=int, default=64)
+    q.add_argument("--kv-cache-gb", type=positive_float, default=1.0)
+    q.add_argument("--max-num-seqs", type=positive_int, default=64)
     q.add_argument("--tensorboard", action="store_true")
+    q.add_argument("--overwrite", action="store_true",
+                   help="start over in --out, discarding a run there made with other data or settings")
     q.set_defaults(func=_train_grpo)
 
     t = sub.add_parser("make-tiny", help="write a tiny random checkpoint (built offline) to try echo on")
     t.add_argument("out", help="directory to create")
     t.add_argument("--preset", default="omni-tiny-gqa2", help="a tiny preset of echo.models.presets")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--force", action="store_true", help="write into a non-empty directory (replacing a checkpoint)")
     t.set_defaults(func=_make_tiny)
 
     p = sub.add_parser("features", help="print a clip's duration and log-mel feature shape; optionally save them")
@@ -274,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--span", nargs=2, type=float, action="append", metavar=("START_S", "END_S"),
                    help="featurise this span (seconds) as a re-listen would; repeatable")
     p.add_argument("--config", help="checkpoint directory or preprocessor_config.json to take the feature config from")
-    p.add_argument("--chunk-length", type=int, default=300, help="max seconds when no --config (300: Qwen2.5-Omni)")
+    p.add_argument("--chunk-length", type=positive_int, default=300,
+                   help="max seconds when no --config (300: Qwen2.5-Omni)")
     p.add_argument("--max-seconds", type=float, default=1200.0, help="refuse longer audio")
     p.add_argument("--backend", default="auto", choices=["auto", "cuda", "cpu", "torch"])
     p.set_defaults(func=_features)
@@ -287,12 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(args: argparse.Namespace) -> str:
+    """``generate``, ``train sft``, ``data synth``: how the error line names the subcommand."""
+    parts = [args.command] + [getattr(args, k) for k in ("train_command", "data_command") if getattr(args, k, None)]
+    return " ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except EchoError as exc:  # callers' bad input: one clear line, no traceback
-        print(f"echo {args.command}: error: {exc}", file=sys.stderr)
+    except (EchoError, OSError) as exc:  # bad input, or a file that cannot be read or written: one line, no traceback
+        print(f"echo {_command(args)}: error: {exc}", file=sys.stderr)
         return 2
 
 

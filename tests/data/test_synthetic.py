@@ -211,9 +211,9 @@ def test_cli_synth_writes_a_loadable_dataset(tmp_path, capsys):
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["config"]["seed"] == 4 and manifest["count"] == 6
     assert "wrote 6 items" in capsys.readouterr().out
-    bad = parser.parse_args(["data", "synth", "--n", "0", "--out", str(tmp_path / "t")])
-    assert bad.func(bad) == 2
-    assert "n must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused at parse time, before any work
+        parser.parse_args(["data", "synth", "--n", "0", "--out", str(tmp_path / "t")])
+    assert exit_.value.code == 2 and "--n: must be a positive integer, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", NON_SPEECH)

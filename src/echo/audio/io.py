@@ -7,6 +7,7 @@ spent. Decoding is soundfile's (libsndfile), resampling is soxr's; nothing here 
 from __future__ import annotations
 
 import os
+import re
 from typing import Union
 
 import numpy as np
@@ -82,6 +83,7 @@ def _read_file(path: str, sampling_rate: int | None, max_seconds: float | None, 
     except Exception as exc:  # libsndfile reports corrupt/unknown formats as several exception types
         raise AudioError(f"{label}: cannot read audio file ({exc})") from exc
     rate = _check_rate(info.samplerate, label)
+    _check_not_truncated(info, label)
     if sampling_rate is not None and sampling_rate != rate:
         raise AudioError(f"{label}: file is sampled at {rate} Hz but sampling_rate={sampling_rate} was given")
     if info.frames > 0:  # some containers (ogg streams) do not know their length; checked after decoding then
@@ -92,6 +94,21 @@ def _read_file(path: str, sampling_rate: int | None, max_seconds: float | None, 
         raise AudioError(f"{label}: cannot decode audio file ({exc})") from exc
     _check_duration(samples.shape[0], rate, max_seconds, label)
     return samples, rate
+
+
+# libsndfile reads a file whose data chunk is cut short without an error, reporting fewer frames than the header
+# declares; its log says "data : 32000 (should be 15978)" (WAV; "SSND" for AIFF)
+_SHORT_CHUNK = re.compile(r"^(?:data|SSND)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+
+
+def _check_not_truncated(info, label: str) -> None:
+    m = _SHORT_CHUNK.search(getattr(info, "extra_info", "") or "")
+    if m and int(m.group(2)) < int(m.group(1)):
+        declared, present = int(m.group(1)), int(m.group(2))
+        per_frame = max(1, present // info.frames) if info.frames else 1
+        raise AudioError(f"{label}: truncated audio file: its header declares {declared} bytes of audio "
+                         f"({declared / per_frame / info.samplerate:.2f} s) but only {present} are present "
+                         f"({info.frames / info.samplerate:.2f} s); the file was cut short (an interrupted copy?)")
 
 
 def _as_float_array(source, label: str) -> np.ndarray:

@@ -11,6 +11,7 @@ from ..errors import EchoError
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``data`` with its sub-commands on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    from ..argtypes import non_negative_int, positive_int
     from .sounds import SPLITS
     from .synthetic import ALL_FAMILIES as FAMILIES
     from .tasks import DIFFICULTIES
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Generate audio questions whose answers are known exactly, with reference chains of thought "
         "citing the ground-truth spans. Deterministic by --seed. Speech families need espeak-ng.",
     )
-    synth.add_argument("--n", type=int, required=True, help="number of items")
+    synth.add_argument("--n", type=positive_int, required=True, help="number of items")
     synth.add_argument("--seed", type=int, default=0, help="fixes every item (default 0)")
     synth.add_argument("--out", required=True, help="output directory (audio/ + synthetic.jsonl + manifest.json)")
     synth.add_argument("--families", nargs="+", choices=list(FAMILIES), metavar="FAMILY",
@@ -41,11 +42,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        help="difficulty levels to rotate through (default: all)")
     synth.add_argument("--clip-s", nargs=2, type=float, metavar=("MIN_S", "MAX_S"),
                        help="override the clip-length range, seconds")
-    synth.add_argument("--distractors", type=int, help="override the number of distractor events")
+    synth.add_argument("--distractors", type=non_negative_int, help="override the number of distractor events")
     noise = synth.add_mutually_exclusive_group()
     noise.add_argument("--snr-db", type=float, help="override the background-noise SNR, dB")
     noise.add_argument("--clean", action="store_true", help="no background noise")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace a dataset of another config in --out (rerunning the same config resumes)")
     synth.set_defaults(func=run_synth)
     return data
 
@@ -67,7 +70,7 @@ def run_synth(args: argparse.Namespace) -> int:
             split=args.split,
             sources=args.sources,
         )
-        path = write_synthetic(config, args.out, progress=not args.no_progress)
+        path = write_synthetic(config, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     except EchoError as exc:
         print(f"echo data synth: error: {exc}", file=sys.stderr)
         return 2

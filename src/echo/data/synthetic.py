@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
@@ -28,6 +29,8 @@ from .tasks import DIFFICULTIES, FAMILIES, Difficulty
 ALL_FAMILIES = {**FAMILIES, **SCENE_FAMILIES}  # the scene families need recorded sounds (``sounds``)
 
 JSONL_NAME = "synthetic.jsonl"
+PARTIAL_NAME = "synthetic.partial.jsonl"  # records of the items written so far, while a run is unfinished
+MANIFEST_NAME = "manifest.json"
 AUDIO_DIR = "audio"
 
 
@@ -120,11 +123,11 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
         d = config.level(level)
         task = FAMILIES[family][0](rng, d)
     wave = signals.finish(signals.add_noise(rng, task.wave, d.snr_db))
-    item_id = f"synth-s{config.seed}-{config.split + '-' if config.split else ''}{index:06d}-{family}"
+    rid = item_id(config, index, families)
     spans = [[float(a), float(b)] for a, b in task.spans]
     record = EAQARecord(
-        id=item_id,
-        audio=f"{AUDIO_DIR}/{item_id}.wav",
+        id=rid,
+        audio=f"{AUDIO_DIR}/{rid}.wav",
         question=task.question,
         choices=list(task.choices),
         answer=task.answer,
@@ -146,32 +149,98 @@ def generate(config: SynthConfig) -> Iterator[SynthItem]:
         yield make_item(config, index, families)
 
 
-def write_synthetic(config: SynthConfig, out_dir: str | os.PathLike, *, progress: bool = False) -> str:
+def write_synthetic(config: SynthConfig, out_dir: str | os.PathLike, *, progress: bool = False,
+                    overwrite: bool = False) -> str:
     """Generate the dataset into ``out_dir``: ``audio/<id>.wav`` (16-bit PCM, 16 kHz mono), ``synthetic.jsonl``
     (checked: durations against the written wavs, spans inside them) and ``manifest.json`` (the config).
 
-    Returns the JSONL path. An existing dataset in ``out_dir`` is overwritten item by item.
+    Returns the JSONL path. Resumable by item: ``manifest.json`` is written first; each wav lands under its final
+    name in one rename and its record is then appended (fsync'd) to ``synthetic.partial.jsonl``, so a rerun of the
+    same config after a kill skips the items already written; ``synthetic.jsonl`` appears only once all are. An
+    ``out_dir`` holding anything else (another config, or files that are not an echo dataset) is refused, or with
+    ``overwrite`` replaced whole: the new dataset is built beside it and swapped in, so a kill never mixes the two.
     """
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out {out_dir} is a file, not a directory")
+    manifest = {"config": json.loads(json.dumps(asdict(config))), "families": list(config.resolved_families())}
+    if overwrite and os.path.isdir(out_dir) and os.listdir(out_dir):
+        fresh = out_dir.rstrip(os.sep) + ".synth-tmp"
+        shutil.rmtree(fresh, ignore_errors=True)
+        _write_resumable(config, manifest, fresh, progress)
+        old = out_dir.rstrip(os.sep) + ".synth-old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out_dir, old)
+        os.rename(fresh, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return os.path.join(out_dir, JSONL_NAME)
+    _check_resumable(out_dir, manifest)
+    return _write_resumable(config, manifest, out_dir, progress)
+
+
+def _check_resumable(out_dir: str, manifest: dict) -> None:
+    """Refuse a non-empty ``out_dir`` that is not a (possibly unfinished) dataset of this very config."""
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return
+    path = os.path.join(out_dir, MANIFEST_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        raise ConfigError(f"{out_dir} is not empty and holds no echo synthetic dataset (no readable "
+                          f"{MANIFEST_NAME}); choose another --out, or pass --overwrite to replace it") from None
+    old = {**saved.get("config", {}), "families": saved.get("families")}
+    new = {**manifest["config"], "families": manifest["families"]}
+    diff = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        raise ConfigError(f"{out_dir} holds a synthetic dataset of another config: {'; '.join(diff)}; rerun with "
+                          "its config to resume or keep it, choose another --out, or pass --overwrite to replace it")
+
+
+def _write_resumable(config: SynthConfig, manifest: dict, out_dir: str, progress: bool) -> str:
     import soundfile as sf
 
-    out_dir = os.fspath(out_dir)
+    from ..durable import append_row, drop_partial_line, read_jsonl, write_atomic
+
     os.makedirs(os.path.join(out_dir, AUDIO_DIR), exist_ok=True)
-    records = []
-    items = generate(config)
+    path, partial = os.path.join(out_dir, JSONL_NAME), os.path.join(out_dir, PARTIAL_NAME)
+    manifest_path = os.path.join(out_dir, MANIFEST_NAME)
+    if os.path.isfile(path) and not os.path.isfile(partial) and os.path.isfile(manifest_path):
+        with open(manifest_path, encoding="utf-8") as f:
+            if json.load(f).get("count") == config.n:
+                return path  # already complete: nothing to redo
+    write_atomic(manifest_path, json.dumps({**manifest, "count": None}, indent=2))  # before any item
+    drop_partial_line(partial)
+    done = {r["id"]: EAQARecord(**r) for r in read_jsonl(partial) if "id" in r}
+    families = tuple(manifest["families"])
+    indices = range(config.n)
     if progress:
         from tqdm import tqdm
 
-        items = tqdm(items, total=config.n, desc="synth", unit="item")
-    for item in items:
-        sf.write(os.path.join(out_dir, item.record.audio), item.wave, signals.SR, subtype="PCM_16")
-        records.append(item.record)
-    path = os.path.join(out_dir, JSONL_NAME)
+        indices = tqdm(indices, total=config.n, desc="synth", unit="item")
+    records = []
+    with open(partial, "a", encoding="utf-8") as log:
+        for index in indices:
+            rid = item_id(config, index, families)
+            rec = done.get(rid)
+            if rec is None or not os.path.isfile(os.path.join(out_dir, rec.audio)):
+                item = make_item(config, index, families)
+                wav = os.path.join(out_dir, item.record.audio)
+                sf.write(wav + ".tmp.wav", item.wave, signals.SR, subtype="PCM_16")
+                os.replace(wav + ".tmp.wav", wav)  # a wav is whole under its final name, or absent
+                rec = item.record
+                append_row(log, rec.to_json())
+            records.append(rec)
     write_eaqa(path, records, check_audio=True)
-    manifest = {"config": asdict(config), "families": list(config.resolved_families()), "count": len(records)}
-    manifest.update(dataset_manifest(records, config.sources))
-    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
+    final = {**manifest, "count": len(records), **dataset_manifest(records, config.sources)}
+    write_atomic(manifest_path, json.dumps(final, indent=2))
+    os.remove(partial)
     return path
+
+
+def item_id(config: SynthConfig, index: int, families: tuple[str, ...]) -> str:
+    split = f"{config.split}-" if config.split else ""
+    return f"synth-s{config.seed}-{split}{index:06d}-{families[index % len(families)]}"
 
 
 def _check_scorable(record: EAQARecord) -> None:

@@ -127,8 +127,10 @@ def _read_records(path: str) -> list[dict]:
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as exc:
         raise EchoError(f"{path}: not JSON or JSONL (line {exc.lineno}: {exc.msg})") from None
-    if not all(isinstance(r, dict) for r in records):
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise EchoError(f"{path}: expected a list of JSON objects")
+    if not records:
+        raise EchoError(f"{path}: no predictions to score (the file is empty)")
     return records
 
 

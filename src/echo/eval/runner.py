@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
+from ..durable import drop_partial_line, write_atomic
 from ..errors import ConfigError
 from .answers import extract_answer
 from .datasets import Benchmark, EvalItem, check_audio
@@ -186,7 +187,7 @@ def run_eval(
     check_audio(pending, config.check_audio)
 
     path = shard_path(out_dir, config.rank, config.world_size)
-    _drop_partial_line(path)
+    drop_partial_line(path)
     report = RunReport(shard_path=path, generated=0, skipped=len(mine) - len(pending), elapsed_s=0.0)
     start = time.perf_counter()
     with open(path, "a", encoding="utf-8") as f, _progress(len(pending), benchmark.name, config) as bar:
@@ -227,7 +228,7 @@ def merge_and_score(
     predictions = read_predictions(out_dir) if predictions is None else predictions
     records = [predictions[item.id] for item in items if item.id in predictions]
     merged = os.path.join(out_dir, MERGED_FILE)
-    _write_atomic(merged, json.dumps(records, ensure_ascii=False, indent=2))
+    write_atomic(merged, json.dumps(records, ensure_ascii=False, indent=2))
     score = score_records(records, benchmark.name)
     score.not_predicted += len(items) - len(records)
     write_summary(score, out_dir)
@@ -238,8 +239,8 @@ def write_summary(score: Score, out_dir: str | os.PathLike) -> tuple[str, str]:
     """``summary.json`` (machine-readable, fractions) and ``summary.md`` (tables, percent) in ``out_dir``."""
     out_dir = os.fspath(out_dir)
     json_path, md_path = os.path.join(out_dir, "summary.json"), os.path.join(out_dir, "summary.md")
-    _write_atomic(json_path, json.dumps(score.as_dict(), indent=2, allow_nan=False))
-    _write_atomic(md_path, summary_markdown(score))
+    write_atomic(json_path, json.dumps(score.as_dict(), indent=2, allow_nan=False))
+    write_atomic(md_path, summary_markdown(score))
     return json_path, md_path
 
 
@@ -265,23 +266,6 @@ def _text(result: Any) -> str:
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def _drop_partial_line(path: str) -> None:
-    """Cut a line left unfinished by a kill, so the next append starts on a fresh line."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class _NoBar:

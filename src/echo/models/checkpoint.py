@@ -31,9 +31,12 @@ def read_config(path: str | os.PathLike) -> dict:
     if not cfg.is_file():
         raise CheckpointError(f"{path}: no config.json")
     try:
-        return json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        raw = json.loads(cfg.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{cfg}: unreadable config ({e})") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{cfg}: expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def weight_map(path: str | os.PathLike) -> dict[str, Path]:
@@ -80,13 +83,25 @@ def tensor_shapes(files: dict[str, Path], names: list[str]) -> dict[str, tuple[i
 
 def read_tensors(files: dict[str, Path], names: list[str], device: torch.device,
                  dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` for ``names``, one shard at a time, each tensor already on ``device`` in ``dtype``
-    (floating tensors only are cast)."""
+    """Yield ``(name, tensor)`` for ``names``, one shard at a time, each tensor already on ``device`` in ``dtype``.
+    A tensor that is not floating point, or holds NaN or inf, raises CheckpointError naming it and its file: such
+    weights would only show up later as garbage text or NaN losses."""
     for shard, shard_names in _group(files, names).items():
         with safe_open(shard, framework="pt", device=str(device)) as f:
             for name in shard_names:
                 t = f.get_tensor(name)
-                yield name, (t.to(dtype) if t.is_floating_point() else t)
+                if not t.is_floating_point():
+                    raise CheckpointError(f"{shard}: tensor {name} has dtype {t.dtype}; weights must be floating "
+                                          "point (a quantized or corrupt checkpoint?)")
+                cast = t.to(dtype)
+                if not bool(torch.isfinite(cast).all()):
+                    bad = int(t.numel() - torch.isfinite(t).sum())
+                    if bad:
+                        raise CheckpointError(f"{shard}: tensor {name} holds {bad} non-finite values (NaN or inf) "
+                                              f"of {t.numel()}; the checkpoint is corrupt or its training diverged")
+                    raise CheckpointError(f"{shard}: tensor {name} ({t.dtype}) overflows {dtype}; load it in a "
+                                          "wider dtype")
+                yield name, cast
 
 
 def _group(files: dict[str, Path], names: list[str]) -> dict[Path, list[str]]:

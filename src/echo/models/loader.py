@@ -128,7 +128,12 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
         _set_param(model, mapped[name], tensor)
     model = _finish(model, set(mapped.values()))
     if (path / "tokenizer.json").is_file():
-        model.processor = PromptProcessor.from_dir(path)
+        try:
+            model.processor = PromptProcessor.from_dir(path)
+        except CheckpointError:
+            raise
+        except Exception as e:  # tokenizers reports a corrupt file as a bare Exception
+            raise CheckpointError(f"{path / 'tokenizer.json'}: unreadable tokenizer ({e})") from None
         _fill_audio_ids(model)
     return model
 

@@ -50,18 +50,37 @@ def save_checkpoint(model, source_dir: str | os.PathLike, out_dir: str | os.Path
 
 @contextlib.contextmanager
 def atomic_dir(out: Path):
-    """Yield a fresh temporary directory beside ``out``; on success it replaces ``out`` (a kill at any point
-    leaves either the old or the new directory whole)."""
+    """Yield a fresh temporary directory beside ``out``; on success it replaces ``out``. The finished directory is
+    first renamed to ``out.new``, so at every instant of the swap one whole version exists by a known name and
+    ``recover_dir`` (run here and before every resume) puts it back in place after a kill."""
+    out = Path(out)
+    recover_dir(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     yield tmp
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
+    new, old = out.with_name(out.name + ".new"), out.with_name(out.name + ".old")
+    tmp.rename(new)  # complete from here on
     if out.exists():
         out.rename(old)
-    tmp.rename(out)
+    new.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(out: Path) -> None:
+    """Finish or undo a swap of ``atomic_dir`` that a kill interrupted: a complete ``out.new`` becomes ``out``;
+    else a lone ``out.old`` (the previous version, moved aside) goes back; a partial ``out.tmp`` is dropped."""
+    out = Path(out)
+    tmp, new, old = (out.with_name(out.name + suffix) for suffix in (".tmp", ".new", ".old"))
+    if new.is_dir():
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        new.rename(out)
+    elif not out.exists() and old.is_dir():
+        old.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write(tmp: Path, tensors: dict, source: Path, trainer_state: dict | None) -> None:
@@ -81,5 +100,11 @@ def _write(tmp: Path, tensors: dict, source: Path, trainer_state: dict | None) -
 
 
 def load_trainer_state(path: str | os.PathLike) -> dict | None:
+    """The trainer state of the resumable checkpoint ``path`` (after recovering an interrupted save), or None."""
+    from . import distributed as dist
+
+    if dist.world_size() == 1 or torch.distributed.get_rank() == 0:  # one process repairs, the others wait
+        recover_dir(Path(path))
+    dist.barrier()
     f = Path(path) / "trainer_state.pt"
     return torch.load(f, weights_only=True) if f.is_file() else None

@@ -55,6 +55,8 @@ class SFTExample:
 def read_records(path: str | os.PathLike) -> list[SFTRecord]:
     """Messages-JSONL or echo's synthetic JSONL (detected per line); audio paths resolve against the file's folder."""
     base = Path(path).parent
+    if not Path(path).is_file():
+        raise EchoError(f"{path}: SFT data file not found")
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -64,7 +66,12 @@ def read_records(path: str | os.PathLike) -> list[SFTRecord]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise EchoError(f"{path} line {n}: not JSON ({exc})") from exc
-            out.append(_record(row, n, base, path))
+            if not isinstance(row, dict):
+                raise EchoError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+            try:
+                out.append(_record(row, n, base, path))
+            except (KeyError, TypeError, AttributeError) as exc:  # a field of the wrong type or shape
+                raise EchoError(f"{path} line {n}: malformed record ({type(exc).__name__}: {exc})") from None
     return out
 
 

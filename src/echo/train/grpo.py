@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from ..config import EngineConfig, SamplingParams
 from ..engine.audio_embed import feature_config_for
 from ..engine.llm import Engine
 from ..engine.sampler import LogitsProcessor
+from ..errors import ConfigError, EchoError
 from ..models.loader import load
 from . import distributed as dist
 from .checkpoint import load_trainer_state, save_checkpoint
@@ -37,6 +39,7 @@ from .grpo_loss import PolicyLossConfig, group_advantages, policy_loss
 from .rewards import RewardFn
 from .rl_data import RLRecord, read_rl_records
 from .rollout import Rollout, old_logprobs, response_logprobs, rollout
+from .run_state import describe, prepare_run, trim_log
 
 
 @dataclasses.dataclass(slots=True)
@@ -69,7 +72,14 @@ class GRPOConfig:
     def __post_init__(self):
         for name in ("group_size", "prompts_per_step", "epochs", "ppo_epochs", "micro_batch", "max_new_tokens"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"GRPOConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"GRPOConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.steps is not None and self.steps <= 0:
+            raise ConfigError(f"GRPOConfig.steps must be positive (or None), got {self.steps}")
+        for name in ("warmup_steps", "save_every", "val_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"GRPOConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"GRPOConfig.lr must be a positive number, got {self.lr}")
 
 
 def step_seeds(seed: int, step: int, indices: Sequence[int]) -> list[int]:
@@ -93,7 +103,7 @@ class GRPOTrainer:
         self.reward_fn = reward_fn or RewardFn()
         self.rank, self.world = dist.setup()
         if cfg.prompts_per_step % self.world:
-            raise ValueError(f"prompts_per_step={cfg.prompts_per_step} does not split over {self.world} processes")
+            raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split over {self.world} processes")
         self.resume_dir = self.out / "checkpoint"
         state = load_trainer_state(self.resume_dir)
         source = self.resume_dir if state is not None else model_dir
@@ -246,7 +256,7 @@ class GRPOTrainer:
     def fit(self, data: str) -> dict:
         records, skipped = read_rl_records(data)
         if len(records) < self.cfg.prompts_per_step:
-            raise ValueError(f"{data}: {len(records)} usable records ({len(skipped)} skipped: {skipped[:3]}) do not "
+            raise EchoError(f"{data}: {len(records)} usable records ({len(skipped)} skipped: {skipped[:3]}) do not "
                              f"fill one step of prompts_per_step={self.cfg.prompts_per_step}")
         val = read_rl_records(self.cfg.val_data)[0] if self.cfg.val_data else []
         cfg = self.cfg
@@ -254,6 +264,7 @@ class GRPOTrainer:
         main = self.rank == 0
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            trim_log(self.out, self.step)
         writer = _tensorboard(self.out) if cfg.tensorboard and main else None
         history = []
         log = (self.out / "log.jsonl").open("a") if main else None
@@ -284,16 +295,33 @@ class GRPOTrainer:
         return {"steps": self.step, "records": len(records), "skipped": skipped, "history": history}
 
 
+def read_prompts(data: str, cfg: GRPOConfig) -> tuple[list[RLRecord], list[tuple[str, str]]]:
+    """The usable prompts and the skipped rows; at least one step's worth or EchoError."""
+    records, skipped = read_rl_records(data)
+    if len(records) < cfg.prompts_per_step:
+        raise EchoError(f"{data}: {len(records)} usable records ({len(skipped)} skipped: {skipped[:3]}) do not "
+                        f"fill one step of prompts_per_step={cfg.prompts_per_step}")
+    return records, skipped
+
+
 def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise RuntimeError("--tensorboard needs the tensorboard package (pip install tensorboard)") from exc
+        raise EchoError("--tensorboard needs the tensorboard package (pip install tensorboard)") from exc
     return SummaryWriter(str(out / "tensorboard"))
 
 
 def train_grpo(model_dir: str, data: str, out_dir: str, cfg: GRPOConfig | None = None,
-               reward_fn: RewardFn | None = None, logits_processors: Sequence[LogitsProcessor] = ()) -> dict:
+               reward_fn: RewardFn | None = None, logits_processors: Sequence[LogitsProcessor] = (),
+               overwrite: bool = False) -> dict:
     """GRPO from ``model_dir`` on ``data`` (verl parquet or EAQA JSONL); writes ``out_dir/final`` and the resumable
-    ``out_dir/checkpoint``. Rerunning the same command after a kill resumes from the latter."""
+    ``out_dir/checkpoint``. Rerunning the same command after a kill resumes from the latter; a rerun with another
+    model, data, reward or settings is refused (``run_state``) unless ``overwrite`` starts over."""
+    cfg, reward_fn = cfg or GRPOConfig(), reward_fn or RewardFn()
+    dist.setup()
+    prepare_run(out_dir, describe("grpo", model_dir, data, cfg,
+                                  reward=[[name, getattr(fn, "__qualname__", str(fn)), w]
+                                          for name, fn, w in reward_fn.terms]), overwrite)
+    read_prompts(data, cfg)  # bad data is reported before the model loads and the KV cache is allocated
     return GRPOTrainer(model_dir, out_dir, cfg or GRPOConfig(), reward_fn, logits_processors).fit(data)

@@ -21,13 +21,14 @@ from tqdm import tqdm
 from ..audio import FeatureConfig
 from ..audio import load as load_audio
 from ..engine.audio_embed import feature_config_for, span_embeddings
-from ..errors import ConfigError
+from ..errors import ConfigError, EchoError
 from ..models.loader import load
 from . import distributed as dist
 from .checkpoint import load_trainer_state, save_checkpoint
 from .data import IGNORE, SFTExample, build_dataset, read_records
 from .lora import CONFIG as ADAPTER_CONFIG
 from .lora import DEFAULT_TARGETS, adapter_state, add_lora, load_adapter, lora_config, save_adapter
+from .run_state import describe, prepare_run, trim_log
 
 
 @dataclasses.dataclass(slots=True)
@@ -49,6 +50,18 @@ class SFTConfig:
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS  # decoder linear layers (the audio tower stays frozen)
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # compute dtype: "auto" (bf16 on CUDA that has it, else fp32), "fp32", "bf16"
+
+    def __post_init__(self):
+        for name in ("epochs", "grad_accum", "max_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"SFTConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_steps", "save_every", "lora_rank"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"SFTConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"SFTConfig.lr must be a positive number, got {self.lr}")
+        if self.format not in ("grounded", "interleaved"):
+            raise ConfigError(f"SFTConfig.format must be grounded or interleaved, got {self.format!r}")
 
 
 def _audio_rows(model, ex: SFTExample, features: FeatureConfig, grad: bool) -> torch.Tensor:
@@ -83,15 +96,19 @@ def _autocast(cfg: SFTConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig):
-    """(model in float32, trainable parameters, LoRA config or None), from ``resume`` when ``resumed``."""
+def _lora(model_dir: str, cfg: SFTConfig):
+    """The LoRA config ``cfg`` asks for (None: full fine-tune); raises ConfigError on an invalid one."""
     if cfg.lora_rank < 0:
         raise ConfigError(f"lora_rank must be >= 0 (0: full fine-tune), got {cfg.lora_rank}")
-    lora = None
-    if cfg.lora_rank:
-        if cfg.train_audio_encoder:
-            raise ConfigError("LoRA adapts the decoder only; train_audio_encoder needs a full fine-tune")
-        lora = lora_config(model_dir, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if not cfg.lora_rank:
+        return None
+    if cfg.train_audio_encoder:
+        raise ConfigError("LoRA adapts the decoder only; train_audio_encoder needs a full fine-tune")
+    return lora_config(model_dir, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+
+
+def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig, lora):
+    """(model in float32, trainable parameters), from ``resume`` when ``resumed``; ``lora`` from ``_lora``."""
     is_adapter = (resume / ADAPTER_CONFIG).is_file()
     if resumed and is_adapter != (lora is not None):
         kinds = ("a full fine-tune", "a LoRA adapter")
@@ -99,28 +116,35 @@ def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig):
                           "rerun with the original settings or use another output directory")
     if lora is not None:
         model = load(model_dir, device=dist.device(), dtype=torch.float32)
-        return model, load_adapter(model, resume, expect=lora) if resumed else add_lora(model, lora), lora
+        return model, load_adapter(model, resume, expect=lora) if resumed else add_lora(model, lora)
     model = load(resume if resumed else model_dir, device=dist.device(), dtype=torch.float32)
     model.requires_grad_(False)
     trainable = [p for n, p in model.named_parameters() if cfg.train_audio_encoder or not n.startswith("audio_tower")]
     for p in trainable:
         p.requires_grad_(True)
-    return model, trainable, None
+    return model, trainable
 
 
-def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = None) -> dict:
+def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = None, overwrite: bool = False
+              ) -> dict:
     """Fine-tune ``model_dir`` on ``data`` (messages-JSONL or synthetic JSONL); writes ``out_dir/final`` and
     ``out_dir/checkpoint`` (latest, with trainer state): full checkpoints, or with ``lora_rank > 0`` peft adapters
-    whose base is ``model_dir`` (``merge_lora`` makes a full checkpoint). Rerunning the same command resumes."""
+    whose base is ``model_dir`` (``merge_lora`` makes a full checkpoint). Rerunning the same command resumes; a
+    rerun with another model, data or settings is refused (``run_state``) unless ``overwrite`` starts over."""
     cfg = cfg or SFTConfig()
     rank, world = dist.setup()
     out = Path(out_dir)
+    autocast = _autocast(cfg, dist.device())  # invalid settings first, then whether they match the run in out
+    lora = _lora(model_dir, cfg)
+    prepare_run(out, describe("sft", model_dir, data, cfg), overwrite)
+    records = read_records(data)  # a missing or malformed file is reported before the model loads
+    if not records:
+        raise EchoError(f"{data}: no records")
     resume = out / "checkpoint"
     state = load_trainer_state(resume)
-    autocast = _autocast(cfg, dist.device())
     if state is None:
         torch.manual_seed(cfg.seed)  # LoRA's initial weights and dropout masks; a resumed run restores the RNG
-    model, trainable, lora = _model(model_dir, resume, state is not None, cfg)
+    model, trainable = _model(model_dir, resume, state is not None, cfg, lora)
     model.decoder.gradient_checkpointing = cfg.gradient_checkpointing
     model.train()
     features = feature_config_for(model, model_dir)
@@ -142,10 +166,10 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
         else:
             save_adapter(model, lora, path, trainer_state)
 
-    examples, skipped = build_dataset(read_records(data), processor, cfg.format, features=features,
+    examples, skipped = build_dataset(records, processor, cfg.format, features=features,
                                       max_len=cfg.max_len)
     if not examples:
-        raise ValueError(f"{data}: no usable records ({len(skipped)} skipped: {skipped[:3]})")
+        raise EchoError(f"{data}: no usable records ({len(skipped)} skipped: {skipped[:3]})")
     steps_per_epoch = math.ceil(len(examples) / cfg.grad_accum)
     total = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -169,6 +193,8 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
         if "cuda_rng" in state and model.device.type == "cuda":  # LoRA dropout masks on the GPU
             torch.cuda.set_rng_state(state["cuda_rng"], model.device)
     out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        trim_log(out, step)
     log_path = out / "log.jsonl" if rank == 0 else Path(os.devnull)
     with log_path.open("a") as log, tqdm(total=total, initial=step, disable=not cfg.progress or rank > 0,
                                          desc="sft", unit="step") as bar:
