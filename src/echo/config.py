@@ -34,7 +34,8 @@ def _positive(obj, *names: str) -> None:
 
 @dataclasses.dataclass(slots=True)
 class RelistenPolicy:
-    """What the engine does when a sequence's text ends with ``</seg>`` (DESIGN §2).
+    """What the engine does at each ``</seg>`` a sequence writes (DESIGN §2); one that ends inside a token merged
+    with what follows (``</seg>.``) is cut right after the tag first (``Engine._cut_at_seg``).
 
     The last ``<seg>a, b</seg>`` gives the span in seconds. Model output is never an exception: every case below
     maps to an action recorded in the result (``relisten``, ``skip`` = keep decoding with nothing inserted, or
@@ -61,6 +62,10 @@ class RelistenPolicy:
     max_span_s: float | None = None
 
     def __post_init__(self):
+        _finite(self, "min_span_s")
+        if self.max_span_s is not None:
+            _finite(self, "max_span_s")
+        _integer(self, "max_turns")
         if self.min_span_s < 0:
             raise ConfigError(f"RelistenPolicy.min_span_s must be >= 0, got {self.min_span_s}")
         if self.max_turns < 0:
@@ -139,6 +144,10 @@ class EngineConfig:
     long_audio: Literal["truncate", "error"] = "truncate"
 
     def __post_init__(self):
+        _integer(self, "block_size", "num_blocks", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens",
+                 "max_model_len", "encoder_cache_bytes")
+        if not isinstance(self.relisten, RelistenPolicy):
+            raise ConfigError(f"EngineConfig.relisten must be a RelistenPolicy, got {type(self.relisten).__name__}")
         if self.long_audio not in ("truncate", "error"):
             raise ConfigError(f"EngineConfig.long_audio must be 'truncate' or 'error', got {self.long_audio!r}")
         _positive(self, "block_size", "num_blocks", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens",

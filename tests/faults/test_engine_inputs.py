@@ -21,10 +21,10 @@ import torch
 import echo
 import tiny_checkpoints as tc
 from echo.audio import FeatureConfig
-from echo.config import EngineConfig, SamplingParams
+from echo.config import EngineConfig, RelistenPolicy, SamplingParams
 from echo.engine import llm
 from echo.engine.llm import Engine, Request
-from echo.errors import EchoError
+from echo.errors import ConfigError, EchoError
 from helpers import assert_close
 
 CONFIG = dict(num_blocks=96, block_size=16, max_model_len=512)
@@ -318,3 +318,23 @@ def test_table_counts():
     documented = sum(c.expect == "documented" for c in CASES)
     assert errors + documented == len(CASES)
     print(f"\n{len(CASES)} inputs: {errors} clear errors, {documented} documented behaviours")
+
+
+@pytest.mark.parametrize("make,says", [
+    (lambda: EngineConfig(num_blocks=2.5), "num_blocks must be an integer"),
+    (lambda: EngineConfig(max_model_len=0), "max_model_len must be positive"),
+    (lambda: EngineConfig(block_size=True), "block_size must be an integer"),
+    (lambda: EngineConfig(encoder_cache_bytes=-1), "encoder_cache_bytes must be >= 0"),
+    (lambda: EngineConfig(long_audio="cut"), "long_audio must be 'truncate' or 'error'"),
+    (lambda: EngineConfig(relisten={"max_turns": 2}), "relisten must be a RelistenPolicy"),
+    (lambda: RelistenPolicy(min_span_s=float("nan")), "min_span_s must be a finite number"),
+    (lambda: RelistenPolicy(max_span_s=float("inf")), "max_span_s must be a finite number"),
+    (lambda: RelistenPolicy(max_turns=1.5), "max_turns must be an integer"),
+    (lambda: RelistenPolicy(out_of_range="wrap"), "out_of_range must be one of"),
+], ids=["num-blocks-float", "max-model-len-zero", "block-size-bool", "encoder-cache-negative", "long-audio-unknown",
+        "relisten-dict", "min-span-nan", "max-span-inf", "max-turns-float", "out-of-range-unknown"])
+def test_bad_engine_configuration(make, says):
+    """Engine-wide settings are refused when made, before any engine exists (a clear ConfigError each)."""
+    with pytest.raises(ConfigError) as raised:
+        make()
+    assert says in str(raised.value)

@@ -31,9 +31,13 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
     logits = logits.float()
     if never:
         logits = logits.index_fill(-1, torch.tensor(list(never), device=logits.device), float("-inf"))
+    # one check (one device sync) for every row of the model's logits: NaN or +inf anywhere, or no finite logit
+    broken = (torch.isnan(logits) | torch.isposinf(logits)).any(-1) | ~torch.isfinite(logits).any(-1)
     tokens, logprobs = [], []
-    for row, p, gen, hist in zip(logits, params, generators, histories):
+    for row, p, gen, hist, bad in zip(logits, params, generators, histories, broken.tolist()):
         try:
+            if bad:
+                _check(row, "the model's logits", row.numel())
             token, logprob = _sample_row(row, p, gen, hist, processors, never)
             reason = None
         except _Unsampleable as exc:
@@ -67,7 +71,6 @@ def _greedy(x, policy) -> tuple[int, float]:
 
 def _sample_row(row, p: SamplingParams, gen, hist, processors, never) -> tuple[int, float]:
     vocab = row.numel()
-    _check(row, "the model's logits", vocab)
     temperature = p.temperature if p.temperature > 0 else 1.0
     policy = torch.log_softmax(row / temperature, dim=-1)
     x = row
@@ -78,7 +81,7 @@ def _sample_row(row, p: SamplingParams, gen, hist, processors, never) -> tuple[i
             raise _Unsampleable(f"logits processor {getattr(proc, '__name__', type(proc).__name__)} raised "
                                 f"{type(exc).__name__}: {exc}") from exc
         x = _check(x, "the logits processor's logits", vocab).float()
-    if never:  # a processor must not bring back a token that has no embedding
+    if never and processors:  # a processor must not bring back a token that has no embedding
         x = x.index_fill(-1, torch.tensor(list(never), device=x.device), float("-inf"))
         _check(x, "the logits processor's logits", vocab)
     if p.temperature == 0:
