@@ -319,15 +319,13 @@ class Engine:
             return None
         window = seq.token_ids[max(seq.num_prompt_tokens, len(seq) - 16):]
         tail = proc.decode(window) if proc is not None else ""
+        dropped = self._cut_at_seg(seq, window, tail) if proc is not None and SEG_CLOSE in tail else None
+        if dropped:  # the text now ends at the tag, which comes before anything the dropped part held
+            tail = tail[: -len(dropped)]
         if any(tail.endswith(s) for s in p.stop):
             self.scheduler.finish(seq, "stop")
             return None
-        if self._too_long(seq):
-            return None
-        if proc is None or SEG_CLOSE not in tail:
-            return None
-        dropped = self._cut_at_seg(seq, window, tail)
-        if dropped is None:
+        if self._too_long(seq) or dropped is None:
             return None
         text = proc.decode(seq.token_ids[seq.num_prompt_tokens:])
         decision = decide(text, len(seq.relistens), seq.clip.num_samples, self.config.relisten,
@@ -335,8 +333,6 @@ class Engine:
         seq.relistens.append(RelistenRecord(len(seq.relistens), decision, dropped_text=dropped))
         if decision.action == "stop":
             self.scheduler.finish(seq, "relisten_stop")
-            return None
-        if self._too_long(seq):  # the re-tokenized tag may have made the sequence longer
             return None
         return decision if decision.action == "relisten" else None
 
