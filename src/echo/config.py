@@ -4,9 +4,25 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Literal, Sequence
 
 from .errors import ConfigError
+
+
+def _integer(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise ConfigError(f"{type(obj).__name__}.{name} must be an integer, got {value!r}")
+
+
+def _finite(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ConfigError(f"{type(obj).__name__}.{name} must be a finite number, got {value!r}")
 
 
 def _positive(obj, *names: str) -> None:
@@ -18,7 +34,8 @@ def _positive(obj, *names: str) -> None:
 
 @dataclasses.dataclass(slots=True)
 class RelistenPolicy:
-    """What the engine does when a sequence's text ends with ``</seg>`` (DESIGN §2).
+    """What the engine does at each ``</seg>`` a sequence writes (DESIGN §2); one that ends inside a token merged
+    with what follows (``</seg>.``) is cut right after the tag first (``Engine._cut_at_seg``).
 
     The last ``<seg>a, b</seg>`` gives the span in seconds. Model output is never an exception: every case below
     maps to an action recorded in the result (``relisten``, ``skip`` = keep decoding with nothing inserted, or
@@ -45,6 +62,10 @@ class RelistenPolicy:
     max_span_s: float | None = None
 
     def __post_init__(self):
+        _finite(self, "min_span_s")
+        if self.max_span_s is not None:
+            _finite(self, "max_span_s")
+        _integer(self, "max_turns")
         if self.min_span_s < 0:
             raise ConfigError(f"RelistenPolicy.min_span_s must be >= 0, got {self.min_span_s}")
         if self.max_turns < 0:
@@ -71,6 +92,12 @@ class SamplingParams:
     logprobs: bool = False  # return the log-prob of every sampled token (GRPO consumes them)
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (the engine re-checks at admission: a dataclass stays mutable after construction)."""
+        _finite(self, "temperature", "top_p")
+        _integer(self, "top_k", "max_new_tokens", "n", "seed")
         if self.temperature < 0:
             raise ConfigError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
@@ -78,9 +105,19 @@ class SamplingParams:
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
         _positive(self, "max_new_tokens", "n")
+        # sample i is seeded seed + i, and a torch generator takes a 64-bit seed
+        if self.seed is not None and not 0 <= self.seed <= 2**63 - self.n:
+            raise ConfigError(f"SamplingParams.seed must be in [0, 2**63 - n], got {self.seed}")
+        for name in ("ignore_eos", "logprobs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"SamplingParams.{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
-        self.stop = tuple(self.stop)
+        try:
+            self.stop = tuple(self.stop)
+        except TypeError:
+            raise ConfigError(f"SamplingParams.stop must be a string or a sequence of strings, got {self.stop!r}") \
+                from None
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError(f"SamplingParams.stop must be non-empty strings, got {self.stop!r}")
 
@@ -88,7 +125,13 @@ class SamplingParams:
 @dataclasses.dataclass(slots=True)
 class EngineConfig:
     """Engine sizing. The KV cache is preallocated: ``num_blocks`` blocks of ``block_size`` tokens per layer, or
-    as many as ``kv_cache_bytes`` allows when ``num_blocks`` is None."""
+    as many as ``kv_cache_bytes`` allows when ``num_blocks`` is None.
+
+    ``long_audio``: what happens to a clip longer than the feature extractor's maximum (``chunk_length`` of the
+    checkpoint's preprocessor config: 300 s for Qwen2.5-Omni, 30 s for Qwen2-Audio), which the encoder cannot see
+    past. "truncate" (default, what the reference's processor does) keeps the first ``chunk_length`` seconds,
+    re-listens only within them, and records a warning in the result; "error" refuses the request.
+    """
 
     block_size: int = 16
     num_blocks: int | None = None
@@ -98,8 +141,15 @@ class EngineConfig:
     max_model_len: int = 32768
     encoder_cache_bytes: int = 256 << 20
     relisten: RelistenPolicy = dataclasses.field(default_factory=RelistenPolicy)
+    long_audio: Literal["truncate", "error"] = "truncate"
 
     def __post_init__(self):
+        _integer(self, "block_size", "num_blocks", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens",
+                 "max_model_len", "encoder_cache_bytes")
+        if not isinstance(self.relisten, RelistenPolicy):
+            raise ConfigError(f"EngineConfig.relisten must be a RelistenPolicy, got {type(self.relisten).__name__}")
+        if self.long_audio not in ("truncate", "error"):
+            raise ConfigError(f"EngineConfig.long_audio must be 'truncate' or 'error', got {self.long_audio!r}")
         _positive(self, "block_size", "num_blocks", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens",
                   "max_model_len")
         if self.encoder_cache_bytes < 0:

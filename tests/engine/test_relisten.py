@@ -33,7 +33,7 @@ def test_last_seg_text_takes_the_last_tag():
     ("x<seg>0, 10</seg>", {}, "relisten", "ok", (0, CLIP)),
     ("<seg>8.0, 12.0</seg>", {}, "relisten", "clamped", (128_000, CLIP)),
     ("<seg>-1.0, 0.5</seg>", {}, "relisten", "clamped", (0, 8_000)),
-    ("<seg>11.0, 12.0</seg>", {}, "skip", "too short", None),          # clamps to nothing
+    ("<seg>11.0, 12.0</seg>", {}, "skip", "outside clip", None),       # wholly past the clip
     ("<seg>8.0, 12.0</seg>", {"out_of_range": "skip"}, "skip", "out of range", None),
     ("<seg>8.0, 12.0</seg>", {"out_of_range": "stop"}, "stop", "out of range", None),
     ("<seg>5.0, 3.0</seg>", {}, "skip", "reversed", None),

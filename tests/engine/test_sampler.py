@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from echo.config import SamplingParams
@@ -30,3 +31,22 @@ def test_logprobs_are_the_temperature_policy_before_processors_and_truncation():
                            [[]], [only_last])
     assert token == 3  # the processor forces it (top-k then sees only it)
     assert math.isclose(lp, float(torch.log_softmax(logits[0] / 0.5, 0)[3]), abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("poison,reason", [
+    (float("nan"), "the model's logits hold NaN or +inf"),
+    (float("inf"), "the model's logits hold NaN or +inf"),
+    (float("-inf"), "the model's logits leave no token with a finite logit"),
+])
+def test_an_unsampleable_row_ends_alone(poison, reason):
+    """A row the model filled with NaN/inf gets no token (and its reason); the other rows sample as if alone."""
+    logits = torch.randn(3, 16)
+    logits[1] = poison
+    params = [SamplingParams(temperature=1.0)] * 3
+    errors = []
+    tokens, logprobs = sample(logits, params, [torch.Generator().manual_seed(i) for i in range(3)], [[]] * 3,
+                              errors=errors)
+    assert tokens[1] is None and errors == [None, reason, None]
+    for i in (0, 2):
+        [alone], [lp] = sample(logits[i : i + 1], params[:1], [torch.Generator().manual_seed(i)], [[]])
+        assert tokens[i] == alone and logprobs[i] == lp

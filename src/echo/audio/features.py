@@ -49,6 +49,11 @@ class FeatureConfig:
         return self.max_samples // self.hop_length
 
     @classmethod
+    def for_family(cls, family: str) -> "FeatureConfig":
+        """The released checkpoints' extractor: Qwen2.5-Omni 300 s, Qwen2-Audio 30 s (otherwise identical)."""
+        return cls(chunk_length=300 if family == "qwen2_5_omni" else 30)
+
+    @classmethod
     def from_pretrained(cls, path_or_dict: str | os.PathLike | dict) -> "FeatureConfig":
         """Read a checkpoint directory's preprocessor_config.json (or the dict it holds)."""
         if isinstance(path_or_dict, dict):
@@ -87,6 +92,12 @@ def num_mel_frames(num_samples: int, cfg: FeatureConfig = FeatureConfig()) -> in
 def num_audio_tokens(num_frames: int) -> int:
     """Audio tokens the Qwen audio encoders emit for ``num_frames`` mel frames (conv stride 2, then pool 2)."""
     return ((num_frames - 1) // 2 + 1 - 2) // 2 + 1
+
+
+def min_audio_samples(cfg: FeatureConfig = FeatureConfig()) -> int:
+    """The shortest clip (or re-listened span) that gives at least one audio token: 3 mel frames, i.e. more than
+    two hops (321 samples, 20 ms at 16 kHz); anything shorter would put no audio at all into the sequence."""
+    return 2 * cfg.hop_length + 1
 
 
 class LogMel(NamedTuple):

@@ -18,10 +18,15 @@ from ..ops.log_mel import log_mel_spans
 
 
 def feature_config_for(model, model_dir=None) -> FeatureConfig:
-    """The checkpoint's preprocessor config when it ships one, else the family's default max length."""
+    """The one feature config of a checkpoint, used by the engine, SFT and GRPO alike: the one ``echo.load`` read
+    from its preprocessor_config.json (kept as ``model.feature_config``), else that file in ``model_dir``, else
+    the family's defaults (Qwen2.5-Omni 300 s, Qwen2-Audio 30 s)."""
+    kept = getattr(model, "feature_config", None)
+    if isinstance(kept, FeatureConfig):
+        return kept
     if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
         return FeatureConfig.from_pretrained(model_dir)
-    return FeatureConfig(chunk_length=300 if model.config.family == "qwen2_5_omni" else 30)
+    return FeatureConfig.for_family(model.config.family)
 
 
 def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor],

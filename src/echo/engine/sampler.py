@@ -4,6 +4,10 @@ Log-probs are those of the policy the trainer recomputes: ``log_softmax(logits /
 logits (temperature 1 when greedy), before logits processors and top-k/top-p truncation, so engine and trainer
 agree on the sampled tokens' log-probs. ``never`` ids (the ``<|AUDIO|>`` placeholder: its rows come from the
 encoder, so a sampled one would have no embedding) are removed from that policy itself, here and in the trainer.
+
+A row that cannot be sampled from (NaN or +inf logits, nothing left with a finite logit, a logits processor that
+raises or returns something other than a finite (vocab,) tensor) gets token None and its reason in ``errors``;
+the other rows are sampled as usual, so one sequence's garbage never fails the step.
 """
 
 from __future__ import annotations
@@ -19,32 +23,80 @@ LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 
 def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None],
-           histories: Sequence[list[int]], processors: Sequence[LogitsProcessor] = (), never: Sequence[int] = ()
-           ) -> tuple[list[int], list[float]]:
-    """Sample one token per row of ``logits`` (rows, vocab). Returns the tokens and their log-probs."""
+           histories: Sequence[list[int]], processors: Sequence[LogitsProcessor] = (), never: Sequence[int] = (),
+           errors: list[str | None] | None = None) -> tuple[list[int | None], list[float]]:
+    """Sample one token per row of ``logits`` (rows, vocab). Returns the tokens and their log-probs; a row that
+    cannot be sampled gets token None (log-prob NaN) and, when ``errors`` is given, its reason appended there
+    (None for the rows that sampled)."""
     logits = logits.float()
     if never:
         logits = logits.index_fill(-1, torch.tensor(list(never), device=logits.device), float("-inf"))
+    # one reduction (one device sync) checks every row of the model's logits: a row's max is NaN if any logit is
+    # NaN, +inf if any is +inf, -inf if none is finite
+    broken = ~torch.isfinite(logits.amax(-1))
     tokens, logprobs = [], []
-    for row, p, gen, hist in zip(logits, params, generators, histories):
-        temperature = p.temperature if p.temperature > 0 else 1.0
-        policy = torch.log_softmax(row / temperature, dim=-1)
-        x = row
-        for proc in processors:
-            x = proc(hist, x)
-        if p.temperature == 0:
-            token = int(torch.argmax(x))
-        else:
-            x = x / p.temperature
-            if p.top_k > 0 and p.top_k < x.numel():
-                kth = torch.topk(x, p.top_k).values[-1]
-                x = x.masked_fill(x < kth, float("-inf"))
-            if p.top_p < 1.0:
-                sorted_x, order = torch.sort(x, descending=True)
-                probs = torch.softmax(sorted_x, dim=-1)
-                drop = probs.cumsum(-1) - probs > p.top_p  # keep the smallest prefix reaching top_p
-                x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-            token = int(torch.multinomial(torch.softmax(x, dim=-1), 1, generator=gen))
+    for row, p, gen, hist, bad in zip(logits, params, generators, histories, broken.tolist()):
+        try:
+            if bad:
+                _check(row, "the model's logits", row.numel())
+            token, logprob = _sample_row(row, p, gen, hist, processors, never)
+            reason = None
+        except _Unsampleable as exc:
+            token, logprob, reason = None, float("nan"), str(exc)
         tokens.append(token)
-        logprobs.append(float(policy[token]))
+        logprobs.append(logprob)
+        if errors is not None:
+            errors.append(reason)
     return tokens, logprobs
+
+
+class _Unsampleable(Exception):
+    pass
+
+
+def _check(x, what: str, vocab: int) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.shape != (vocab,) or not x.dtype.is_floating_point:
+        raise _Unsampleable(f"{what} must be a float tensor of shape ({vocab},), got "
+                            f"{type(x).__name__ if not isinstance(x, torch.Tensor) else f'{x.dtype} {tuple(x.shape)}'}")
+    if bool(torch.isnan(x).any()) or bool(torch.isposinf(x).any()):
+        raise _Unsampleable(f"{what} hold NaN or +inf")
+    if not bool(torch.isfinite(x).any()):
+        raise _Unsampleable(f"{what} leave no token with a finite logit")
+    return x
+
+
+def _greedy(x, policy) -> tuple[int, float]:
+    token = int(torch.argmax(x))
+    return token, float(policy[token])
+
+
+def _sample_row(row, p: SamplingParams, gen, hist, processors, never) -> tuple[int, float]:
+    vocab = row.numel()
+    temperature = p.temperature if p.temperature > 0 else 1.0
+    policy = torch.log_softmax(row / temperature, dim=-1)
+    x = row
+    for proc in processors:
+        try:
+            x = proc(hist, x)
+        except Exception as exc:  # a user's processor: its failure ends this sequence, not the step
+            raise _Unsampleable(f"logits processor {getattr(proc, '__name__', type(proc).__name__)} raised "
+                                f"{type(exc).__name__}: {exc}") from exc
+        x = _check(x, "the logits processor's logits", vocab).float()
+    if never and processors:  # a processor must not bring back a token that has no embedding
+        x = x.index_fill(-1, torch.tensor(list(never), device=x.device), float("-inf"))
+        _check(x, "the logits processor's logits", vocab)
+    if p.temperature == 0:
+        return _greedy(x, policy)
+    x = x / p.temperature
+    if bool(torch.isposinf(x).any()):  # a tiny temperature overflowed: its limit, greedy
+        return _greedy(x, policy)
+    if p.top_k > 0 and p.top_k < x.numel():
+        kth = torch.topk(x, p.top_k).values[-1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_x, order = torch.sort(x, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        drop = probs.cumsum(-1) - probs > p.top_p  # keep the smallest prefix reaching top_p
+        x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    token = int(torch.multinomial(torch.softmax(x, dim=-1), 1, generator=gen))
+    return token, float(policy[token])

@@ -46,6 +46,7 @@ class RelistenRecord:
     position: int = 0  # index in token_ids where <|audio_bos|> was inserted (relisten only)
     cache_hit: bool = False
     inserted: bool = False  # the span's tokens went in (False when skipped, stopped, or no room was left)
+    dropped_text: str = ""  # what the sampled token that closed the tag held past "</seg>" (Engine._cut_at_seg)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -67,6 +68,8 @@ class Sequence:
     finish_reason: str | None = None
     generator: torch.Generator | None = None
     leader: "Sequence | None" = None  # for samples 1..n-1: fork the leader's prompt blocks instead of prefilling
+    num_forced: int = 0  # text tokens put in by the engine, not sampled (a re-tokenized "</seg>": mask 0)
+    error: str | None = None  # why the sequence ended early (finish reasons "error", "invalid_logits")
 
     def __post_init__(self):
         if not self.mask:
@@ -88,6 +91,17 @@ class Sequence:
         self.mask.append(1)
         if logprob is not None:
             self.logprobs.append(logprob)
+
+    def replace_last(self, ids: list[int]) -> None:
+        """Replace the last sampled token (not yet in the KV cache) by ``ids``, which were not sampled: mask 0 and
+        no log-prob, so a trainer never trains on them."""
+        if self.params.logprobs:
+            self.logprobs.pop()
+        self.token_ids.pop()
+        self.mask.pop()
+        self.token_ids.extend(ids)
+        self.mask.extend([0] * len(ids))
+        self.num_forced += len(ids)
 
     def append_splice(self, ids: list[int], rows: torch.Tensor) -> None:
         """Insert <|audio_bos|> AUDIO×n <|audio_eos|> (mask 0) and their n audio rows."""

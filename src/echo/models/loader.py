@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..audio.features import FeatureConfig
 from ..errors import CheckpointError
 from . import checkpoint as ckpt
 from .config import OMNI_FULL, OMNI_FULL_LEGACY, OMNI_THINKER, QWEN2_AUDIO, SUPPORTED_ARCHITECTURES, ModelConfig
@@ -135,6 +136,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
         except Exception as e:  # tokenizers reports a corrupt file as a bare Exception
             raise CheckpointError(f"{path / 'tokenizer.json'}: unreadable tokenizer ({e})") from None
         _fill_audio_ids(model)
+    # the checkpoint's one feature config, read once: the engine, SFT and GRPO all take it from the model
+    model.feature_config = (FeatureConfig.from_pretrained(path) if (path / "preprocessor_config.json").is_file()
+                            else FeatureConfig.for_family(cfg.family))
     return model
 
 
@@ -162,6 +166,9 @@ def from_transformers(hf_model: nn.Module, processor=None) -> AudioLanguageModel
     if processor is not None:
         model.processor = PromptProcessor.from_transformers(processor)
         _fill_audio_ids(model)
+    extractor = getattr(processor, "feature_extractor", None)
+    model.feature_config = (FeatureConfig.from_pretrained(extractor.to_dict()) if extractor is not None
+                            else FeatureConfig.for_family(cfg.family))
     return model
 
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from tokenizers import Tokenizer
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, EchoError
 from .audio_encoder import num_audio_tokens
 
 AUDIO, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
@@ -81,7 +81,7 @@ class PromptProcessor:
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         slots = [i for i, t in enumerate(ids) if t == self.audio_token_id]
         if len(slots) != len(audio_num_frames):
-            raise ValueError(f"{len(slots)} {AUDIO} placeholders in the prompt but {len(audio_num_frames)} audios")
+            raise EchoError(f"{len(slots)} {AUDIO} placeholders in the prompt but {len(audio_num_frames)} audios")
         out, prev = [], 0
         for slot, frames in zip(slots, audio_num_frames):
             out += ids[prev:slot] + [self.audio_token_id] * num_audio_tokens(int(frames))

@@ -3,7 +3,11 @@
 *Grounded*: the assistant's ``<seg>a, b</seg>`` tags are text only. *Interleaved*: right after each ``</seg>``
 the span's ``<|audio_bos|> <|AUDIO|>×n <|audio_eos|>`` goes in exactly as the engine inserts it at inference
 (the same ``relisten.decide`` and RelistenPolicy, the same token count for the span, so the same tokens at the
-same positions); its n rows are the span's audio embeddings. Labels are the token ids on the assistant's tokens
+same positions); its n rows are the span's audio embeddings. The text up to each ``</seg>`` is tokenized on its
+own, so no token straddles the tag: what the engine does with a sampled token that does (engine/llm.py,
+``Engine._cut_at_seg``), and what follows the splice starts a fresh tokenization, as after a re-listen. A clip
+longer than the feature extractor's maximum is the part the model hears (its first ``chunk_length`` seconds, the
+engine's ``long_audio="truncate"``); tags past it do not fit the clip. Labels are the token ids on the assistant's tokens
 (up to and including ``<|im_end|>``) and -100 on the prompt and on every inserted audio token.
 
 Records come in two layouts: the messages-JSONL of common SFT tools (``{"messages": [user with "<audio>",
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from ..audio import FeatureConfig, load as load_audio
-from ..audio.features import num_audio_tokens, num_mel_frames
+from ..audio.features import min_audio_samples, num_audio_tokens, num_mel_frames
 from ..config import RelistenPolicy
 from ..engine.relisten import SEG_CLOSE, decide
 from ..errors import EchoError
@@ -97,6 +101,9 @@ def build_example(record: SFTRecord, processor, fmt: Format = "interleaved", *,
     """Tokenise one record. Raises EchoError naming the record and the reason when it must be skipped."""
     if num_samples is None:
         num_samples = len(load_audio(record.audio, name=f"{record.id}: {record.audio}"))
+    num_samples = min(num_samples, features.max_samples)  # what the encoder hears, as in the engine
+    if num_samples < min_audio_samples(features):
+        raise EchoError(f"{record.id}: audio of {num_samples} samples is too short to give any audio token")
     conversation = [{"role": "user", "content": [{"type": "audio", "audio": record.audio},
                                                  {"type": "text", "text": record.user}]}]
     prompt = processor(conversation, [num_mel_frames(num_samples, features)])
@@ -112,11 +119,11 @@ def build_example(record: SFTRecord, processor, fmt: Format = "interleaved", *,
         text_so_far += chunk
         if not closes:
             break
-        d = decide(text_so_far, i, num_samples, policy)
+        d = decide(text_so_far, i, num_samples, policy, min_samples=min_audio_samples(features))
         if d.requested_s is not None and (min(d.requested_s) < 0 or max(d.requested_s) > num_samples / 16000):
             raise EchoError(f"{record.id}: <seg> tag {i + 1} ({d.text!r}) lies outside the "
                             f"{num_samples / 16000:.2f} s clip")
-        if d.reason in ("malformed", "out of range", "reversed") or d.action == "stop":
+        if d.reason in ("malformed", "out of range", "outside clip", "reversed") or d.action == "stop":
             raise EchoError(f"{record.id}: <seg> tag {i + 1} is {d.reason} for a {num_samples / 16000:.2f} s clip "
                             f"({d.text!r})")
         if fmt == "interleaved" and d.action == "relisten":
