@@ -122,6 +122,17 @@ class Engine:
         self._requests[index] = (seqs, time.perf_counter(), prompt_ids)
         return index
 
+    def abort(self, request_index: int) -> None:
+        """Finish every sample of a request with finish_reason "abort", free its KV blocks and forget it (a client
+        that went away); unknown or already collected requests are ignored."""
+        entry = self._requests.pop(request_index, None)
+        if entry is None:
+            return
+        for seq in entry[0]:
+            if not seq.is_finished:
+                self.scheduler.finish(seq, "abort")
+        self.scheduler.finished = [s for s in self.scheduler.finished if s.request_index != request_index]
+
     def _load(self, audio) -> np.ndarray:
         return load_audio(audio, name=os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else None)
 
@@ -240,7 +251,7 @@ class Engine:
         if proc is None or not ends_with_seg(tail):
             return None
         text = proc.decode(seq.token_ids[seq.num_prompt_tokens:])
-        decision = decide(text, len(seq.relistens), seq.clip.num_samples, self.config.relisten)
+        decision = decide(text, len(seq.relistens), seq.clip.num_samples, p.relisten or self.config.relisten)
         seq.relistens.append(RelistenRecord(len(seq.relistens), decision))
         if decision.action == "stop":
             self.scheduler.finish(seq, "relisten_stop")
