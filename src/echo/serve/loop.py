@@ -196,11 +196,12 @@ class EngineLoop:
         if job.index is None or self._jobs.pop(job.index, None) is None:
             return
         self.engine.abort(job.index)
-        self.metrics.requests_aborted += 1
+        self._snapshot()
+        self._release()
+        self.metrics.requests_aborted += 1  # last: whoever sees the count sees the blocks and the slot freed
         if tell:
             job.post(("update", [SampleUpdate(i, finish_reason="abort") for i, c in enumerate(job.closed) if not c]))
             job.post(("done", None))
-        self._release()
 
     def _finish(self, job: Job, error: ApiError | None = None, usage: dict | None = None) -> None:
         if job.index is not None:
@@ -243,8 +244,11 @@ class EngineLoop:
                     "spliced_audio_tokens": sum(r.num_audio_tokens for s in result.samples for r in s.relistens
                                                 if r.inserted),
                     "texts": [s.text for s in result.samples]})
+        self.metrics.record_step(tokens)
+        self._snapshot()
+
+    def _snapshot(self) -> None:
         m, sched, stats = self.metrics, self.engine.scheduler, self.engine.encoder_cache.stats
-        m.record_step(tokens)
         m.waiting_sequences, m.running_sequences = len(sched.waiting), len(sched.running)
         m.peak_running_sequences = max(m.peak_running_sequences, m.running_sequences)
         m.kv_blocks_in_use = self.engine.bm.num_blocks - self.engine.bm.num_free
