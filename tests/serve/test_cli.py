@@ -22,21 +22,22 @@ import live  # noqa: E402
 import tiny_checkpoints as tc  # noqa: E402
 
 
-def test_echo_serve_command_answers_and_shuts_down_cleanly(checkpoint):
+def test_echo_serve_command_answers_and_shuts_down_cleanly(checkpoint, tmp_path):
     path, _ = checkpoint("omni-tiny-gqa2")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    log = open(tmp_path / "serve.log", "w+")
     server = subprocess.Popen([sys.executable, "-m", "echo", "serve", "--model", str(path), "--port", str(port),
                                "--api-key", "k1", "--served-model-name", "tiny", "--kv-cache-gb", "0.05",
                                "--max-model-len", "2048", "--max-tokens", "6"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert server.poll() is None, server.stdout.read()
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
             try:
                 if httpx.get(url + "/health").status_code == 200:
                     break
@@ -56,5 +57,8 @@ def test_echo_serve_command_answers_and_shuts_down_cleanly(checkpoint):
             code = server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
             raise
-    assert code == 0, server.stdout.read()
+        finally:
+            log.close()
+    assert code == 0, (tmp_path / "serve.log").read_text()

@@ -52,6 +52,7 @@ class Job:
     sampled: list[int] = dataclasses.field(default_factory=list)
     seen: list[int] = dataclasses.field(default_factory=list)
     closed: list[bool] = dataclasses.field(default_factory=list)
+    committed: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (tokens, their final text)
 
     def post(self, event) -> None:
         try:
@@ -70,6 +71,10 @@ def relisten_event(record: RelistenRecord, num_prompt_tokens: int) -> dict:
             "applied_samples": list(applied) if applied else None, "num_audio_tokens": record.num_audio_tokens,
             "cache_hit": record.cache_hit, "inserted": record.inserted,
             "position": record.position - num_prompt_tokens if record.inserted else None}
+
+
+_CONTEXT_TOKENS = 4  # decoded again before the new tokens, so merges and leading spaces come out as in a full decode
+_COMMIT_EVERY = 64
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -186,6 +191,7 @@ class EngineLoop:
         seqs, _, prompt_ids = self.engine._requests[job.index]
         n = len(seqs)
         job.printed, job.sampled, job.seen, job.closed = [""] * n, [0] * n, [0] * n, [False] * n
+        job.committed = [(0, "")] * n
         self._jobs[job.index] = job
         self.metrics.requests_total += 1
         audio_id = self.engine.model.config.audio_token_id
@@ -262,7 +268,7 @@ class EngineLoop:
         lps = seq.logprobs[job.sampled[i]:] if seq.params.logprobs else [None] * len(new)
         update.tokens = list(zip(new, lps))
         job.sampled[i] = len(sampled)
-        text = proc.decode(generated, skip_special_tokens=True)
+        text = self._text(job, i, generated, proc)
         stops = tuple(seq.params.stop)
         if seq.is_finished:
             for stop in stops:  # as Engine._result trims it
@@ -284,3 +290,19 @@ class EngineLoop:
             update.finish_reason = seq.finish_reason or "stop"
             job.closed[i] = True
         return update
+
+    @staticmethod
+    def _text(job: Job, i: int, generated: list[int], proc) -> str:
+        """The sample's text, decoding only the tokens after the last committed point (plus a little context):
+        decoding everything each step would cost O(length) per sequence per step."""
+        done, committed = job.committed[i]
+        ctx = max(0, done - _CONTEXT_TOKENS)
+        head = proc.decode(generated[ctx:done], skip_special_tokens=True)
+        whole = proc.decode(generated[ctx:], skip_special_tokens=True)
+        if not whole.startswith(head):  # a character split across the boundary: decode it all once
+            return proc.decode(generated, skip_special_tokens=True)
+        text = committed + whole[len(head):]
+        # commit only at a character boundary (a trailing U+FFFD may be a character still being written)
+        if len(generated) - done >= _COMMIT_EVERY and not whole.endswith("\ufffd"):
+            job.committed[i] = (len(generated), text)
+        return text
