@@ -56,6 +56,10 @@ def _audio(part: dict) -> list[dict]:
     return [{"role": "user", "content": [part, {"type": "text", "text": "Fine?"}]}]
 
 
+def _url(url: str) -> dict:
+    return _body(messages=_audio({"type": "audio_url", "audio_url": {"url": url}}))
+
+
 def _post(url, body=None, content=None, headers=AUTH) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", json=body, content=content, headers=headers, timeout=60)
 
@@ -93,16 +97,15 @@ BAD = {
     "too many bytes": (_body(messages=_audio({"type": "input_audio",
                                               "input_audio": {"data": "@" * 2_700_000, "format": "wav"}})),
                        f"{AUDIO0}.input_audio.data", "over the limit of 2000000 bytes"),
-    "http url": (_body(messages=_audio({"type": "audio_url", "audio_url": {"url": "https://example.com/a.wav"}})),
+    "http url": (_url("https://example.com/a.wav"),
                  f"{AUDIO0}.audio_url.url", "only data: and file:// URLs"),
-    "file outside": (_body(messages=_audio({"type": "audio_url", "audio_url": {"url": "file://{root}/secret.wav"}})),
+    "file outside": (_url("file://{root}/secret.wav"),
                      f"{AUDIO0}.audio_url.url", "outside the allowed media directory"),
-    "dot-dot": (_body(messages=_audio({"type": "audio_url",
-                                       "audio_url": {"url": "file://{root}/allowed/../secret.wav"}})),
+    "dot-dot": (_url("file://{root}/allowed/../secret.wav"),
                 f"{AUDIO0}.audio_url.url", "outside the allowed media directory"),
-    "link out": (_body(messages=_audio({"type": "audio_url", "audio_url": {"url": "file://{root}/allowed/link.wav"}})),
+    "link out": (_url("file://{root}/allowed/link.wav"),
                  f"{AUDIO0}.audio_url.url", "outside the allowed media directory"),
-    "missing file": (_body(messages=_audio({"type": "audio_url", "audio_url": {"url": "file://{root}/allowed/no.wav"}})),
+    "missing file": (_url("file://{root}/allowed/no.wav"),
                      f"{AUDIO0}.audio_url.url", "no such file"),
     "prompt too long": (_body(messages=live.audio_message(tc.sine_clip(7.5), "Long?")), "messages",
                         "does not fit max_model_len=200"),

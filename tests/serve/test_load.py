@@ -8,6 +8,7 @@ import asyncio
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -144,3 +145,35 @@ def test_shutdown_aborts_running_streams_cleanly(model):
         refused = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert httpx.get(url + "/health").status_code == 503
+
+
+def test_bad_requests_during_a_stream_leave_it_untouched(model):
+    gate = Gate(live.script(model.processor.tokenizer, ((2, "<seg>0.5, 1.5</seg>"),), end=30))
+    engine = Engine(model, EngineConfig(num_blocks=200, block_size=16, max_model_len=200), logits_processors=[gate])
+    with live.serve(engine, ServeConfig(model_name="tiny")) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        kwargs = dict(model="tiny", messages=live.audio_message(tc.sine_clip(2.0, seed=43), "Steady?"),
+                      temperature=0, max_tokens=40)
+        alone = client.chat.completions.create(**kwargs).choices[0].message.content
+        gate.open.clear()
+        texts: list[str] = []
+
+        def stream():
+            texts.append("".join(c.choices[0].delta.content or "" for c in
+                                 client.chat.completions.create(stream=True, **kwargs) if c.choices))
+
+        worker = threading.Thread(target=stream)
+        worker.start()
+        _wait_for(lambda: _metrics(url)["echo_active_requests"] == 1, what="the stream to be admitted")
+        too_long = {**kwargs, "messages": live.audio_message(tc.sine_clip(9.0, seed=44), "Too long?")}
+        with ThreadPoolExecutor(1) as pool:  # refused by the engine between two of the stream's steps
+            refused = pool.submit(httpx.post, url + "/v1/chat/completions", json=too_long, timeout=60)
+            time.sleep(0.2)
+            gate.open.set()
+            assert refused.result().status_code == 400
+        broken = {**kwargs, "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {
+            "data": "UklGRgAAAABXQVZFanVuaw==", "format": "wav"}}]}]}
+        assert httpx.post(url + "/v1/chat/completions", json=broken).status_code == 400
+        worker.join(timeout=60)
+        assert texts == [alone]
+        assert engine.bm.num_free == 200
