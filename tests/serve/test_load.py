@@ -177,3 +177,16 @@ def test_bad_requests_during_a_stream_leave_it_untouched(model):
         worker.join(timeout=60)
         assert texts == [alone]
         assert engine.bm.num_free == 200
+
+
+def test_a_plain_request_whose_client_gives_up_is_aborted(model):
+    engine = Engine(model, EngineConfig(num_blocks=400, block_size=16, max_model_len=4096),
+                    logits_processors=[live.script(model.processor.tokenizer, (), end=None)])
+    body = {"model": "tiny", "messages": live.audio_message(tc.sine_clip(2.0, seed=45), "Wait?"),
+            "max_tokens": 4000, "temperature": 0}
+    with live.serve(engine, ServeConfig(model_name="tiny")) as (url, _):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=1.5))
+        _wait_for(lambda: _metrics(url)["echo_requests_aborted_total"] == 1, what="the abort")
+        assert engine.bm.num_free == 400 and not engine._requests
+        assert _metrics(url)["echo_generated_tokens_total"] < 4000

@@ -164,6 +164,8 @@ def build_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
                 await asyncio.wait({step, watcher}, return_when=asyncio.FIRST_COMPLETED)
                 if not step.done():  # the client went away: stop waiting (closing the events cancels the job)
                     step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await step
                     return Response(status_code=499)
                 try:
                     kind, payload = step.result()
