@@ -117,6 +117,7 @@ def build_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(f"malformed JSON body: {exc}") from exc
         req = parse_chat_request(body, config)
+        loop.check_capacity()
         wave = await run_in_threadpool(decode_audio, req.audio, config)
         job = Job(wave, req.messages, req.params, asyncio.get_running_loop())
         loop.submit(job)

@@ -109,18 +109,22 @@ class EngineLoop:
     def alive(self) -> bool:
         return self._thread.is_alive() and self._accepting
 
-    def submit(self, job: Job) -> None:
-        """Queue a job; ApiError 503 while stopping, 429 when ``max_pending`` requests are already in."""
+    def check_capacity(self) -> None:
+        """ApiError 503 while stopping, 429 when ``max_pending`` requests are already in (also called before a
+        request's audio is decoded, so a full server refuses cheaply)."""
         headers = {"Retry-After": str(self.retry_after_s)}
+        if not self._accepting or not self._thread.is_alive():
+            self.metrics.requests_rejected += 1
+            raise ApiError("the server is shutting down", status=503, type="service_unavailable", headers=headers)
+        if self._active >= self.max_pending:
+            self.metrics.requests_rejected += 1
+            raise ApiError(f"the server is at capacity ({self.max_pending} requests in flight); retry later",
+                           status=429, type="rate_limit_error", headers=headers)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job (refused as ``check_capacity`` says)."""
         with self._lock:
-            if not self._accepting or not self._thread.is_alive():
-                self.metrics.requests_rejected += 1
-                raise ApiError("the server is shutting down", status=503, type="service_unavailable",
-                               headers=headers)
-            if self._active >= self.max_pending:
-                self.metrics.requests_rejected += 1
-                raise ApiError(f"the server is at capacity ({self.max_pending} requests in flight); retry later",
-                               status=429, type="rate_limit_error", headers=headers)
+            self.check_capacity()
             self._active += 1
             self.metrics.active_requests = self._active
             self.metrics.queued_requests += 1
