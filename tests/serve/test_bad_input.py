@@ -159,16 +159,17 @@ def test_wrong_or_missing_key_is_401(server):
     assert httpx.get(url + "/health").json() == {"status": "ok"}  # health and metrics need no key
 
 
-def test_allowed_files_are_read_and_nothing_leaks_after_bad_requests(server, media):
+def test_allowed_files_and_every_format_are_read_and_nothing_leaks_after_bad_requests(server, media):
     url, engine = server
     client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
     by_file = client.chat.completions.create(**_body(messages=_audio(
         {"type": "audio_url", "audio_url": {"url": f"file://{media}/allowed/clip.wav"}})))
     inline = client.chat.completions.create(**_body())
     assert by_file.choices[0].message.content == inline.choices[0].message.content
-    flac = client.chat.completions.create(**_body(messages=_audio({"type": "input_audio", "input_audio": {
-        "data": B64(live.wav_bytes(CLIP, "FLAC", "PCM_24")), "format": "flac"}})))
-    assert flac.choices[0].finish_reason == "stop"
+    for fmt, subtype in (("flac", "PCM_24"), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III")):  # lossy ones too
+        out = client.chat.completions.create(**_body(messages=_audio({"type": "input_audio", "input_audio": {
+            "data": B64(live.wav_bytes(CLIP, fmt.upper(), subtype)), "format": fmt}})))
+        assert out.choices[0].finish_reason == "stop" and out.usage.prompt_tokens_details.audio_tokens == 50, fmt
     metrics = parse(httpx.get(url + "/metrics").text)
     assert metrics["echo_kv_blocks_in_use"] == 0 and metrics["echo_active_requests"] == 0
     assert engine.bm.num_free == 200 and not engine._requests
