@@ -286,9 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .data.cli import add_parser as add_data_parser
     from .eval.cli import add_parser as add_eval_parser
+    from .serve.cli import add_parser as add_serve_parser
 
     add_data_parser(sub)
     add_eval_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

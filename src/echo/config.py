@@ -90,6 +90,7 @@ class SamplingParams:
     stop: Sequence[str] = ()
     ignore_eos: bool = False
     logprobs: bool = False  # return the log-prob of every sampled token (GRPO consumes them)
+    relisten: RelistenPolicy | None = None  # this request's re-listen policy (None: the engine's)
 
     def __post_init__(self):
         self.validate()
@@ -98,6 +99,8 @@ class SamplingParams:
         """Check every field (the engine re-checks at admission: a dataclass stays mutable after construction)."""
         _finite(self, "temperature", "top_p")
         _integer(self, "top_k", "max_new_tokens", "n", "seed")
+        if self.relisten is not None and not isinstance(self.relisten, RelistenPolicy):
+            raise ConfigError(f"SamplingParams.relisten must be a RelistenPolicy or None, got {self.relisten!r}")
         if self.temperature < 0:
             raise ConfigError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:

@@ -328,7 +328,7 @@ class Engine:
         if self._too_long(seq) or dropped is None:
             return None
         text = proc.decode(seq.token_ids[seq.num_prompt_tokens:])
-        decision = decide(text, len(seq.relistens), seq.clip.num_samples, self.config.relisten,
+        decision = decide(text, len(seq.relistens), seq.clip.num_samples, p.relisten or self.config.relisten,
                           min_samples=min_audio_samples(self.features))
         seq.relistens.append(RelistenRecord(len(seq.relistens), decision, dropped_text=dropped))
         if decision.action == "stop":
