@@ -26,6 +26,9 @@ from echo.config import RelistenPolicy
 from echo.models import num_audio_tokens
 from echo.models.tiny import SPECIALS, feature_extractor, make_checkpoint
 
+import roofline
+from machine import describe
+
 SR = 16_000
 CLIP_S = 30.0
 NEW_TOKENS = 300
@@ -163,31 +166,57 @@ def test_engine_vs_resubmission_loop(bench, batch, record_property):
     record_property("result", line)
 
 
-def test_decode_step_vs_weight_read(bench):
-    """echo's decode step at batch 1 (30 s prompt cached) / the time to read every weight once."""
+def _gemm_alone(model, rows: int, repeats: int = 20) -> float:
+    """Median time of every decoder linear and the LM head on ``rows`` tokens, nothing else (no attention, no
+    elementwise work): what the decode step's matmuls cost on their own."""
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.startswith("audio_tower")]
+    inputs = {m.in_features: torch.randn(rows, m.in_features, dtype=model.dtype) for m in linears}
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for m in linears:
+                m(inputs[m.in_features])
+            times.append(time.perf_counter() - t)
+    return statistics.median(times[3:])
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_decode_step_vs_weight_read(bench, batch):
+    """echo's decode step (30 s prompts cached) against the bytes it must read / the measured read bandwidth; at
+    batch 8 also the GEMMs alone against their byte and FLOP limits (roofline.py, all measured in this run)."""
     model = bench.model
-    clip = _clip(0)
-    traj = {tuple(bench.prompt(clip)): [bench.text_ids[0]] * 64}
-    _, echo_proc = bench.forced(traj)
-    engine = Engine(model, EngineConfig(kv_cache_bytes=1 << 29), logits_processors=[echo_proc])
-    engine.add_request(clip, bench.prompt(clip), SamplingParams(temperature=0, max_new_tokens=60, ignore_eos=True))
-    engine.step()  # prefill
-    steps = []
+    clips = [_clip(i) for i in range(batch)]
+    trajs = {tuple(bench.prompt(c)): [bench.text_ids[0]] * 64 for c in clips}
+    _, echo_proc = bench.forced(trajs)
+    engine = Engine(model, EngineConfig(kv_cache_bytes=1 << 30, max_num_batched_tokens=8192),
+                    logits_processors=[echo_proc])
+    seqs = []
+    for c in clips:
+        idx = engine.add_request(c, bench.prompt(c), SamplingParams(temperature=0, max_new_tokens=60, ignore_eos=True))
+        seqs.append(engine._requests[idx][0][0])
+    while any(s.num_cached < len(s.token_ids) - 1 for s in seqs):  # prefill every prompt
+        engine.step()
+    bandwidth = roofline.read_bandwidth()  # measured before and after the steps, the best kept: a shared host's
+    steps, contexts = [], []              # memory bandwidth varies with its other tenants
     for _ in range(40):
+        contexts.append([s.num_cached for s in seqs])
         t = time.perf_counter()
         engine.step()
         steps.append(time.perf_counter() - t)
-    params = [p for n, p in model.named_parameters() if not n.startswith("audio_tower")]
-    reads = []
-    for _ in range(10):
-        t = time.perf_counter()
-        torch._foreach_norm(params)
-        reads.append(time.perf_counter() - t)
-    step, read = statistics.median(steps[5:]), statistics.median(reads[2:])
-    nbytes = sum(p.numel() * p.element_size() for p in params)
-    line = (f"decode step {step * 1e3:.1f} ms at batch 1; reading all {nbytes / 1e6:.0f} MB of decoder weights "
-            f"{read * 1e3:.1f} ms: ratio {step / read:.2f}")
-    print("\n" + line)
+    step = statistics.median(steps[5:])
+    nbytes = roofline.decode_step_bytes(model, contexts[len(contexts) // 2])
+    bandwidth = max(bandwidth, roofline.read_bandwidth())
+    line = f"decode step at batch {batch}: " + roofline.describe_limit(step, nbytes, bandwidth)
+    if batch > 1:
+        gemm = _gemm_alone(model, batch)
+        flops = roofline.gemm_flops(model, batch)
+        rate = roofline.matmul_rate(dtype=model.dtype)
+        byte_limit, flop_limit = nbytes.weights / bandwidth, flops / rate
+        line += (f"\n  GEMMs alone at {batch} rows: {gemm * 1e3:.1f} ms; weight read {byte_limit * 1e3:.1f} ms, "
+                 f"{flops / 1e9:.1f} GFLOP at a measured {rate / 1e9:.0f} GFLOP/s {flop_limit * 1e3:.1f} ms: GEMMs "
+                 f"{gemm / max(byte_limit, flop_limit):.2f}x their bound; step {step / gemm:.2f}x the GEMMs")
+    print(f"\n{line}\n  on {describe()}")
 
 
 @pytest.mark.parametrize("context", [512, 4096])
