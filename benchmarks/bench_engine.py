@@ -24,7 +24,8 @@ from echo.engine.llm import Engine, Request
 from echo.engine.relisten import decide, ends_with_seg
 from echo.config import RelistenPolicy
 from echo.models import num_audio_tokens
-from echo.models.tiny import SPECIALS, feature_extractor, make_checkpoint
+from echo.models.prompting import PromptProcessor
+from echo.models.tiny import SPECIALS, config_for, feature_extractor, hf_model_for, make_checkpoint, save_tokenizer_files
 
 import roofline
 from machine import describe
@@ -42,27 +43,40 @@ def _clip(seed: int) -> np.ndarray:
 
 
 class Bench:
-    def __init__(self, tmp):
-        self.hf = make_checkpoint(tmp, "omni-bench")
-        self.model = echo.load(tmp)
+    """A random model of a preset with a tokenizer, plus both sides of the comparison. The default is the CPU
+    benchmark's (omni-bench saved and loaded back, fp32); gpu/bench_gpu.py builds the model in memory on a device
+    and in a dtype instead (random 7B weights are not worth writing to disk)."""
+
+    def __init__(self, tmp, preset: str = "omni-bench", device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 new_tokens: int = NEW_TOKENS, seg_steps: tuple[int, ...] = SEG_STEPS):
+        self.device, self.new_tokens, self.seg_steps = torch.device(device), new_tokens, seg_steps
+        if self.device.type == "cpu" and dtype == torch.float32:
+            self.hf = make_checkpoint(tmp, preset)
+            self.model = echo.load(tmp)
+        else:
+            with torch.device(self.device):
+                self.hf = hf_model_for(config_for(preset)).to(dtype)
+            save_tokenizer_files(tmp, config_for(preset).family)
+            self.model = echo.from_transformers(self.hf)
+            self.model.processor = PromptProcessor.from_dir(tmp)
         self.proc = self.model.processor
         cfg = self.model.config
         self.audio_ids = {cfg.audio_token_id, cfg.audio_bos_token_id, cfg.audio_eos_token_id}
-        self.fe = feature_extractor("qwen2_5_omni")
+        self.fe = feature_extractor(cfg.family)
         self.eos = self.proc.tokenizer.token_to_id("<|im_end|>")
         specials = {self.proc.tokenizer.token_to_id(t) for t in SPECIALS}
         self.text_ids = [i for i in range(300) if i not in specials]
 
     def trajectory(self, seed: int) -> list[int]:
-        """NEW_TOKENS forced tokens: text, with '<seg>a, b</seg>' (2-5 s spans) at SEG_STEPS, then <|im_end|>."""
+        """new_tokens forced tokens: text, with '<seg>a, b</seg>' (2-5 s spans) at seg_steps, then <|im_end|>."""
         rng = np.random.default_rng(seed)
         out: list[int] = []
-        for step in SEG_STEPS:
+        for step in self.seg_steps:
             out += rng.choice(self.text_ids, step - len(out)).tolist()
             a = float(rng.integers(0, 24))
             out += self.proc.tokenizer.encode(f" <seg>{a:.1f}, {a + rng.integers(2, 6):.1f}</seg>",
                                               add_special_tokens=False).ids
-        out += rng.choice(self.text_ids, NEW_TOKENS - 1 - len(out)).tolist()
+        out += rng.choice(self.text_ids, self.new_tokens - 1 - len(out)).tolist()
         return out + [self.eos]
 
     def prompt(self, clip) -> list[int]:
@@ -92,9 +106,10 @@ class Bench:
         proc, hf = self.proc, self.hf
         ids = self.prompt(clip)
         n_prompt = len(ids)
+        dev, dtype = self.device, self.model.dtype
         feats = self.fe([clip], sampling_rate=SR, return_attention_mask=True, padding="max_length",
                         return_tensors="pt")
-        features, fmask = feats["input_features"], feats["attention_mask"]
+        features, fmask = feats["input_features"].to(dev, dtype), feats["attention_mask"].to(dev)
 
         class Force(LogitsProcessor):
             def __call__(self, input_ids, scores):
@@ -104,18 +119,18 @@ class Bench:
 
         class StopOnSeg(StoppingCriteria):
             def __call__(self, input_ids, scores, **kw):
-                return torch.tensor([ends_with_seg(proc.decode(input_ids[0, -16:].tolist()))])
+                return torch.tensor([ends_with_seg(proc.decode(input_ids[0, -16:].tolist()))], device=input_ids.device)
 
         turns = 0
         while True:
-            inp = torch.tensor([ids])
+            inp = torch.tensor([ids], device=dev)
             with torch.no_grad():
                 out = hf.generate(input_ids=inp, attention_mask=torch.ones_like(inp), input_features=features,
-                                  feature_attention_mask=fmask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                  feature_attention_mask=fmask, max_new_tokens=self.new_tokens, do_sample=False,
                                   logits_processor=LogitsProcessorList([Force()]),
                                   stopping_criteria=StoppingCriteriaList([StopOnSeg()]), eos_token_id=self.eos)
             ids = out[0].tolist()
-            if ids[-1] == self.eos or len(ids) - n_prompt >= NEW_TOKENS + 400:
+            if ids[-1] == self.eos or len(ids) - n_prompt >= self.new_tokens + 400:
                 return ids[n_prompt:]
             d = decide(proc.decode(ids[n_prompt:]), turns, len(clip), RelistenPolicy())
             turns += 1
@@ -124,13 +139,13 @@ class Bench:
                 span = self.fe([clip[s:e]], sampling_rate=SR, return_attention_mask=True, padding="max_length",
                                return_tensors="pt")
                 ids += proc.splice_ids(num_audio_tokens(int(span["attention_mask"].sum())))
-                features = torch.cat([features, span["input_features"]])
-                fmask = torch.cat([fmask, span["attention_mask"]])
+                features = torch.cat([features, span["input_features"].to(dev, dtype)])
+                fmask = torch.cat([fmask, span["attention_mask"].to(dev)])
 
-    def echo_run(self, clips, echo_proc):
-        engine = Engine(self.model, EngineConfig(kv_cache_bytes=1 << 30, max_num_batched_tokens=2048),
+    def echo_run(self, clips, echo_proc, kv_cache_bytes: int = 1 << 30):
+        engine = Engine(self.model, EngineConfig(kv_cache_bytes=kv_cache_bytes, max_num_batched_tokens=2048),
                         logits_processors=[echo_proc])
-        params = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS)
+        params = SamplingParams(temperature=0, max_new_tokens=self.new_tokens)
         return engine.generate([Request(c, self.prompt(c), params) for c in clips]), engine
 
 
@@ -158,7 +173,7 @@ def test_engine_vs_resubmission_loop(bench, batch, record_property):
     ref_s = time.perf_counter() - t0
     for res, ref in zip(results, reference):
         assert res.samples[0].token_ids == ref  # same tokens, so the times compare like for like
-        assert sum(r.decision.action == "relisten" for r in res.samples[0].relistens) == len(SEG_STEPS)
+        assert sum(r.decision.action == "relisten" for r in res.samples[0].relistens) == len(bench.seg_steps)
     sampled = sum(sum(r.samples[0].mask) for r in results)
     line = (f"batch {batch}: echo {echo_s:.1f} s ({sampled / echo_s:.1f} tok/s), reference loop {ref_s:.1f} s "
             f"({sampled / ref_s:.1f} tok/s): {ref_s / echo_s:.2f}x; preemptions {engine.scheduler.num_preemptions}")
