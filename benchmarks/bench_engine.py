@@ -234,8 +234,9 @@ def test_decode_step_vs_weight_read(bench, batch):
     print(f"\n{line}\n  on {describe()}")
 
 
-def _decode_steps(model, bench, batch: int, steps: int) -> tuple[list[float], list[list[int]]]:
-    """Greedy decode of ``batch`` 30 s prompts, free (no forcing, text ids only): step times and tokens."""
+def _decode_steps(model, bench, batch: int, steps: int) -> tuple[list[float], list[float], list[list[int]]]:
+    """Greedy decode of ``batch`` 30 s prompts, free (no forcing, text ids only): per-step wall and CPU times
+    (the CPU time of this thread: the whole step's when torch runs one thread) and the sampled tokens."""
     high = torch.arange(300, model.config.decoder.vocab_size)
     engine = Engine(model, EngineConfig(kv_cache_bytes=1 << 30, max_num_batched_tokens=8192),
                     logits_processors=[lambda history, logits: logits.index_fill(0, high, float("-inf"))])
@@ -247,33 +248,38 @@ def _decode_steps(model, bench, batch: int, steps: int) -> tuple[list[float], li
         seqs.append(engine._requests[idx][0][0])
     while any(s.num_cached < len(s.token_ids) - 1 for s in seqs):
         engine.step()
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         engine.step()
-        times.append(time.perf_counter() - t)
-    return times, [s.token_ids[s.num_prompt_tokens:] for s in seqs]
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.thread_time() - c)
+    return wall, cpu, [s.token_ids[s.num_prompt_tokens:] for s in seqs]
 
 
 @pytest.mark.parametrize("batch", [1, 8])
 def test_decode_bf16_vs_fp32(bench, batch):
     """The same checkpoint loaded in bf16 (half the weight bytes) and in fp32: decode step times side by side
-    (interleaved, so load on the machine hits both) and the greedy tokens of the first steps."""
+    (interleaved rounds, so load on the machine hits both) and the greedy tokens of the first steps. With
+    OMP_NUM_THREADS=1 the per-step CPU time is printed too, which other processes on the machine barely move."""
     import echo.models.loader as loader
 
-    cpu_bf16 = loader.cpu_has_native_bf16()
     models = {torch.float32: bench.model, torch.bfloat16: echo.load(bench.path, dtype=torch.bfloat16)}
-    times = {d: [] for d in models}
-    tokens = {}
+    wall, cpu, tokens = {d: [] for d in models}, {d: [] for d in models}, {}
     for _ in range(2):  # interleaved rounds
         for d, m in models.items():
-            t, tokens[d] = _decode_steps(m, bench, batch, 16)
-            times[d] += t[3:]
-    fp32, bf16 = (statistics.median(times[d]) for d in (torch.float32, torch.bfloat16))
+            w, c, tokens[d] = _decode_steps(m, bench, batch, 12)
+            wall[d] += w[2:]
+            cpu[d] += c[2:]
+    med = {d: (statistics.median(wall[d]), statistics.median(cpu[d])) for d in models}
+    (w32, c32), (w16, c16) = med[torch.float32], med[torch.bfloat16]
     same = [a[:8] == b[:8] for a, b in zip(tokens[torch.float32], tokens[torch.bfloat16])]
-    line = (f"decode step at batch {batch}: fp32 {fp32 * 1e3:.1f} ms, bf16 {bf16 * 1e3:.1f} ms: bf16 "
-            f"{fp32 / bf16:.2f}x faster (CPU has native bf16: {cpu_bf16}); first 8 greedy tokens equal to fp32's in "
-            f"{sum(same)}/{len(same)} sequences")
+    line = (f"decode step at batch {batch}, {torch.get_num_threads()} threads: wall fp32 {w32 * 1e3:.1f} ms, bf16 "
+            f"{w16 * 1e3:.1f} ms: {w32 / w16:.2f}x")
+    if torch.get_num_threads() == 1:
+        line += f"; CPU time fp32 {c32 * 1e3:.1f} ms, bf16 {c16 * 1e3:.1f} ms: {c32 / c16:.2f}x"
+    line += (f" (CPU has bf16 instructions: {loader.cpu_has_native_bf16()}); first 8 greedy tokens equal to fp32's "
+             f"in {sum(same)}/{len(same)} sequences")
     print(f"\n{line}\n  on {describe()}")
 
 
