@@ -24,7 +24,11 @@ from echo.engine.llm import Engine, Request
 from echo.engine.relisten import decide, ends_with_seg
 from echo.config import RelistenPolicy
 from echo.models import num_audio_tokens
-from echo.models.tiny import SPECIALS, feature_extractor, make_checkpoint
+from echo.models.prompting import PromptProcessor
+from echo.models.tiny import SPECIALS, config_for, feature_extractor, hf_model_for, make_checkpoint, save_tokenizer_files
+
+import roofline
+from machine import describe
 
 SR = 16_000
 CLIP_S = 30.0
@@ -39,27 +43,40 @@ def _clip(seed: int) -> np.ndarray:
 
 
 class Bench:
-    def __init__(self, tmp):
-        self.hf = make_checkpoint(tmp, "omni-bench")
-        self.model = echo.load(tmp)
+    """A random model of a preset with a tokenizer, plus both sides of the comparison. The default is the CPU
+    benchmark's (omni-bench saved and loaded back, fp32); gpu/bench_gpu.py builds the model in memory on a device
+    and in a dtype instead (random 7B weights are not worth writing to disk)."""
+
+    def __init__(self, tmp, preset: str = "omni-bench", device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 new_tokens: int = NEW_TOKENS, seg_steps: tuple[int, ...] = SEG_STEPS):
+        self.path, self.device, self.new_tokens, self.seg_steps = tmp, torch.device(device), new_tokens, seg_steps
+        if self.device.type == "cpu" and dtype == torch.float32:
+            self.hf = make_checkpoint(tmp, preset)
+            self.model = echo.load(tmp)
+        else:
+            with torch.device(self.device):
+                self.hf = hf_model_for(config_for(preset)).to(dtype)
+            save_tokenizer_files(tmp, config_for(preset).family)
+            self.model = echo.from_transformers(self.hf)
+            self.model.processor = PromptProcessor.from_dir(tmp)
         self.proc = self.model.processor
         cfg = self.model.config
         self.audio_ids = {cfg.audio_token_id, cfg.audio_bos_token_id, cfg.audio_eos_token_id}
-        self.fe = feature_extractor("qwen2_5_omni")
+        self.fe = feature_extractor(cfg.family)
         self.eos = self.proc.tokenizer.token_to_id("<|im_end|>")
         specials = {self.proc.tokenizer.token_to_id(t) for t in SPECIALS}
         self.text_ids = [i for i in range(300) if i not in specials]
 
     def trajectory(self, seed: int) -> list[int]:
-        """NEW_TOKENS forced tokens: text, with '<seg>a, b</seg>' (2-5 s spans) at SEG_STEPS, then <|im_end|>."""
+        """new_tokens forced tokens: text, with '<seg>a, b</seg>' (2-5 s spans) at seg_steps, then <|im_end|>."""
         rng = np.random.default_rng(seed)
         out: list[int] = []
-        for step in SEG_STEPS:
+        for step in self.seg_steps:
             out += rng.choice(self.text_ids, step - len(out)).tolist()
             a = float(rng.integers(0, 24))
             out += self.proc.tokenizer.encode(f" <seg>{a:.1f}, {a + rng.integers(2, 6):.1f}</seg>",
                                               add_special_tokens=False).ids
-        out += rng.choice(self.text_ids, NEW_TOKENS - 1 - len(out)).tolist()
+        out += rng.choice(self.text_ids, self.new_tokens - 1 - len(out)).tolist()
         return out + [self.eos]
 
     def prompt(self, clip) -> list[int]:
@@ -89,9 +106,10 @@ class Bench:
         proc, hf = self.proc, self.hf
         ids = self.prompt(clip)
         n_prompt = len(ids)
+        dev, dtype = self.device, self.model.dtype
         feats = self.fe([clip], sampling_rate=SR, return_attention_mask=True, padding="max_length",
                         return_tensors="pt")
-        features, fmask = feats["input_features"], feats["attention_mask"]
+        features, fmask = feats["input_features"].to(dev, dtype), feats["attention_mask"].to(dev)
 
         class Force(LogitsProcessor):
             def __call__(self, input_ids, scores):
@@ -101,18 +119,18 @@ class Bench:
 
         class StopOnSeg(StoppingCriteria):
             def __call__(self, input_ids, scores, **kw):
-                return torch.tensor([ends_with_seg(proc.decode(input_ids[0, -16:].tolist()))])
+                return torch.tensor([ends_with_seg(proc.decode(input_ids[0, -16:].tolist()))], device=input_ids.device)
 
         turns = 0
         while True:
-            inp = torch.tensor([ids])
+            inp = torch.tensor([ids], device=dev)
             with torch.no_grad():
                 out = hf.generate(input_ids=inp, attention_mask=torch.ones_like(inp), input_features=features,
-                                  feature_attention_mask=fmask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                  feature_attention_mask=fmask, max_new_tokens=self.new_tokens, do_sample=False,
                                   logits_processor=LogitsProcessorList([Force()]),
                                   stopping_criteria=StoppingCriteriaList([StopOnSeg()]), eos_token_id=self.eos)
             ids = out[0].tolist()
-            if ids[-1] == self.eos or len(ids) - n_prompt >= NEW_TOKENS + 400:
+            if ids[-1] == self.eos or len(ids) - n_prompt >= self.new_tokens + 400:
                 return ids[n_prompt:]
             d = decide(proc.decode(ids[n_prompt:]), turns, len(clip), RelistenPolicy())
             turns += 1
@@ -121,13 +139,13 @@ class Bench:
                 span = self.fe([clip[s:e]], sampling_rate=SR, return_attention_mask=True, padding="max_length",
                                return_tensors="pt")
                 ids += proc.splice_ids(num_audio_tokens(int(span["attention_mask"].sum())))
-                features = torch.cat([features, span["input_features"]])
-                fmask = torch.cat([fmask, span["attention_mask"]])
+                features = torch.cat([features, span["input_features"].to(dev, dtype)])
+                fmask = torch.cat([fmask, span["attention_mask"].to(dev)])
 
-    def echo_run(self, clips, echo_proc):
-        engine = Engine(self.model, EngineConfig(kv_cache_bytes=1 << 30, max_num_batched_tokens=2048),
+    def echo_run(self, clips, echo_proc, kv_cache_bytes: int = 1 << 30):
+        engine = Engine(self.model, EngineConfig(kv_cache_bytes=kv_cache_bytes, max_num_batched_tokens=2048),
                         logits_processors=[echo_proc])
-        params = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS)
+        params = SamplingParams(temperature=0, max_new_tokens=self.new_tokens)
         return engine.generate([Request(c, self.prompt(c), params) for c in clips]), engine
 
 
@@ -155,7 +173,7 @@ def test_engine_vs_resubmission_loop(bench, batch, record_property):
     ref_s = time.perf_counter() - t0
     for res, ref in zip(results, reference):
         assert res.samples[0].token_ids == ref  # same tokens, so the times compare like for like
-        assert sum(r.decision.action == "relisten" for r in res.samples[0].relistens) == len(SEG_STEPS)
+        assert sum(r.decision.action == "relisten" for r in res.samples[0].relistens) == len(bench.seg_steps)
     sampled = sum(sum(r.samples[0].mask) for r in results)
     line = (f"batch {batch}: echo {echo_s:.1f} s ({sampled / echo_s:.1f} tok/s), reference loop {ref_s:.1f} s "
             f"({sampled / ref_s:.1f} tok/s): {ref_s / echo_s:.2f}x; preemptions {engine.scheduler.num_preemptions}")
@@ -163,31 +181,106 @@ def test_engine_vs_resubmission_loop(bench, batch, record_property):
     record_property("result", line)
 
 
-def test_decode_step_vs_weight_read(bench):
-    """echo's decode step at batch 1 (30 s prompt cached) / the time to read every weight once."""
+def _gemm_alone(model, rows: int, repeats: int = 20) -> float:
+    """Median time of every decoder linear and the LM head on ``rows`` tokens, nothing else (no attention, no
+    elementwise work): what the decode step's matmuls cost on their own."""
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.startswith("audio_tower")]
+    inputs = {m.in_features: torch.randn(rows, m.in_features, dtype=model.dtype) for m in linears}
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for m in linears:
+                m(inputs[m.in_features])
+            times.append(time.perf_counter() - t)
+    return statistics.median(times[3:])
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_decode_step_vs_weight_read(bench, batch):
+    """echo's decode step (30 s prompts cached) against the bytes it must read / the measured read bandwidth; at
+    batch 8 also the GEMMs alone against their byte and FLOP limits (roofline.py, all measured in this run)."""
     model = bench.model
-    clip = _clip(0)
-    traj = {tuple(bench.prompt(clip)): [bench.text_ids[0]] * 64}
-    _, echo_proc = bench.forced(traj)
-    engine = Engine(model, EngineConfig(kv_cache_bytes=1 << 29), logits_processors=[echo_proc])
-    engine.add_request(clip, bench.prompt(clip), SamplingParams(temperature=0, max_new_tokens=60, ignore_eos=True))
-    engine.step()  # prefill
-    steps = []
+    clips = [_clip(i) for i in range(batch)]
+    trajs = {tuple(bench.prompt(c)): [bench.text_ids[0]] * 64 for c in clips}
+    _, echo_proc = bench.forced(trajs)
+    engine = Engine(model, EngineConfig(kv_cache_bytes=1 << 30, max_num_batched_tokens=8192),
+                    logits_processors=[echo_proc])
+    seqs = []
+    for c in clips:
+        idx = engine.add_request(c, bench.prompt(c), SamplingParams(temperature=0, max_new_tokens=60, ignore_eos=True))
+        seqs.append(engine._requests[idx][0][0])
+    while any(s.num_cached < len(s.token_ids) - 1 for s in seqs):  # prefill every prompt
+        engine.step()
+    bandwidth = roofline.read_bandwidth()  # measured before and after the steps, the best kept: a shared host's
+    steps, contexts = [], []              # memory bandwidth varies with its other tenants
     for _ in range(40):
+        contexts.append([s.num_cached for s in seqs])
         t = time.perf_counter()
         engine.step()
         steps.append(time.perf_counter() - t)
-    params = [p for n, p in model.named_parameters() if not n.startswith("audio_tower")]
-    reads = []
-    for _ in range(10):
-        t = time.perf_counter()
-        torch._foreach_norm(params)
-        reads.append(time.perf_counter() - t)
-    step, read = statistics.median(steps[5:]), statistics.median(reads[2:])
-    nbytes = sum(p.numel() * p.element_size() for p in params)
-    line = (f"decode step {step * 1e3:.1f} ms at batch 1; reading all {nbytes / 1e6:.0f} MB of decoder weights "
-            f"{read * 1e3:.1f} ms: ratio {step / read:.2f}")
-    print("\n" + line)
+    step = statistics.median(steps[5:])
+    nbytes = roofline.decode_step_bytes(model, contexts[len(contexts) // 2])
+    bandwidth = max(bandwidth, roofline.read_bandwidth())
+    line = f"decode step at batch {batch}: " + roofline.describe_limit(step, nbytes, bandwidth)
+    if batch > 1:
+        gemm = _gemm_alone(model, batch)
+        flops = roofline.gemm_flops(model, batch)
+        rate = roofline.matmul_rate(dtype=model.dtype)
+        byte_limit, flop_limit = nbytes.weights / bandwidth, flops / rate
+        line += (f"\n  GEMMs alone at {batch} rows: {gemm * 1e3:.1f} ms; weight read {byte_limit * 1e3:.1f} ms, "
+                 f"{flops / 1e9:.1f} GFLOP at a measured {rate / 1e9:.0f} GFLOP/s {flop_limit * 1e3:.1f} ms: GEMMs "
+                 f"{gemm / max(byte_limit, flop_limit):.2f}x their bound; step {step / gemm:.2f}x the GEMMs")
+    print(f"\n{line}\n  on {describe()}")
+
+
+def _decode_steps(model, bench, batch: int, steps: int) -> tuple[list[float], list[float], list[list[int]]]:
+    """Greedy decode of ``batch`` 30 s prompts, free (no forcing, text ids only): per-step wall and CPU times
+    (the CPU time of this thread: the whole step's when torch runs one thread) and the sampled tokens."""
+    high = torch.arange(300, model.config.decoder.vocab_size)
+    engine = Engine(model, EngineConfig(kv_cache_bytes=1 << 30, max_num_batched_tokens=8192),
+                    logits_processors=[lambda history, logits: logits.index_fill(0, high, float("-inf"))])
+    seqs = []
+    for i in range(batch):
+        clip = _clip(i)
+        idx = engine.add_request(clip, bench.prompt(clip), SamplingParams(temperature=0, max_new_tokens=steps + 5,
+                                                                         ignore_eos=True))
+        seqs.append(engine._requests[idx][0][0])
+    while any(s.num_cached < len(s.token_ids) - 1 for s in seqs):
+        engine.step()
+    wall, cpu = [], []
+    for _ in range(steps):
+        t, c = time.perf_counter(), time.thread_time()
+        engine.step()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.thread_time() - c)
+    return wall, cpu, [s.token_ids[s.num_prompt_tokens:] for s in seqs]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_decode_bf16_vs_fp32(bench, batch):
+    """The same checkpoint loaded in bf16 (half the weight bytes) and in fp32: decode step times side by side
+    (interleaved rounds, so load on the machine hits both) and the greedy tokens of the first steps. With
+    OMP_NUM_THREADS=1 the per-step CPU time is printed too, which other processes on the machine barely move."""
+    import echo.models.loader as loader
+
+    models = {torch.float32: bench.model, torch.bfloat16: echo.load(bench.path, dtype=torch.bfloat16)}
+    wall, cpu, tokens = {d: [] for d in models}, {d: [] for d in models}, {}
+    for _ in range(2):  # interleaved rounds
+        for d, m in models.items():
+            w, c, tokens[d] = _decode_steps(m, bench, batch, 12)
+            wall[d] += w[2:]
+            cpu[d] += c[2:]
+    med = {d: (statistics.median(wall[d]), statistics.median(cpu[d])) for d in models}
+    (w32, c32), (w16, c16) = med[torch.float32], med[torch.bfloat16]
+    same = [a[:8] == b[:8] for a, b in zip(tokens[torch.float32], tokens[torch.bfloat16])]
+    line = (f"decode step at batch {batch}, {torch.get_num_threads()} threads: wall fp32 {w32 * 1e3:.1f} ms, bf16 "
+            f"{w16 * 1e3:.1f} ms: {w32 / w16:.2f}x")
+    if torch.get_num_threads() == 1:
+        line += f"; CPU time fp32 {c32 * 1e3:.1f} ms, bf16 {c16 * 1e3:.1f} ms: {c32 / c16:.2f}x"
+    line += (f" (CPU has bf16 instructions: {loader.cpu_has_native_bf16()}); first 8 greedy tokens equal to fp32's "
+             f"in {sum(same)}/{len(same)} sequences")
+    print(f"\n{line}\n  on {describe()}")
 
 
 @pytest.mark.parametrize("context", [512, 4096])

@@ -1,20 +1,28 @@
-"""log-mel: echo's C++ kernel (and CUDA when present) vs its torch reference vs WhisperFeatureExtractor.
+"""log-mel: echo's C++ kernel (and CUDA when present) vs torch.stft alone, its torch reference and (in a clean
+subprocess, see numpy_referee.py) WhisperFeatureExtractor.
 
-Groups: a 30 s clip (Qwen2-Audio config, 30 s max); 8 spans of 2-5 s from a 60 s clip (Qwen2.5-Omni config,
-300 s max, which is what a re-listen featurises); one 1 s span from clips of growing length (the span's cost
-must not grow with the clip). Run: python -m pytest benchmarks/bench_log_mel.py
+Groups: a 30 s clip (Qwen2-Audio config, 30 s max; baseline: ``torch.stft`` alone, the transform WFE's torch path
+runs, without the mel and log steps); 8 spans of 2-5 s from a 60 s clip (Qwen2.5-Omni config, 300 s max, which is
+what a re-listen featurises; baseline: echo's torch reference); one 1 s span from clips of growing length (the
+span's cost must not grow with the clip). Every comparison against numpy runs in a subprocess with
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed (they slow numpy where set), and prints which kernel numpy ran.
+Run: python -m pytest benchmarks/bench_log_mel.py -s
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
-from transformers import WhisperFeatureExtractor
 
 from echo.audio import FeatureConfig, log_mel
 from echo.ops import _backend
 from echo.ops.log_mel import BACKENDS, log_mel_spans
+
+import numpy_referee
+from machine import describe
 
 SR = 16_000
 ECHO_BACKENDS = [b for b in ("cpu", "torch") if b in _backend.available(BACKENDS, "cpu")]
@@ -37,23 +45,31 @@ def _spans(seed: int = 1) -> list[tuple[int, int, int]]:
     return out
 
 
+# --- against WhisperFeatureExtractor (numpy), in a subprocess with a clean OpenBLAS environment ----------------
+
+
+def test_numpy_referee():
+    """The extractor's numpy path beside echo and torch.stft, all in one fresh process; once with the OpenBLAS
+    variables removed (the figure to quote) and once as this machine sets them, when it sets any."""
+    print("\n" + numpy_referee.report(numpy_referee.run_referee(clean=True), "OpenBLAS variables removed"))
+    if any(os.environ.get(k) for k in numpy_referee.OPENBLAS_VARS):
+        print(numpy_referee.report(numpy_referee.run_referee(clean=False, spans_rounds=0), "as this machine sets them"))
+    print(f"  on {describe()}")
+
+
 # --- 30 s clip ---------------------------------------------------------------------------------------------------
 
 CLIP30 = _clip(30.0)
-FE30 = WhisperFeatureExtractor(feature_size=128, chunk_length=30)
 CFG30 = FeatureConfig(chunk_length=30)
 
 
 @pytest.mark.benchmark(group="clip-30s")
-def test_baseline_whisper_numpy_clip(benchmark):
+def test_baseline_torch_stft_clip(benchmark):
+    """The short-time transform alone (same framing, window and padding as the extractor), no mel or log."""
     benchmark.extra_info["audio_s"] = 30.0
-    benchmark.pedantic(lambda: FE30._np_extract_fbank_features(CLIP30[None], "cpu"), rounds=10, iterations=1)
-
-
-@pytest.mark.benchmark(group="clip-30s")
-def test_whisper_call_torch_path_clip(benchmark):
-    benchmark.extra_info["audio_s"] = 30.0
-    benchmark(lambda: FE30(CLIP30, sampling_rate=SR, return_tensors="np"))
+    wave, window = torch.from_numpy(CLIP30), torch.hann_window(400)
+    benchmark(lambda: torch.stft(wave, 400, 160, window=window, center=True, pad_mode="reflect",
+                                 return_complex=True))
 
 
 @pytest.mark.benchmark(group="clip-30s")
@@ -82,33 +98,18 @@ def test_echo_cuda_clip(benchmark):
 CLIP60 = _clip(60.0, seed=2)
 SPANS = _spans()
 SPAN_SECONDS = sum(e - s for _, s, e in SPANS) / SR
-FE300 = WhisperFeatureExtractor(feature_size=128, chunk_length=300)
 CFG300 = FeatureConfig(chunk_length=300)
 
 
 @pytest.mark.benchmark(group="8-spans-of-60s")
-def test_baseline_whisper_numpy_spans(benchmark):
-    """The reference re-listen: each span cut out and featurised alone, padded to 300 s (numpy STFT path)."""
+def test_baseline_torch_reference_spans(benchmark):
     benchmark.extra_info["audio_s"] = SPAN_SECONDS
-
-    def run():
-        for _, s, e in SPANS:
-            padded = np.zeros(FE300.n_samples, dtype=np.float32)
-            padded[: e - s] = CLIP60[s:e]
-            FE300._np_extract_fbank_features(padded[None], "cpu")
-
-    benchmark.pedantic(run, rounds=2, iterations=1)
+    wave = torch.from_numpy(CLIP60)
+    benchmark(lambda: log_mel(wave, SPANS, config=CFG300, backend="torch"))
 
 
 @pytest.mark.benchmark(group="8-spans-of-60s")
-def test_whisper_call_torch_path_spans(benchmark):
-    benchmark.extra_info["audio_s"] = SPAN_SECONDS
-    clips = [CLIP60[s:e] for _, s, e in SPANS]
-    benchmark.pedantic(lambda: FE300(clips, sampling_rate=SR, return_tensors="np"), rounds=3, iterations=1)
-
-
-@pytest.mark.benchmark(group="8-spans-of-60s")
-@pytest.mark.parametrize("backend", ECHO_BACKENDS)
+@pytest.mark.parametrize("backend", [b for b in ECHO_BACKENDS if b != "torch"])
 def test_echo_spans(benchmark, backend):
     benchmark.extra_info["audio_s"] = SPAN_SECONDS
     wave = torch.from_numpy(CLIP60)

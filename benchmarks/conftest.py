@@ -1,4 +1,5 @@
-"""Benchmark session setup: a machine + commit stamp, and a ratio table per benchmark group at the end.
+"""Benchmark session setup: the machine line (machine.py: CPU, ISA flags, versions, load average, commit) and a
+ratio table per benchmark group at the end.
 
 Each group times echo's implementations next to the baselines in the same run; the summary divides every
 median by the group's baseline (the member whose name starts with ``baseline``) so RESULTS.md can quote ratios.
@@ -7,27 +8,15 @@ median by the group's baseline (the member whose name starts with ``baseline``) 
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
+import sys
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # machine.py and roofline.py sit beside the benchmarks
+
+from machine import describe  # noqa: E402
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__)).stdout.strip()
-    except OSError:
-        commit = "?"
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"{gpu}, commit {commit}")
+    return describe()
 
 
 def pytest_report_header(config):

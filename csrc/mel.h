@@ -152,23 +152,36 @@ ECHO_HD void butterfly(V* xr, V* xi) {
 
 // One Stockham stage (decimation in time) with radix R after strides ns: reads a[j + r*m/R], applies twiddle
 // exp(-2*pi*i*r*(j%ns)/(ns*R)), runs a size-R DFT, writes b[(j/ns)*ns*R + j%ns + q*ns]. Natural order out.
+// j runs as (block, k) pairs, so there is no division per element, and the first stage (ns == 1, where every
+// twiddle is 1) skips the complex multiplies.
 template <int R, typename V>
 ECHO_HD void stage(const V* sr, const V* si, V* dr, V* di, int ns, const MelParams& p) {
   const int m = p.n_fft / 2, stride = m / R, tw_step = m / (ns * R);
-  for (int j = 0; j < stride; ++j) {
-    const int k = j % ns;
-    V xr[R], xi[R];
-    for (int r = 0; r < R; ++r) {
-      const Cpx w = p.twiddle[r * k * tw_step];  // index < m
-      const V a = sr[j + r * stride], b = si[j + r * stride];
-      xr[r] = a * w.re - b * w.im;
-      xi[r] = a * w.im + b * w.re;
-    }
-    butterfly<R>(xr, xi);
-    const int out = (j / ns) * ns * R + k;
-    for (int q = 0; q < R; ++q) {
-      dr[out + q * ns] = xr[q];
-      di[out + q * ns] = xi[q];
+  for (int j0 = 0; j0 < stride; j0 += ns) {
+    const int out0 = j0 * R;  // (j / ns) * ns * R
+    for (int k = 0; k < ns; ++k) {
+      const int j = j0 + k;
+      V xr[R], xi[R];
+      if (ns == 1) {
+        for (int r = 0; r < R; ++r) {
+          xr[r] = sr[j + r * stride];
+          xi[r] = si[j + r * stride];
+        }
+      } else {
+        xr[0] = sr[j];
+        xi[0] = si[j];
+        for (int r = 1; r < R; ++r) {
+          const Cpx w = p.twiddle[r * k * tw_step];  // index < m
+          const V a = sr[j + r * stride], b = si[j + r * stride];
+          xr[r] = a * w.re - b * w.im;
+          xi[r] = a * w.im + b * w.re;
+        }
+      }
+      butterfly<R>(xr, xi);
+      for (int q = 0; q < R; ++q) {
+        dr[out0 + k + q * ns] = xr[q];
+        di[out0 + k + q * ns] = xi[q];
+      }
     }
   }
 }
@@ -230,7 +243,7 @@ template <typename V>
 ECHO_HD void split_power(const V* zr, const V* zi, const MelParams& p, V* power) {
   const int m = p.n_fft / 2;
   for (int k = 0; k <= m; ++k) {
-    const int a = k % m, b = (m - k) % m;
+    const int a = k == m ? 0 : k, b = k == 0 ? 0 : m - k;
     const Cpx w = k < m ? p.rtwiddle[k] : Cpx{-1.0f, 0.0f};
     const V ar = zr[a], ai = zi[a], br = zr[b], bi = -zi[b];  // b = conj(Z[m-k])
     const V er = (ar + br) * 0.5f, ei = (ai + bi) * 0.5f;

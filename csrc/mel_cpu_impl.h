@@ -1,8 +1,8 @@
 // The CPU launcher body for the span log-mel op, templated on the SIMD width so that it is compiled once per
-// instruction set: mel_cpu.cpp instantiates 4 lanes (SSE2 / NEON baseline) and picks at run time the 8-lane AVX2
-// build from mel_cpu_avx2.cpp when the processor has it. Threads run over groups of consecutive frames of one
-// span (the lanes), then over spans for the max-8 floor and normalisation. The arithmetic is mel.h's, the same
-// the CUDA kernel runs with one lane.
+// instruction set: mel_cpu.cpp instantiates 4 lanes (SSE2 / NEON baseline) and picks at run time the 16-lane
+// AVX-512 build (mel_cpu_avx512.cpp) or the 8-lane AVX2 one (mel_cpu_avx2.cpp) when the processor has it.
+// Threads run over groups of consecutive frames of one span (the lanes), then over mel rows for the max-8 floor
+// and normalisation. The arithmetic is mel.h's, the same the CUDA kernel runs with one lane.
 #pragma once
 
 #include <algorithm>
@@ -26,8 +26,8 @@ struct VecLanes {
   using V = typename VecOf<N>::Float;
   using Int = typename VecOf<N>::Int;
   static constexpr int kCount = N;
-  static Int as_int(V x) { return reinterpret_cast<Int&>(x); }
-  static V as_float(Int i) { return reinterpret_cast<V&>(i); }
+  static Int as_int(V x) { return (Int)x; }  // same-size vector casts reinterpret the bits
+  static V as_float(Int i) { return (V)i; }
   static Int less_mask(V a, float b) { return a < (V{} + b); }
   static V to_float(Int i) { return __builtin_convertvector(i, V); }
   static V max(V a, V b) { return a > b ? a : b; }
@@ -37,6 +37,8 @@ template <>
 struct Lanes<VecOf<4>::Float> : VecLanes<4> {};
 template <>
 struct Lanes<VecOf<8>::Float> : VecLanes<8> {};
+template <>
+struct Lanes<VecOf<16>::Float> : VecLanes<16> {};
 
 }  // namespace mel
 
@@ -75,20 +77,22 @@ EchoStatus log_mel_cpu_lanes(const mel::MelParams& p, const MelLaunch& l, int nu
     }
   });
 
-  // Pass 2: per span, the max over its frames sets the floor for its valid columns.
-  parallel_for(l.num_spans, 1, num_threads, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s) {
-      float smax = -1e30f;
-      for (int64_t w = l.work_offset[s]; w < l.work_offset[s + 1]; ++w) smax = std::max(smax, l.frame_max[w]);
-      for (int f = 0; f < p.n_mels; ++f) {
-        float* row = l.out + f * l.out_stride;
-        for (int64_t c = l.out_offset[s]; c < l.out_offset[s + 1]; ++c) row[c] = mel::normalise(row[c], smax);
-      }
+  // Pass 2: the max over each span's frames sets the floor for its valid columns. The maxima are a short serial
+  // reduction; the normalisation runs over mel rows, so one long span uses every thread too.
+  std::vector<float> span_max(l.num_spans, -1e30f);
+  for (int64_t s = 0; s < l.num_spans; ++s)
+    for (int64_t w = l.work_offset[s]; w < l.work_offset[s + 1]; ++w) span_max[s] = std::max(span_max[s], l.frame_max[w]);
+  parallel_for(p.n_mels, 8, num_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t f = begin; f < end; ++f) {
+      float* row = l.out + f * l.out_stride;
+      for (int64_t s = 0; s < l.num_spans; ++s)
+        for (int64_t c = l.out_offset[s]; c < l.out_offset[s + 1]; ++c) row[c] = mel::normalise(row[c], span_max[s]);
     }
   });
   return kOk;
 }
 
 EchoStatus log_mel_cpu_avx2(const mel::MelParams& p, const MelLaunch& l, int num_threads);
+EchoStatus log_mel_cpu_avx512(const mel::MelParams& p, const MelLaunch& l, int num_threads);
 
 }  // namespace echo

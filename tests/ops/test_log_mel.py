@@ -18,13 +18,21 @@ SR = 16_000
 
 
 
-_EXTRACTORS: dict[int, WhisperFeatureExtractor] = {}
+_EXTRACTORS: dict[tuple[int, int], WhisperFeatureExtractor] = {}
+N_MELS = [128, 80]  # Qwen2-Audio / Qwen2.5-Omni, and Whisper tiny's 80 bins
 
 
-def whisper_numpy(x: np.ndarray, chunk_length: int) -> np.ndarray:
-    """What WhisperFeatureExtractor(feature_size=128, chunk_length) gives for clip x (numpy STFT path), cut to
+def _extractor(chunk_length: int, n_mels: int = 128) -> WhisperFeatureExtractor:
+    key = (chunk_length, n_mels)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = WhisperFeatureExtractor(feature_size=n_mels, chunk_length=chunk_length)
+    return _EXTRACTORS[key]
+
+
+def whisper_numpy(x: np.ndarray, chunk_length: int, n_mels: int = 128) -> np.ndarray:
+    """What WhisperFeatureExtractor(feature_size=n_mels, chunk_length) gives for clip x (numpy STFT path), cut to
     the valid frames: pad/truncate to max length with zeros, as __call__ does, then _np_extract_fbank_features."""
-    fe = _EXTRACTORS.setdefault(chunk_length, WhisperFeatureExtractor(feature_size=128, chunk_length=chunk_length))
+    fe = _extractor(chunk_length, n_mels)
     padded = np.zeros(fe.n_samples, dtype=np.float32)
     n = min(len(x), fe.n_samples)
     padded[:n] = x[:n]
@@ -41,9 +49,10 @@ def _clip(num_samples: int, seed: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def test_mel_filters_equal_transformers():
-    ours = mel_filters(128, 400, SR)
-    theirs = mel_filter_bank(num_frequency_bins=201, num_mel_filters=128, min_frequency=0.0, max_frequency=8000.0,
+@pytest.mark.parametrize("n_mels", N_MELS)
+def test_mel_filters_equal_transformers(n_mels):
+    ours = mel_filters(n_mels, 400, SR)
+    theirs = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000.0,
                              sampling_rate=SR, norm="slaney", mel_scale="slaney")
     assert_close("mel filters", theirs, ours, atol=1e-12)
 
@@ -54,13 +63,17 @@ CLIPS = [(1, 2), (100, 2), (399, 2), (1601, 2), (31_999, 2), (32_000, 2), (32_00
          (SR * 30 - 37, 30), (SR * 30 + 5_000, 30), (SR * 7 + 3, 300), (SR * 300 + 777, 300)]
 
 
-@pytest.mark.parametrize("num_samples,chunk", CLIPS, ids=[f"n{n}-max{c}s" for n, c in CLIPS])
-def test_whole_clip_matches_whisper(backend, num_samples, chunk):
+# every clip at 128 bins; at 80 bins all but the long 300 s one (the bin count does not change the framing)
+CLIP_CASES = [(n, c, m) for m in N_MELS for n, c in CLIPS if m == 128 or n < SR * 60]
+
+
+@pytest.mark.parametrize("num_samples,chunk,n_mels", CLIP_CASES, ids=[f"n{n}-max{c}s-{m}mels" for n, c, m in CLIP_CASES])
+def test_whole_clip_matches_whisper(backend, num_samples, chunk, n_mels):
     name, device = backend
     x = _clip(num_samples, seed=num_samples)
-    cfg = FeatureConfig(chunk_length=chunk)
+    cfg = FeatureConfig(n_mels=n_mels, chunk_length=chunk)
     out = log_mel(torch.from_numpy(x).to(device), config=cfg, backend=name)
-    expected = whisper_numpy(x, chunk)
+    expected = whisper_numpy(x, chunk, n_mels)
     assert out.num_frames.tolist() == [expected.shape[1]]
     assert_close(f"{name} clip n={num_samples}", expected, out.features.cpu(), atol=1e-4)
 
@@ -79,16 +92,17 @@ def test_public_call_path_matches(backend):
 SPANS = [(0.0, 2.5), (57.3, 60.0), (10.0, 10.2), (33.33331, 33.34), (5.0, 45.0), (0.0, 60.0)]
 
 
-def test_many_spans_match_cut_out_clips(backend):
+@pytest.mark.parametrize("n_mels", N_MELS, ids=lambda n: f"{n}mels")
+def test_many_spans_match_cut_out_clips(backend, n_mels):
     name, device = backend
     clip = _clip(SR * 60, seed=7)
     spans = [(0, round(a * SR), round(b * SR)) for a, b in SPANS]
-    cfg = FeatureConfig(chunk_length=30)  # the (5, 45) and whole-clip spans exceed the max length: truncated
+    cfg = FeatureConfig(n_mels=n_mels, chunk_length=30)  # the (5, 45) and whole-clip spans exceed the max: truncated
     out = log_mel(torch.from_numpy(clip).to(device), spans, config=cfg, backend=name)
     pieces = out.split()
-    assert len(pieces) == len(spans)
+    assert len(pieces) == len(spans) and out.features.shape[0] == n_mels
     for (a, b), (_, s, e), got in zip(SPANS, spans, pieces):
-        assert_close(f"{name} span {a}-{b}s", whisper_numpy(clip[s:e], 30), got.cpu(), atol=1e-4)
+        assert_close(f"{name} span {a}-{b}s", whisper_numpy(clip[s:e], 30, n_mels), got.cpu(), atol=1e-4)
 
 
 def test_spans_across_several_clips(backend):
@@ -149,11 +163,15 @@ def test_explicit_cuda_backend_without_cuda_tensors_is_refused():
         log_mel_spans(torch.ones(100), [0], [10], FeatureConfig(), backend="cuda")
 
 
-def test_feature_config_from_preprocessor(tmp_path):
-    fe = WhisperFeatureExtractor(feature_size=128, chunk_length=30)
+@pytest.mark.parametrize("n_mels", N_MELS)
+def test_feature_config_from_preprocessor(tmp_path, n_mels):
+    fe = WhisperFeatureExtractor(feature_size=n_mels, chunk_length=30)
     fe.save_pretrained(tmp_path)
     cfg = FeatureConfig.from_pretrained(tmp_path)
-    assert (cfg.n_mels, cfg.n_fft, cfg.hop_length, cfg.chunk_length, cfg.max_samples) == (128, 400, 160, 30, 480_000)
+    assert (cfg.n_mels, cfg.n_fft, cfg.hop_length, cfg.chunk_length, cfg.max_samples) == (n_mels, 400, 160, 30, 480_000)
+    x = _clip(SR * 3 + 5, seed=12)  # the preprocessor's own __call__ agrees with echo on that config
+    expected = fe(x, sampling_rate=SR, return_tensors="np")["input_features"][0][:, : -(-len(x) // 160)]
+    assert_close(f"{n_mels} bins vs __call__", expected, log_mel(x, config=cfg).features, atol=1e-4)
     with pytest.raises(ValueError, match="dither"):
         FeatureConfig.from_pretrained({"dither": 0.1})
 
@@ -165,13 +183,14 @@ def test_cuda_kernel_equals_cpu_kernel_on_a_batch():
         pytest.skip("echo._C was built without CUDA kernels")
     clips = [_clip(SR * 40 + 3, seed=5), _clip(SR * 2 + 99, seed=6)]
     spans = [(0, 0, SR * 40 + 3), (0, 123, 3_323), (1, 0, 50), (1, SR, SR * 2 + 99), (0, SR * 39, SR * 40 + 3)]
-    cfg = FeatureConfig(chunk_length=30)
-    gpu = log_mel([torch.from_numpy(c).cuda() for c in clips], spans, config=cfg, backend="cuda")
-    cpu = log_mel(clips, spans, config=cfg, backend="cpu")
-    assert gpu.features.is_cuda
-    assert_close("cuda vs cpu", cpu.features, gpu.features.cpu(), atol=1e-4)
-    for j, ((c, s, e), got) in enumerate(zip(spans, gpu.split())):
-        assert_close(f"cuda span {j}", whisper_numpy(clips[c][s:e], 30), got.cpu(), atol=1e-4)
+    for n_mels in N_MELS:
+        cfg = FeatureConfig(n_mels=n_mels, chunk_length=30)
+        gpu = log_mel([torch.from_numpy(c).cuda() for c in clips], spans, config=cfg, backend="cuda")
+        cpu = log_mel(clips, spans, config=cfg, backend="cpu")
+        assert gpu.features.is_cuda
+        assert_close(f"cuda vs cpu {n_mels}", cpu.features, gpu.features.cpu(), atol=1e-4)
+        for j, ((c, s, e), got) in enumerate(zip(spans, gpu.split())):
+            assert_close(f"cuda span {j} {n_mels}", whisper_numpy(clips[c][s:e], 30, n_mels), got.cpu(), atol=1e-4)
 
 
 @pytest.mark.parametrize("num_samples", [1, 1601, 31_999, 32_000 - 100], ids=lambda n: f"n{n}")
@@ -179,7 +198,7 @@ def test_extra_frames_match_the_extractors_padding_frames(backend, num_samples):
     """Qwen2-Audio reads 2 frames past an audio's end: they must be the extractor's own padded frames."""
     name, device = backend
     x = _clip(num_samples, seed=11)
-    fe = _EXTRACTORS.setdefault(2, WhisperFeatureExtractor(feature_size=128, chunk_length=2))
+    fe = _extractor(2)
     padded = np.zeros(fe.n_samples, dtype=np.float32)
     padded[:num_samples] = x
     full = fe._np_extract_fbank_features(padded[None], "cpu")[0]

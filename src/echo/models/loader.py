@@ -107,13 +107,14 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
     Supported architectures: Qwen2_5OmniThinkerForConditionalGeneration, a full Qwen2_5OmniForConditionalGeneration
     (its thinker; talker and token2wav tensors are never read) and Qwen2AudioForConditionalGeneration. Weights come
     from safetensors only, shard by shard, straight into ``dtype`` on ``device`` (default: the dtype config.json
-    names, else float32). The returned model's
+    names, else float32; on a CPU, bf16 only where it has bf16 instructions (AVX-512-BF16, AMX, Arm BF16) and
+    float32 otherwise, since emulated half-precision matmuls decode slower than float32). The returned model's
     ``processor`` is a ``PromptProcessor`` when the directory has a tokenizer.json, else None.
     Raises ``CheckpointError`` naming the architecture, files or tensors at fault.
     """
     path, device = Path(path), torch.device(device)
     raw = ckpt.read_config(path)
-    dtype = dtype or _config_dtype(raw)
+    dtype = dtype or _auto_dtype(_config_dtype(raw), device)
     cfg = ModelConfig.from_hf(_full_config(path, raw))
     files = ckpt.weight_map(path)
     mapped = _map_names(cfg, sorted(files))
@@ -187,6 +188,30 @@ def _config_dtype(raw: dict) -> torch.dtype:
     name = raw.get("dtype") or raw.get("torch_dtype") or (raw.get("thinker_config") or {}).get("torch_dtype")
     value = getattr(torch, name, None) if isinstance(name, str) else None
     return value if isinstance(value, torch.dtype) and value.is_floating_point else torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (x86 AVX-512-BF16 or AMX-BF16, Arm BF16); elsewhere torch
+    converts bf16 to float32 around every matmul and a bf16 model decodes slower than a float32 one."""
+    try:
+        caps = torch._C._cpu._get_cpu_capability()  # what torch's own CPU dispatch sees
+        if caps.get("architecture") == "x86_64":
+            return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = {w for line in f if line.startswith(("flags", "Features")) for w in line.split(":", 1)[1].split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _auto_dtype(config_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The checkpoint's dtype, except on a CPU that would only emulate it (float16 has no fast CPU path here)."""
+    if device.type != "cpu" or config_dtype == torch.float32:
+        return config_dtype
+    return torch.bfloat16 if config_dtype == torch.bfloat16 and cpu_has_native_bf16() else torch.float32
 
 
 def _fill_audio_ids(model: AudioLanguageModel) -> None:
