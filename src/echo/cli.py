@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="answer a prompt about an audio clip, re-listening to the spans it cites")
     g.add_argument("audio", nargs="?", help="audio file")
     g.add_argument("prompt", nargs="?", help="question about the audio")
-    g.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
+    g.add_argument("--model", required=True, help="local Hugging Face checkpoint directory, or echo-demo")
     g.add_argument("--input", help="JSONL of requests ({'audio', 'prompt', optional 'id' and sampling fields})")
     g.add_argument("--output", help="JSONL of results, one per request line")
     g.add_argument("--temperature", type=float, default=0.0)
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
     add_eval_parser(sub)
+    from .models.convert.cli import add_convert_parser
+
+    add_convert_parser(sub)
     return parser
 
 

@@ -18,10 +18,12 @@ from ..ops.log_mel import log_mel_spans
 
 
 def feature_config_for(model, model_dir=None) -> FeatureConfig:
-    """The checkpoint's preprocessor config when it ships one, else the family's default max length."""
+    """The checkpoint's preprocessor config when it ships one, else the family's default max length with the
+    encoder's own number of mel bins (Whisper tiny.en's tower takes 80, not Qwen's 128)."""
     if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
         return FeatureConfig.from_pretrained(model_dir)
-    return FeatureConfig(chunk_length=300 if model.config.family == "qwen2_5_omni" else 30)
+    return FeatureConfig(n_mels=model.config.audio.num_mel_bins,
+                         chunk_length=300 if model.config.family == "qwen2_5_omni" else 30)
 
 
 def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor],
