@@ -89,7 +89,7 @@ def read_ct2(path: str | os.PathLike) -> CT2Model:
         raise CheckpointError(f"{path}: no such file (give the model.bin of a CTranslate2 model directory)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file; {_FIX}")
-    cur = _Cursor(path, np.memmap(path, dtype=np.uint8, mode="r"))
+    cur = _Cursor(path, np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray))
     (version,) = cur.unpack("I", "the binary version")
     if version != SUPPORTED_VERSION:
         raise CheckpointError(f"{path}: CTranslate2 binary version {version} is not supported (echo reads version "

@@ -43,6 +43,10 @@ def package_file(role: str) -> Path:
     return path
 
 
+def package_version(dist: str) -> str:
+    return importlib.metadata.version(dist)
+
+
 def default_parts() -> Path | None:
     return SHIPPED_PARTS if any(SHIPPED_PARTS.glob("*.safetensors")) else None
 
@@ -52,7 +56,7 @@ def sources(parts: Path | None, seed: int = 0) -> dict:
     out = {"format": FORMAT, "seed": seed}
     for role, (dist, _, _) in PACKAGES.items():
         f = package_file(role)
-        out[role] = {"package": dist, "version": importlib.metadata.version(dist), "file": f.name,
+        out[role] = {"package": dist, "version": package_version(dist), "file": f.name,
                      "bytes": f.stat().st_size}
     out["parts"] = {f.name: sha256(f) for f in sorted(Path(parts).glob("*.safetensors"))} if parts else {}
     return out
@@ -61,7 +65,7 @@ def sources(parts: Path | None, seed: int = 0) -> dict:
 def build(out: Path | None = None, parts: str | os.PathLike | None = None, force: bool = False,
           progress: bool = True) -> Path:
     """Assemble echo-demo into ``out`` (default the cache directory); returns the directory."""
-    from .assemble import assemble
+    from .assembly import assemble
 
     out = Path(out) if out is not None else cache_dir()
     parts = Path(parts) if parts is not None else default_parts()
