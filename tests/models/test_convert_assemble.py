@@ -5,6 +5,7 @@ trained parts, atomic writes, and ``--model echo-demo`` resolution through the c
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -171,7 +172,13 @@ def test_a_failed_build_leaves_nothing_behind(sources, tmp_path, monkeypatch):
         assemble(*sources, tmp_path / "ckpt", progress=False)
     assert list(tmp_path.iterdir()) == []  # neither the directory nor a partial build
     monkeypatch.undo()
-    (tmp_path / ".ckpt.partial-999999").mkdir()  # what a killed build leaves: cleared by the next one
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".ckpt.partial-{dead.pid}").mkdir()  # what a killed build leaves: cleared by the next one
+    (tmp_path / f".ckpt.partial-{os.getpid()}x").mkdir()  # not a pid: cleared too
     assemble(*sources, tmp_path / "ckpt", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 

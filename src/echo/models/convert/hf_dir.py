@@ -56,7 +56,8 @@ def atomic_dir(out: Path, force: bool = False):
         raise CheckpointError(f"{out} already exists; remove it or pass --force to rebuild it")
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _alive(stale.name.rsplit("-", 1)[-1]):  # a killed build's leftovers; a running one's stay
+            shutil.rmtree(stale, ignore_errors=True)
     build = out.parent / f".{out.name}.partial-{os.getpid()}"
     build.mkdir()
     try:
@@ -74,6 +75,18 @@ def atomic_dir(out: Path, force: bool = False):
     finally:
         if build.exists():
             shutil.rmtree(build, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def write_manifest(d: Path, sources: dict) -> dict:
