@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="answer a prompt about an audio clip, re-listening to the spans it cites")
     g.add_argument("audio", nargs="?", help="audio file")
     g.add_argument("prompt", nargs="?", help="question about the audio")
-    g.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
+    g.add_argument("--model", required=True, help="local Hugging Face checkpoint directory, or echo-demo")
     g.add_argument("--input", help="JSONL of requests ({'audio', 'prompt', optional 'id' and sampling fields})")
     g.add_argument("--output", help="JSONL of results, one per request line, appended as each finishes; "
                                      "rerun the same command to resume")
@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_eval_parser(sub)
     add_serve_parser(sub)
+    from .models.convert.cli import add_convert_parser
+
+    add_convert_parser(sub)
     return parser
 
 

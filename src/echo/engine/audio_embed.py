@@ -7,6 +7,7 @@ so training sees exactly the embeddings the engine decoded with.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -20,13 +21,15 @@ from ..ops.log_mel import log_mel_spans
 def feature_config_for(model, model_dir=None) -> FeatureConfig:
     """The one feature config of a checkpoint, used by the engine, SFT and GRPO alike: the one ``echo.load`` read
     from its preprocessor_config.json (kept as ``model.feature_config``), else that file in ``model_dir``, else
-    the family's defaults (Qwen2.5-Omni 300 s, Qwen2-Audio 30 s)."""
+    the family's defaults (Qwen2.5-Omni 300 s, Qwen2-Audio 30 s) with the encoder's own number of mel bins
+    (Whisper tiny.en's tower takes 80, not Qwen's 128)."""
     kept = getattr(model, "feature_config", None)
     if isinstance(kept, FeatureConfig):
         return kept
     if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
         return FeatureConfig.from_pretrained(model_dir)
-    return FeatureConfig.for_family(model.config.family)
+    default = FeatureConfig.for_family(model.config.family)
+    return dataclasses.replace(default, n_mels=model.config.audio.num_mel_bins)
 
 
 def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor],

@@ -112,7 +112,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
     ``processor`` is a ``PromptProcessor`` when the directory has a tokenizer.json, else None.
     Raises ``CheckpointError`` naming the architecture, files or tensors at fault.
     """
-    path, device = Path(path), torch.device(device)
+    from .convert.demo import resolve  # "echo-demo" -> its verified cache directory (built on first use)
+
+    path, device = resolve(path), torch.device(device)
     raw = ckpt.read_config(path)
     dtype = dtype or _auto_dtype(_config_dtype(raw), device)
     cfg = ModelConfig.from_hf(_full_config(path, raw))

@@ -50,6 +50,7 @@ class SFTConfig:
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS  # decoder linear layers (the audio tower stays frozen)
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # compute dtype: "auto" (bf16 on CUDA that has it, else fp32), "fp32", "bf16"
+    train_only: tuple[str, ...] = ()  # full fine-tune of just these parameter-name prefixes, e.g. ("projector",)
 
     def __post_init__(self):
         for name in ("epochs", "grad_accum", "max_len"):
@@ -102,6 +103,8 @@ def _lora(model_dir: str, cfg: SFTConfig):
         raise ConfigError(f"lora_rank must be >= 0 (0: full fine-tune), got {cfg.lora_rank}")
     if not cfg.lora_rank:
         return None
+    if cfg.train_only:
+        raise ConfigError("train_only selects parameters for a full fine-tune; it cannot be combined with LoRA")
     if cfg.train_audio_encoder:
         raise ConfigError("LoRA adapts the decoder only; train_audio_encoder needs a full fine-tune")
     return lora_config(model_dir, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
@@ -119,7 +122,10 @@ def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig, lora):
         return model, load_adapter(model, resume, expect=lora) if resumed else add_lora(model, lora)
     model = load(resume if resumed else model_dir, device=dist.device(), dtype=torch.float32)
     model.requires_grad_(False)
-    trainable = [p for n, p in model.named_parameters() if cfg.train_audio_encoder or not n.startswith("audio_tower")]
+    trainable = [p for n, p in model.named_parameters() if n.startswith(tuple(cfg.train_only))] if cfg.train_only else \
+        [p for n, p in model.named_parameters() if cfg.train_audio_encoder or not n.startswith("audio_tower")]
+    if cfg.train_only and not trainable:
+        raise ConfigError(f"train_only={cfg.train_only}: no parameter name starts with these prefixes")
     for p in trainable:
         p.requires_grad_(True)
     return model, trainable
@@ -147,6 +153,9 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     model, trainable = _model(model_dir, resume, state is not None, cfg, lora)
     model.decoder.gradient_checkpointing = cfg.gradient_checkpointing
     model.train()
+    # a trainable projector (Qwen2-Audio's sits outside the tower) needs the audio rows in the graph; a frozen
+    # encoder's ops record nothing, as none of their inputs requires grad
+    audio_grad = any(p.requires_grad for n, p in model.named_parameters() if n.startswith(("audio_tower", "projector")))
     features = feature_config_for(model, model_dir)
     processor = model.processor
     if world > 1:
@@ -213,7 +222,7 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
             loss = 0.0
             for ex, w in mine:  # backward record by record: one record's activations in memory at a time
                 with autocast:
-                    part = w * sequence_loss(model, ex, features, cfg.train_audio_encoder)[0] / max(1, n_tokens)
+                    part = w * sequence_loss(model, ex, features, audio_grad)[0] / max(1, n_tokens)
                 # the global batch's token mean; FSDP averages gradients over processes, hence * world
                 (part * world).backward()
                 loss += float(part.detach())

@@ -1,0 +1,57 @@
+"""``echo convert whisper-ct2 | gguf | demo``: the converters as subcommands (registered by echo.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def _whisper_ct2(args: argparse.Namespace) -> int:
+    from .writers import convert_whisper_ct2
+
+    t = time.perf_counter()
+    out = convert_whisper_ct2(args.model_bin, args.out, force=args.force)
+    print(f"wrote Whisper's encoder as a Qwen2AudioEncoder to {out} ({time.perf_counter() - t:.1f} s)")
+    return 0
+
+
+def _gguf(args: argparse.Namespace) -> int:
+    from .writers import convert_gguf
+
+    t = time.perf_counter()
+    out = convert_gguf(args.gguf, args.out, force=args.force)
+    print(f"wrote the decoder as a Qwen2ForCausalLM to {out} ({time.perf_counter() - t:.1f} s)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    t = time.perf_counter()
+    out = demo.build(args.out, parts=args.parts, force=args.force)
+    print(f"assembled echo-demo in {out} ({time.perf_counter() - t:.1f} s); untrained parts are random: "
+          "the projector has not been aligned yet" if args.parts is None and demo.default_parts() is None
+          else f"assembled echo-demo in {out} ({time.perf_counter() - t:.1f} s)")
+    return 0
+
+
+def add_convert_parser(sub) -> None:
+    c = sub.add_parser("convert", help="convert foreign model files to Hugging Face directories echo loads")
+    cs = c.add_subparsers(dest="convert_command", required=True)
+    p = cs.add_parser("whisper-ct2", help="CTranslate2 Whisper model.bin -> its encoder as a Qwen2AudioEncoder dir")
+    p.add_argument("model_bin", help="model.bin (or its directory)")
+    p.add_argument("out", help="directory to create")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_whisper_ct2)
+    p = cs.add_parser("gguf", help="Llama-layout GGUF decoder -> a Qwen2ForCausalLM dir (dequantised, float32)")
+    p.add_argument("gguf", help="the .gguf file")
+    p.add_argument("out", help="directory to create")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_gguf)
+    p = cs.add_parser("demo", help="assemble echo-demo (Whisper tiny.en encoder + projector + SmolLM2-135M) from "
+                                   "the packages of the demo extra")
+    p.add_argument("out", nargs="?", default=None, help="directory to create (default: the echo-demo cache that "
+                                                         "--model echo-demo uses)")
+    p.add_argument("--parts", help="directory of trained parts (*.safetensors named as in the checkpoint)")
+    p.add_argument("--force", action="store_true", help="replace an existing directory (a stale or altered cache)")
+    p.set_defaults(func=_demo)
