@@ -148,16 +148,15 @@ class EngineLoop:
 
     def _run(self) -> None:
         while not self._exit:
-            self._drain(block=not self.engine.scheduler.has_work())
-            if self._exit or not self.engine.scheduler.has_work():
-                continue
             try:
+                self._drain(block=not self.engine.scheduler.has_work())
+                if self._exit or not self.engine.scheduler.has_work():
+                    continue
                 self.engine.step()
-            except Exception as exc:  # an engine bug must not hang every client: fail what is in flight
-                for job in list(self._jobs.values()):
+                self._publish()
+            except Exception as exc:  # a bug here must not kill this thread and hang every client: fail what is
+                for job in list(self._jobs.values()):  # in flight and keep serving
                     self._finish(job, error=ApiError(f"engine error: {exc!r}", status=500, type="server_error"))
-                continue
-            self._publish()
         for job in list(self._jobs.values()):  # shutdown after the grace period
             self._abort(job, tell=True)
 
@@ -192,7 +191,7 @@ class EngineLoop:
             return
         finally:
             self.metrics.encoder_cache_hits, self.metrics.encoder_cache_misses = stats.hits, stats.misses
-        seqs, _, prompt_ids = self.engine._requests[job.index]
+        seqs, prompt_ids = self.engine._requests[job.index][0], self.engine._requests[job.index][2]
         n = len(seqs)
         job.printed, job.sampled, job.seen, job.closed = [""] * n, [0] * n, [0] * n, [False] * n
         job.committed = [(0, "")] * n
