@@ -17,18 +17,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from ..errors import EchoError
+from ..protocol import SPAN_DECIMALS, format_span, read_span, seg_bodies, split_cot  # noqa: F401  (re-exported)
 
 REQUIRED_FIELDS = ("id", "audio", "question", "choices", "answer", "cot", "spans", "task")
 OPTIONAL_FIELDS = ("difficulty", "duration_s", "meta")
-SPAN_DECIMALS = 2  # spans are written to 10 ms, the precision a model writes them with
-
-_SEG = re.compile(r"<seg>\s*([^<]*?)\s*</seg>")
-_COT = re.compile(r"^<think>(.*)</think>\s*<answer>(.*)</answer>$", re.DOTALL)
 
 
 class DataFormatError(EchoError):
@@ -58,29 +54,23 @@ class EAQARecord:
         return {k: v for k, v in out.items() if v is not None}
 
 
-def format_span(start_s: float, end_s: float) -> str:
-    """A span as the model writes it: ``<seg>2.50, 3.10</seg>``."""
-    return f"<seg>{start_s:.{SPAN_DECIMALS}f}, {end_s:.{SPAN_DECIMALS}f}</seg>"
-
-
 def parse_cot(cot: str) -> tuple[list[list[float]], str]:
     """The ``<seg>`` spans (seconds) and the answer of a reference chain of thought in Echo's format.
 
     Raises:
-        DataFormatError: not ``<think>…</think><answer>…</answer>``, or a ``<seg>`` that is not two numbers.
+        DataFormatError: not ``<think>…</think><answer>…</answer>``, or a ``<seg>`` the span grammar
+            (``echo.protocol``, the engine's) rejects.
     """
-    m = _COT.match(cot.strip())
-    if not m:
+    parts = split_cot(cot)
+    if parts is None:
         raise DataFormatError("cot is not in the format <think>...</think><answer>...</answer>")
     spans = []
-    for body in _SEG.findall(m.group(1)):
-        parts = [p.strip() for p in body.split(",")]
-        try:
-            start_s, end_s = (float(p) for p in parts)
-        except ValueError:
-            raise DataFormatError(f"cot has a malformed span <seg>{body}</seg>") from None
-        spans.append([start_s, end_s])
-    return spans, m.group(2).strip()
+    for body in seg_bodies(parts[0]):
+        span, reason = read_span(body)
+        if span is None:
+            raise DataFormatError(f"cot has a malformed span <seg>{body}</seg> ({reason})")
+        spans.append(list(span))
+    return spans, parts[1]
 
 
 def check_record(rec: EAQARecord) -> list[str]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..eval.scoring import word_tokens
+from ..protocol import format_span as seg
 from . import scenes
 from . import signals as S
 from .formats import DataFormatError
-from .formats import format_span as seg
 from .sounds import ANIMAL_NAMES, ASTERISK_EVENTS, FREEDESKTOP_NAMES, SPLITS, Library, Recording, find_library, load
 from .sounds import manifest as sounds_manifest
 from .speech import speak

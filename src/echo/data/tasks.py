@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..protocol import format_span as seg
 from . import signals as S
-from .formats import format_span as seg
 from .speech import VOICES, speak
 
 ORDINALS = ("first", "second", "third", "fourth")

@@ -32,11 +32,12 @@ from ..audio import load as load_audio
 from ..audio.features import min_audio_samples, num_audio_tokens, num_mel_frames
 from ..config import EngineConfig, SamplingParams
 from ..errors import AudioError, ConfigError, EchoError
+from ..protocol import SEG_CLOSE, find_seg_close, splice_ids
 from .audio_embed import feature_config_for, span_embeddings
 from .block_manager import BlockManager
 from .encoder_cache import EncoderCache, audio_hash
 from .kv_cache import PagedKVCache
-from .relisten import SEG_CLOSE, RelistenDecision, decide, find_seg_close, splice_ids
+from .relisten import RelistenDecision, decide
 from .runner import run_step
 from .sampler import LogitsProcessor, sample
 from .scheduler import Scheduler

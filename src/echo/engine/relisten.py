@@ -1,4 +1,4 @@
-"""Re-listen decisions: parse the last ``<seg>a, b</seg>``, apply the RelistenPolicy, build the splice ids.
+"""Re-listen decisions: the last ``<seg>a, b</seg>`` (``echo.protocol``'s span grammar) under the RelistenPolicy.
 
 Nothing here raises on what the model wrote: every outcome is a ``RelistenDecision`` the engine records.
 """
@@ -6,15 +6,11 @@ Nothing here raises on what the model wrote: every outcome is a ``RelistenDecisi
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from typing import Literal
 
 from ..config import RelistenPolicy
-
-SEG_OPEN, SEG_CLOSE = "<seg>", "</seg>"
-_NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*s?"
-_SPAN = re.compile(rf"^\s*{_NUMBER}\s*,\s*{_NUMBER}\s*$")
+# the format's names stay importable from here (the engine's public API before protocol.py held them)
+from ..protocol import SEG_CLOSE, SEG_OPEN, find_seg_close, last_seg_text, parse_span, splice_ids  # noqa: F401
 
 Action = Literal["relisten", "skip", "stop"]
 
@@ -42,32 +38,6 @@ class RelistenDecision:
 
 def ends_with_seg(text: str) -> bool:
     return text.endswith(SEG_CLOSE)
-
-
-def find_seg_close(text: str, new_from: int) -> int | None:
-    """End index (exclusive) of the first ``</seg>`` in ``text`` that ends after ``text[:new_from]``, the part
-    already seen; None when there is none. The tag may start in the seen part and end inside a token that also
-    holds what follows it (``</seg>.`` or ``</seg><`` as one token)."""
-    pos = text.find(SEG_CLOSE, max(0, new_from - len(SEG_CLOSE) + 1))
-    return None if pos < 0 else pos + len(SEG_CLOSE)
-
-
-def last_seg_text(text: str) -> str | None:
-    """The text between the last ``<seg>`` and the closing ``</seg>`` that ends ``text``."""
-    if not text.endswith(SEG_CLOSE):
-        return None
-    body = text[: -len(SEG_CLOSE)]
-    start = body.rfind(SEG_OPEN)
-    return None if start < 0 else body[start + len(SEG_OPEN):]
-
-
-def parse_span(inner: str) -> tuple[float, float] | None:
-    """``"3.0, 5.5"`` (an optional ``s`` after each number) -> (3.0, 5.5); anything else -> None."""
-    m = _SPAN.match(inner)
-    if m is None:
-        return None
-    a, b = float(m.group(1)), float(m.group(2))
-    return (a, b) if math.isfinite(a) and math.isfinite(b) else None
 
 
 def decide(text: str, turn: int, num_samples: int, policy: RelistenPolicy, sampling_rate: int = 16_000,
@@ -108,7 +78,3 @@ def decide(text: str, turn: int, num_samples: int, policy: RelistenPolicy, sampl
         return RelistenDecision("skip", "too short", inner, span)
     return RelistenDecision("relisten", reason, inner, span, (first, last))
 
-
-def splice_ids(num_audio_tokens: int, audio_bos_id: int, audio_id: int, audio_eos_id: int) -> list[int]:
-    """The ids inserted after ``</seg>``: ``<|audio_bos|> <|AUDIO|> x n <|audio_eos|>``."""
-    return [audio_bos_id] + [audio_id] * num_audio_tokens + [audio_eos_id]

@@ -22,12 +22,14 @@ import string
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..protocol import ANSWER_BLOCK, ANSWER_OPEN, SEG_BLOCK, THINK_BLOCK, THINK_OPEN
 from .scoring import string_match, word_tokens
 
-_ANSWER_CLOSED = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
-_ANSWER_OPEN = re.compile(r"<answer>(.*)$", re.IGNORECASE | re.DOTALL)
-_THINK_CLOSED = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
-_SEG = re.compile(r"<seg>.*?</seg>|<\|audio_bos\|>.*?<\|audio_eos\|>", re.IGNORECASE | re.DOTALL)
+# the format's patterns, read leniently here: a model's answer may spell a tag in capitals
+_ANSWER_CLOSED = re.compile(ANSWER_BLOCK.pattern, re.IGNORECASE | re.DOTALL)
+_ANSWER_OPEN = re.compile(re.escape(ANSWER_OPEN) + r"(.*)$", re.IGNORECASE | re.DOTALL)
+_THINK_CLOSED = re.compile(THINK_BLOCK.pattern, re.IGNORECASE | re.DOTALL)
+_SEG = re.compile(SEG_BLOCK.pattern + r"|<\|audio_bos\|>.*?<\|audio_eos\|>", re.IGNORECASE | re.DOTALL)
 _PHRASE = re.compile(
     r"(?:final answer|correct answer|the answer|answer)\s*(?:is|:)\s*:?\s*(.+)", re.IGNORECASE
 )
@@ -119,7 +121,7 @@ def _candidate(response: str) -> tuple[str, str]:
     if opened:
         return "answer_tag_unclosed", opened.group(1)
     outside = _SEG.sub(" ", _THINK_CLOSED.sub(" ", response))
-    if re.search(r"<think>", outside, re.IGNORECASE):  # cut off mid-thought: whatever follows is not an answer
+    if re.search(re.escape(THINK_OPEN), outside, re.IGNORECASE):  # cut off mid-thought: whatever follows is not an answer
         return "none", ""
     phrases = _PHRASE.findall(outside)
     if phrases:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-ECHO_PROMPT = (
-    "{question} Choose the answer from {choices}. Think step-by-step. Refer to the specific audio segments while "
-    "thinking, and indicate the corresponding timestamps. Answer in the format of <think>...</think><answer>...</answer>."
-)
+from ..protocol import ECHO_PROMPT
 
 
 def build_prompt(question: str, choices: Sequence[str], template: str = ECHO_PROMPT) -> str:

@@ -16,6 +16,7 @@ from typing import Sequence
 from tokenizers import Tokenizer
 
 from ..errors import CheckpointError, ConfigError, EchoError
+from ..protocol import splice_ids
 from .audio_encoder import num_audio_tokens
 
 AUDIO, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
@@ -97,7 +98,7 @@ class PromptProcessor:
 
     def splice_ids(self, num_tokens: int) -> list[int]:
         """``<|audio_bos|> <|AUDIO|>×num_tokens <|audio_eos|>``: what a re-listen inserts after ``</seg>``."""
-        return [self.audio_bos_token_id, *[self.audio_token_id] * num_tokens, self.audio_eos_token_id]
+        return splice_ids(num_tokens, self.audio_bos_token_id, self.audio_token_id, self.audio_eos_token_id)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -27,7 +27,8 @@ from typing import Iterable, Literal
 from ..audio import FeatureConfig, load as load_audio
 from ..audio.features import min_audio_samples, num_audio_tokens, num_mel_frames
 from ..config import RelistenPolicy
-from ..engine.relisten import SEG_CLOSE, decide
+from ..engine.relisten import decide
+from ..protocol import SEG_CLOSE
 from ..errors import EchoError
 from ..eval.prompts import build_prompt
 

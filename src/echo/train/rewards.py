@@ -12,10 +12,9 @@ import re
 from typing import Callable, Sequence
 
 from ..eval.answers import extract_answer
+from ..protocol import ANSWER_BLOCK, ANSWER_OPEN, SEG_CLOSE, THINK_BLOCK, THINK_CLOSE, THINK_OPEN
 
-_THINK = re.compile(r"<think>.*?</think>", re.S)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
-_BAD_AFTER_SEG = re.compile(r"</seg>(?=[A-Z<])")  # "</seg>The" or "</seg><seg>"; "</seg> The" is fine
+_BAD_AFTER_SEG = re.compile(re.escape(SEG_CLOSE) + r"(?=[A-Z<])")  # "</seg>The" or "</seg><seg>"; "</seg> The" is fine
 
 
 @dataclasses.dataclass(slots=True)
@@ -32,10 +31,10 @@ class Trajectory:
 
 def format_reward(t: Trajectory) -> float:
     """1 when the text has exactly one <think>…</think> and exactly one <answer>…</answer>, after the thinking."""
-    thinks, answers = _THINK.findall(t.text), list(_ANSWER.finditer(t.text))
-    if len(thinks) != 1 or len(answers) != 1 or t.text.count("<answer>") != 1 or t.text.count("<think>") != 1:
+    thinks, answers = THINK_BLOCK.findall(t.text), list(ANSWER_BLOCK.finditer(t.text))
+    if len(thinks) != 1 or len(answers) != 1 or t.text.count(ANSWER_OPEN) != 1 or t.text.count(THINK_OPEN) != 1:
         return 0.0
-    return 1.0 if t.text.index("</think>") < answers[0].start() else 0.0
+    return 1.0 if t.text.index(THINK_CLOSE) < answers[0].start() else 0.0
 
 
 def _normalise(text: str) -> str:
@@ -47,7 +46,7 @@ def is_correct(t: Trajectory) -> bool:
     Without choices (open questions), the ``<answer>`` text equals the answer after lower-casing and dropping
     punctuation."""
     if not t.choices:
-        answers = _ANSWER.findall(t.text)
+        answers = ANSWER_BLOCK.findall(t.text)
         return len(answers) == 1 and _normalise(answers[0]) == _normalise(str(t.answer))
     picked = extract_answer(t.text, t.choices)
     i = picked.choice_index

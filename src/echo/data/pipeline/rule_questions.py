@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 
-from ..formats import format_span
+from ...protocol import format_span
 from .clips import Clip
 
 MIN_SPAN_S = 0.2   # the engine does not re-listen to shorter spans

@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 
 from ...config import RelistenPolicy
-from ...engine.relisten import SEG_CLOSE, SEG_OPEN, decide
+from ...engine.relisten import decide
 from ...eval.answers import extract_answer
-from ..formats import SPAN_DECIMALS, DataFormatError, parse_cot
+from ...protocol import SEG_CLOSE, SEG_OPEN, SPAN_DECIMALS
+from ..formats import DataFormatError, parse_cot
 
 SAMPLING_RATE = 16_000
 # every tag is judged on its own (no turn limit); out-of-range and reversed tags are reported, never repaired

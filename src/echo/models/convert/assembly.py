@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 
 from ...errors import CheckpointError
+from ...protocol import TAGS
 from .ct2 import whisper_encoder
 from .gguf_llama import build_tokenizer, read_gguf_llama
 from .hf_dir import atomic_dir, save_tensors, save_tokenizer, write_json, write_manifest
 from .writers import feature_extractor_config
 
 AUDIO_TOKENS = ["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
-TAG_TOKENS = ["<seg>", "</seg>", "<think>", "</think>", "<answer>", "</answer>"]
+TAG_TOKENS = list(TAGS)
 QWEN2_AUDIO_TEMPLATE = (
     "{% set audio_count = namespace(value=0) %}{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

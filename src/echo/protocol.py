@@ -1,0 +1,105 @@
+"""The Echo text format, defined once: the tags, the span grammar, the think/answer patterns, Echo's prompt and the
+ids a re-listen splices in. The engine, the data tools, the trainers and the evaluation all read the format here.
+
+A reasoning step cites audio as ``<seg>a, b</seg>`` (seconds); the engine cuts that span out of the clip and splices
+``<|audio_bos|> <|AUDIO|> x n <|audio_eos|>`` right after ``</seg>``. A response is
+``<think>…</think><answer>…</answer>``.
+
+Span grammar (the text between ``<seg>`` and ``</seg>``), decided once for everyone:
+
+- two decimal numbers separated by one comma, spaces allowed around each: ``"3.0, 5.5"``, ``"3,5"`` (the comma
+  separates the numbers; it is never a decimal comma) -> (3.0, 5.5), (3.0, 5.0);
+- each number may carry a sign, an exponent and a trailing ``s`` (seconds): ``"1.0s, 2s"`` -> (1.0, 2.0);
+  ``"-1, 2"`` parses to (-1.0, 2.0): whether a span lies inside the clip, is reversed or is long enough is the
+  caller's question (the engine's ``RelistenPolicy``, the data validator's checks), not the grammar's;
+- ``"nan"``, ``"inf"`` and other words are not numbers in this grammar ("not two numbers"); a number that overflows
+  (``"1e999"``) is "not finite"; an empty body is "empty".
+
+:func:`read_span` gives the span or the name of what is wrong; :func:`parse_span` just the span or None.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+SEG_OPEN, SEG_CLOSE = "<seg>", "</seg>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+TAGS = (SEG_OPEN, SEG_CLOSE, THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+SPAN_DECIMALS = 2  # spans are written to 10 ms, the precision a model writes them with
+SPAN_REASONS = ("empty", "not two numbers", "not finite")  # what read_span names when there is no span
+
+_NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*s?"
+_SPAN = re.compile(rf"^\s*{_NUMBER}\s*,\s*{_NUMBER}\s*$")
+
+# group 1: a span's body as written, from the last <seg> before each </seg> (as the engine reads it)
+SEG_BLOCK = re.compile(r"<seg>((?:(?!<seg>).)*?)</seg>", re.S)
+THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.S)  # group 1: the thinking
+ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.S)  # group 1: the answer
+# a whole reference chain of thought: group 1 the thinking, group 2 the answer
+COT = re.compile(r"^<think>(.*)</think>\s*<answer>(.*)</answer>$", re.S)
+
+ECHO_PROMPT = (
+    "{question} Choose the answer from {choices}. Think step-by-step. Refer to the specific audio segments while "
+    "thinking, and indicate the corresponding timestamps. Answer in the format of <think>...</think><answer>...</answer>."
+)
+
+
+def read_span(inner: str) -> tuple[tuple[float, float] | None, str]:
+    """The span of one ``<seg>`` body: ``((start_s, end_s), "ok")``, or ``(None, reason)`` with a reason from
+    ``SPAN_REASONS`` (see the module doc for the grammar)."""
+    if not inner.strip():
+        return None, "empty"
+    m = _SPAN.match(inner)
+    if m is None:
+        return None, "not two numbers"
+    a, b = float(m.group(1)), float(m.group(2))
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return None, "not finite"
+    return (a, b), "ok"
+
+
+def parse_span(inner: str) -> tuple[float, float] | None:
+    """``"3.0, 5.5"`` -> (3.0, 5.5); anything the grammar rejects -> None."""
+    return read_span(inner)[0]
+
+
+def format_span(start_s: float, end_s: float) -> str:
+    """A span as the model writes it: ``<seg>2.50, 3.10</seg>``."""
+    return f"{SEG_OPEN}{start_s:.{SPAN_DECIMALS}f}, {end_s:.{SPAN_DECIMALS}f}{SEG_CLOSE}"
+
+
+def seg_bodies(text: str) -> list[str]:
+    """The body of every closed ``<seg>…</seg>`` in ``text``, in order, as written."""
+    return SEG_BLOCK.findall(text)
+
+
+def last_seg_text(text: str) -> str | None:
+    """The text between the last ``<seg>`` and the closing ``</seg>`` that ends ``text``; None if there is none."""
+    if not text.endswith(SEG_CLOSE):
+        return None
+    body = text[: -len(SEG_CLOSE)]
+    start = body.rfind(SEG_OPEN)
+    return None if start < 0 else body[start + len(SEG_OPEN):]
+
+
+def find_seg_close(text: str, new_from: int) -> int | None:
+    """End index (exclusive) of the first ``</seg>`` in ``text`` that ends after ``text[:new_from]``, the part
+    already seen; None when there is none. The tag may start in the seen part and end inside a token that also
+    holds what follows it (``</seg>.`` or ``</seg><`` as one token)."""
+    pos = text.find(SEG_CLOSE, max(0, new_from - len(SEG_CLOSE) + 1))
+    return None if pos < 0 else pos + len(SEG_CLOSE)
+
+
+def split_cot(cot: str) -> tuple[str, str] | None:
+    """``(thinking, answer)`` of a reference chain of thought ``<think>…</think><answer>…</answer>``; None if it is
+    not in that format."""
+    m = COT.match(cot.strip())
+    return None if m is None else (m.group(1), m.group(2).strip())
+
+
+def splice_ids(num_audio_tokens: int, bos_id: int, audio_id: int, eos_id: int) -> list[int]:
+    """The ids a re-listen inserts after ``</seg>``: ``<|audio_bos|> <|AUDIO|> x n <|audio_eos|>``."""
+    return [bos_id] + [audio_id] * num_audio_tokens + [eos_id]
