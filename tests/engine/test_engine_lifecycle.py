@@ -167,3 +167,11 @@ def test_audio_too_short_for_one_token_is_a_per_request_error(model):
     assert "320 samples (20.0 ms) is too short" in short.error
     assert ok.error is None and ok.prompt_token_ids.count(model.config.audio_token_id) == 1
     _idle(engine)
+
+
+def test_engine_for_compares_configs_by_value(model):
+    engine = engine_for(model, EngineConfig(num_blocks=48))
+    assert engine_for(model, EngineConfig(num_blocks=48)) is engine  # equal, not the same object: same KV cache
+    assert engine_for(model) is engine  # no config: whatever the model has
+    other = engine_for(model, EngineConfig(num_blocks=40))
+    assert other is not engine and other.config.num_blocks == 40 and engine_for(model) is other

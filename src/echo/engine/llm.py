@@ -532,9 +532,10 @@ def _check_conversation(messages: list[dict]) -> None:
 
 
 def engine_for(model, config: EngineConfig | None = None) -> Engine:
-    """The model's engine (made on first use; a new config makes a new one)."""
+    """The model's engine (made on first use; a config that differs in value makes a new one: an equal fresh
+    ``EngineConfig`` reuses the engine and its KV cache)."""
     engine = getattr(model, "_echo_engine", None)
-    if engine is None or (config is not None and engine.config is not config):
+    if engine is None or (config is not None and engine.config != config):
         engine = Engine(model, config)
         object.__setattr__(model, "_echo_engine", engine)  # not a submodule: keep it out of state_dict
     return engine
