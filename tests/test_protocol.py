@@ -93,6 +93,7 @@ def test_seg_bodies_read_each_tag_as_the_engine_does():
 def test_cot_and_answer_patterns():
     assert protocol.split_cot(" <think>x <seg>1, 2</seg></think>\n<answer> B </answer> ") == ("x <seg>1, 2</seg>", "B")
     assert protocol.split_cot("<answer>B</answer>") is None
+    assert protocol.split_cot(protocol.format_cot("x", "B")) == ("x", "B")
     good = Trajectory(text="<think>t</think><answer>B</answer>", choices=["A", "B"], answer="B")
     assert format_reward(good) == 1.0
     assert format_reward(Trajectory(text="<answer>B</answer><think>t</think>", choices=["A", "B"], answer="B")) == 0.0

@@ -100,6 +100,11 @@ def split_cot(cot: str) -> tuple[str, str] | None:
     return None if m is None else (m.group(1), m.group(2).strip())
 
 
+def format_cot(thinking: str, answer: str) -> str:
+    """A reference chain of thought: ``<think>thinking</think><answer>answer</answer>``."""
+    return f"{THINK_OPEN}{thinking}{THINK_CLOSE}{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
+
+
 def splice_ids(num_audio_tokens: int, bos_id: int, audio_id: int, eos_id: int) -> list[int]:
     """The ids a re-listen inserts after ``</seg>``: ``<|audio_bos|> <|AUDIO|> x n <|audio_eos|>``."""
     return [bos_id] + [audio_id] * num_audio_tokens + [eos_id]

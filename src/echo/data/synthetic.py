@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import ConfigError
+from ..protocol import format_cot
 from . import signals
 from .formats import DataFormatError, EAQARecord, write_eaqa
 from .speech import SpeechUnavailable, have_espeak
@@ -131,7 +132,7 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
         question=task.question,
         choices=list(task.choices),
         answer=task.answer,
-        cot=f"<think>{task.thought}</think><answer>{task.answer}</answer>",
+        cot=format_cot(task.thought, task.answer),
         spans=spans,
         task=family,
         difficulty=level,

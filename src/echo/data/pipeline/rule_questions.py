@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 
-from ...protocol import format_span
+from ...protocol import format_cot, format_span
 from .clips import Clip
 
 MIN_SPAN_S = 0.2   # the engine does not re-listen to shorter spans
@@ -44,7 +44,7 @@ def _numeric_choices(answer: float, rng: random.Random, step: float) -> list[str
 
 def _item(clip: Clip, family: str, question: str, choices: list[str], answer: str, thoughts: str) -> dict:
     return {"id": f"{clip.id}#rule-{family}", "source": "rules", "family": family, "question": question,
-            "choices": choices, "answer": answer, "cot": f"<think>{thoughts}</think><answer>{answer}</answer>"}
+            "choices": choices, "answer": answer, "cot": format_cot(thoughts, answer)}
 
 
 def rule_items(clip: Clip, seed: int = 0) -> list[dict]:
