@@ -43,8 +43,9 @@ COT = re.compile(r"^<think>(.*)</think>\s*<answer>(.*)</answer>$", re.S)
 
 ECHO_PROMPT = (
     "{question} Choose the answer from {choices}. Think step-by-step. Refer to the specific audio segments while "
-    "thinking, and indicate the corresponding timestamps. Answer in the format of <think>...</think><answer>...</answer>."
-)
+    "thinking, and indicate the corresponding timestamps. Answer in the format of "
+    "<think>...</think><answer>...</answer>."
+)  # verbatim from the Echo paper's evaluation: the trained model learned its tags from exactly this text
 
 
 def read_span(inner: str) -> tuple[tuple[float, float] | None, str]:
