@@ -61,6 +61,7 @@ class GRPOConfig:
     std_normalize: bool = True
     loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
     train_audio_encoder: bool = False
+    train_only: tuple[str, ...] = ()   # train just these parameter-name prefixes, e.g. ("projector",)
     val_data: str | None = None
     val_every: int = 0                 # steps between greedy validations (0: never)
     save_every: int = 0                # steps between checkpoints (0: only at the end)
@@ -109,8 +110,16 @@ class GRPOTrainer:
         source = self.resume_dir if state is not None else model_dir
         model = load(source, device=dist.device(), dtype=torch.float32)  # fp32 master weights for AdamW
         model.requires_grad_(False)
-        for n, p in model.named_parameters():
-            p.requires_grad_(cfg.train_audio_encoder or not n.startswith("audio_tower"))
+        trainable = [p for n, p in model.named_parameters() if n.startswith(tuple(cfg.train_only))] if cfg.train_only \
+            else [p for n, p in model.named_parameters() if cfg.train_audio_encoder or not n.startswith("audio_tower")]
+        if not trainable:
+            raise ConfigError(f"train_only={cfg.train_only}: no parameter name starts with these prefixes")
+        for p in trainable:
+            p.requires_grad_(True)
+        # a trainable projector (Qwen2-Audio's sits outside the tower) needs the policy pass's audio rows in the
+        # graph, and the engine's cached encoder outputs (which include it) go stale at every step
+        self.audio_grad = any(p.requires_grad for n, p in model.named_parameters()
+                              if n.startswith(("audio_tower", "projector")))
         self.features = feature_config_for(model, model_dir)
         self.ref = None
         if cfg.loss.kl_coef:
@@ -182,7 +191,7 @@ class GRPOTrainer:
             for mb, ref_lp in zip(micro, ref):
                 part = [rolls[i] for i in mb]
                 logp, mask = response_logprobs(self.model, part, self.features, self.waves, cfg.temperature,
-                                               grad_audio=cfg.train_audio_encoder)
+                                               grad_audio=self.audio_grad)
                 old = old_logprobs(part, tuple(mask.shape), device)
                 loss, m = policy_loss(logp, old, adv[mb].to(device), mask, cfg.loss, ref_lp, n_tok, n_seq)
                 (loss * self.world).backward()  # FSDP averages gradients over ranks; the loss is a global sum
@@ -225,7 +234,7 @@ class GRPOTrainer:
 
     def push_weights(self) -> None:
         """Trainer -> engine. Same module (one process): nothing to copy. FSDP2: gather and copy in place."""
-        clear = self.cfg.train_audio_encoder
+        clear = self.audio_grad
         if self.engine_model is self.model:
             self.engine.update_weights((), clear_encoder_cache=clear)
         else:
