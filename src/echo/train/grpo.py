@@ -32,7 +32,7 @@ from ..engine.audio_embed import feature_config_for
 from ..engine.llm import Engine
 from ..engine.sampler import LogitsProcessor
 from ..errors import ConfigError, EchoError
-from ..models.loader import load
+from ..models.loader import load, resolve_model
 from . import distributed as dist
 from .checkpoint import load_trainer_state, save_checkpoint
 from .grpo_loss import PolicyLossConfig, group_advantages, policy_loss
@@ -327,7 +327,7 @@ def train_grpo(model_dir: str, data: str, out_dir: str, cfg: GRPOConfig | None =
     """GRPO from ``model_dir`` on ``data`` (verl parquet or EAQA JSONL); writes ``out_dir/final`` and the resumable
     ``out_dir/checkpoint``. Rerunning the same command after a kill resumes from the latter; a rerun with another
     model, data, reward or settings is refused (``run_state``) unless ``overwrite`` starts over."""
-    cfg, reward_fn = cfg or GRPOConfig(), reward_fn or RewardFn()
+    cfg, reward_fn, model_dir = cfg or GRPOConfig(), reward_fn or RewardFn(), resolve_model(model_dir)
     dist.setup()
     prepare_run(out_dir, describe("grpo", model_dir, data, cfg,
                                   reward=[[name, getattr(fn, "__qualname__", str(fn)), w]
