@@ -262,12 +262,34 @@ class GRPOTrainer:
             save_checkpoint(self.engine_model, self.model_dir, path, state)
         dist.barrier()
 
+    def usable(self, records: list[RLRecord]) -> tuple[list[RLRecord], list[tuple[str, str]]]:
+        """The records whose audio the engine accepts, and (id, reason) for the others: a clip the encoder refuses
+        would fail its whole group at rollout time. Every process checks the same list the same way, so all
+        keep the same records and run the same number of steps and forwards."""
+        verdict: dict[str, str | None] = {}
+        ok, bad = [], []
+        for rec in tqdm(records, desc="checking audio", unit="clip",
+                        disable=not (self.cfg.progress and self.rank == 0)):
+            if rec.audio not in verdict:
+                try:
+                    self.engine.check_audio(rec.audio)
+                    verdict[rec.audio] = None
+                except EchoError as exc:
+                    verdict[rec.audio] = str(exc)
+            if verdict[rec.audio] is None:
+                ok.append(rec)
+            else:
+                bad.append((rec.id, verdict[rec.audio]))
+        return ok, bad
+
     def fit(self, data: str) -> dict:
         records, skipped = read_rl_records(data)
+        records, refused = self.usable(records)
+        skipped += refused
         if len(records) < self.cfg.prompts_per_step:
             raise EchoError(f"{data}: {len(records)} usable records ({len(skipped)} skipped: {skipped[:3]}) do not "
                              f"fill one step of prompts_per_step={self.cfg.prompts_per_step}")
-        val = read_rl_records(self.cfg.val_data)[0] if self.cfg.val_data else []
+        val = self.usable(read_rl_records(self.cfg.val_data)[0])[0] if self.cfg.val_data else []
         cfg = self.cfg
         total = cfg.steps or cfg.epochs * (len(records) // cfg.prompts_per_step)
         main = self.rank == 0
