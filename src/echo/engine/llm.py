@@ -149,6 +149,11 @@ class Engine:
         self.scheduler.finished = [s for s in self.scheduler.finished if s.request_index != request_index]
         return True
 
+    def check_audio(self, audio) -> list[str]:
+        """The warnings a request with this audio would get; the request's error (an EchoError) when it would be
+        refused (unreadable, too short, or too long under ``long_audio="error"``)."""
+        return self._load(audio)[1]
+
     def _load(self, audio) -> tuple[np.ndarray, list[str]]:
         """The request's clip as the model hears it, and what was changed to get there."""
         if isinstance(audio, torch.Tensor) and audio.dtype in (torch.bfloat16, torch.float16):

@@ -100,6 +100,15 @@ def _finish(model: AudioLanguageModel, targets: set[str]) -> AudioLanguageModel:
     return model.eval()
 
 
+def resolve_model(path: str | os.PathLike) -> str:
+    """A model argument as the directory it names: ``echo-demo`` -> its verified cache directory (built on first
+    use), anything else unchanged. Commands that pass the model on (checkpoints, adapters, run fingerprints)
+    resolve it once at their start."""
+    from .convert.demo import resolve
+
+    return str(resolve(path))
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu",
          dtype: torch.dtype | None = None) -> AudioLanguageModel:
     """Load a local Hugging Face checkpoint directory into an echo model (in eval mode, no gradients).
@@ -112,9 +121,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
     ``processor`` is a ``PromptProcessor`` when the directory has a tokenizer.json, else None.
     Raises ``CheckpointError`` naming the architecture, files or tensors at fault.
     """
-    from .convert.demo import resolve  # "echo-demo" -> its verified cache directory (built on first use)
-
-    path, device = resolve(path), torch.device(device)
+    path, device = Path(resolve_model(path)), torch.device(device)
     raw = ckpt.read_config(path)
     dtype = dtype or _auto_dtype(_config_dtype(raw), device)
     cfg = ModelConfig.from_hf(_full_config(path, raw))

@@ -32,7 +32,7 @@ from ..engine.audio_embed import feature_config_for
 from ..engine.llm import Engine
 from ..engine.sampler import LogitsProcessor
 from ..errors import ConfigError, EchoError
-from ..models.loader import load
+from ..models.loader import load, resolve_model
 from . import distributed as dist
 from .checkpoint import load_trainer_state, save_checkpoint
 from .grpo_loss import PolicyLossConfig, group_advantages, policy_loss
@@ -61,6 +61,7 @@ class GRPOConfig:
     std_normalize: bool = True
     loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
     train_audio_encoder: bool = False
+    train_only: tuple[str, ...] = ()   # train just these parameter-name prefixes, e.g. ("projector",)
     val_data: str | None = None
     val_every: int = 0                 # steps between greedy validations (0: never)
     save_every: int = 0                # steps between checkpoints (0: only at the end)
@@ -109,8 +110,16 @@ class GRPOTrainer:
         source = self.resume_dir if state is not None else model_dir
         model = load(source, device=dist.device(), dtype=torch.float32)  # fp32 master weights for AdamW
         model.requires_grad_(False)
-        for n, p in model.named_parameters():
-            p.requires_grad_(cfg.train_audio_encoder or not n.startswith("audio_tower"))
+        trainable = [p for n, p in model.named_parameters() if n.startswith(tuple(cfg.train_only))] if cfg.train_only \
+            else [p for n, p in model.named_parameters() if cfg.train_audio_encoder or not n.startswith("audio_tower")]
+        if not trainable:
+            raise ConfigError(f"train_only={cfg.train_only}: no parameter name starts with these prefixes")
+        for p in trainable:
+            p.requires_grad_(True)
+        # a trainable projector (Qwen2-Audio's sits outside the tower) needs the policy pass's audio rows in the
+        # graph, and the engine's cached encoder outputs (which include it) go stale at every step
+        self.audio_grad = any(p.requires_grad for n, p in model.named_parameters()
+                              if n.startswith(("audio_tower", "projector")))
         self.features = feature_config_for(model, model_dir)
         self.ref = None
         if cfg.loss.kl_coef:
@@ -182,7 +191,7 @@ class GRPOTrainer:
             for mb, ref_lp in zip(micro, ref):
                 part = [rolls[i] for i in mb]
                 logp, mask = response_logprobs(self.model, part, self.features, self.waves, cfg.temperature,
-                                               grad_audio=cfg.train_audio_encoder)
+                                               grad_audio=self.audio_grad)
                 old = old_logprobs(part, tuple(mask.shape), device)
                 loss, m = policy_loss(logp, old, adv[mb].to(device), mask, cfg.loss, ref_lp, n_tok, n_seq)
                 (loss * self.world).backward()  # FSDP averages gradients over ranks; the loss is a global sum
@@ -225,7 +234,7 @@ class GRPOTrainer:
 
     def push_weights(self) -> None:
         """Trainer -> engine. Same module (one process): nothing to copy. FSDP2: gather and copy in place."""
-        clear = self.cfg.train_audio_encoder
+        clear = self.audio_grad
         if self.engine_model is self.model:
             self.engine.update_weights((), clear_encoder_cache=clear)
         else:
@@ -253,12 +262,34 @@ class GRPOTrainer:
             save_checkpoint(self.engine_model, self.model_dir, path, state)
         dist.barrier()
 
+    def usable(self, records: list[RLRecord]) -> tuple[list[RLRecord], list[tuple[str, str]]]:
+        """The records whose audio the engine accepts, and (id, reason) for the others: a clip the encoder refuses
+        would fail its whole group at rollout time. Every process checks the same list the same way, so all
+        keep the same records and run the same number of steps and forwards."""
+        verdict: dict[str, str | None] = {}
+        ok, bad = [], []
+        for rec in tqdm(records, desc="checking audio", unit="clip",
+                        disable=not (self.cfg.progress and self.rank == 0)):
+            if rec.audio not in verdict:
+                try:
+                    self.engine.check_audio(rec.audio)
+                    verdict[rec.audio] = None
+                except EchoError as exc:
+                    verdict[rec.audio] = str(exc)
+            if verdict[rec.audio] is None:
+                ok.append(rec)
+            else:
+                bad.append((rec.id, verdict[rec.audio]))
+        return ok, bad
+
     def fit(self, data: str) -> dict:
         records, skipped = read_rl_records(data)
+        records, refused = self.usable(records)
+        skipped += refused
         if len(records) < self.cfg.prompts_per_step:
             raise EchoError(f"{data}: {len(records)} usable records ({len(skipped)} skipped: {skipped[:3]}) do not "
                              f"fill one step of prompts_per_step={self.cfg.prompts_per_step}")
-        val = read_rl_records(self.cfg.val_data)[0] if self.cfg.val_data else []
+        val = self.usable(read_rl_records(self.cfg.val_data)[0])[0] if self.cfg.val_data else []
         cfg = self.cfg
         total = cfg.steps or cfg.epochs * (len(records) // cfg.prompts_per_step)
         main = self.rank == 0
@@ -318,7 +349,7 @@ def train_grpo(model_dir: str, data: str, out_dir: str, cfg: GRPOConfig | None =
     """GRPO from ``model_dir`` on ``data`` (verl parquet or EAQA JSONL); writes ``out_dir/final`` and the resumable
     ``out_dir/checkpoint``. Rerunning the same command after a kill resumes from the latter; a rerun with another
     model, data, reward or settings is refused (``run_state``) unless ``overwrite`` starts over."""
-    cfg, reward_fn = cfg or GRPOConfig(), reward_fn or RewardFn()
+    cfg, reward_fn, model_dir = cfg or GRPOConfig(), reward_fn or RewardFn(), resolve_model(model_dir)
     dist.setup()
     prepare_run(out_dir, describe("grpo", model_dir, data, cfg,
                                   reward=[[name, getattr(fn, "__qualname__", str(fn)), w]

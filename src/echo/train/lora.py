@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
 from ..models import checkpoint as ckpt
-from ..models.loader import _config_dtype, load
+from ..models.loader import _config_dtype, load, resolve_model
 from .checkpoint import atomic_dir, save_checkpoint
 
 if TYPE_CHECKING:
@@ -135,6 +135,7 @@ def merge_lora(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, out_
     """Base + adapter → a full checkpoint in ``out_dir`` (the base's layout, config, tokenizer; its dtype), which
     ``echo.load`` and transformers read. The sum is taken in float32."""
     read_config(adapter_dir)  # a bad adapter directory fails before the base is read
+    base_dir = resolve_model(base_dir)
     model = load(base_dir, dtype=torch.float32)
     load_adapter(model, adapter_dir)
     for name, module in list(model.named_modules()):

@@ -72,7 +72,8 @@ def rollout(engine: Engine, records: list[RLRecord], group_size: int, params: Sa
     out = []
     for j, (rec, res) in enumerate(zip(records, engine.generate(requests, progress=progress))):
         if res.error is not None:
-            raise RuntimeError(f"rollout of {rec.id}: {res.error}")  # rl_data checked the audio: should not happen
+            # GRPOTrainer.usable dropped every clip the engine refuses: a request error here is a bug
+            raise RuntimeError(f"rollout of {rec.id}: {res.error}")
         for s in res.samples:
             out.append(Rollout(rec, j, res.prompt_token_ids, s.token_ids, s.mask, s.logprobs or [], s.relistens,
                                s.text, s.finish_reason, res.audio_samples))

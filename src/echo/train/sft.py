@@ -22,7 +22,7 @@ from ..audio import FeatureConfig
 from ..audio import load as load_audio
 from ..engine.audio_embed import feature_config_for, span_embeddings
 from ..errors import ConfigError, EchoError
-from ..models.loader import load
+from ..models.loader import load, resolve_model
 from . import distributed as dist
 from .checkpoint import load_trainer_state, save_checkpoint
 from .data import IGNORE, SFTExample, build_dataset, read_records
@@ -137,7 +137,7 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     ``out_dir/checkpoint`` (latest, with trainer state): full checkpoints, or with ``lora_rank > 0`` peft adapters
     whose base is ``model_dir`` (``merge_lora`` makes a full checkpoint). Rerunning the same command resumes; a
     rerun with another model, data or settings is refused (``run_state``) unless ``overwrite`` starts over."""
-    cfg = cfg or SFTConfig()
+    cfg, model_dir = cfg or SFTConfig(), resolve_model(model_dir)
     rank, world = dist.setup()
     out = Path(out_dir)
     autocast = _autocast(cfg, dist.device())  # invalid settings first, then whether they match the run in out
