@@ -28,6 +28,7 @@ from .checkpoint import load_trainer_state, save_checkpoint
 from .data import IGNORE, SFTExample, build_dataset, read_records
 from .lora import CONFIG as ADAPTER_CONFIG
 from .lora import DEFAULT_TARGETS, adapter_state, add_lora, load_adapter, lora_config, save_adapter
+from .partial import is_partial, load_partial, save_partial
 from .run_state import describe, prepare_run, trim_log
 
 
@@ -120,7 +121,11 @@ def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig, lora):
     if lora is not None:
         model = load(model_dir, device=dist.device(), dtype=torch.float32)
         return model, load_adapter(model, resume, expect=lora) if resumed else add_lora(model, lora)
-    model = load(resume if resumed else model_dir, device=dist.device(), dtype=torch.float32)
+    # a train_only run's resumable checkpoint holds just the trained tensors: load the base, then overlay them
+    partial = resumed and is_partial(resume)
+    model = load(resume if resumed and not partial else model_dir, device=dist.device(), dtype=torch.float32)
+    if partial:
+        load_partial(model, model_dir, resume)
     model.requires_grad_(False)
     trainable = [p for n, p in model.named_parameters() if n.startswith(tuple(cfg.train_only))] if cfg.train_only else \
         [p for n, p in model.named_parameters() if cfg.train_audio_encoder or not n.startswith("audio_tower")]
@@ -135,7 +140,8 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
               ) -> dict:
     """Fine-tune ``model_dir`` on ``data`` (messages-JSONL or synthetic JSONL); writes ``out_dir/final`` and
     ``out_dir/checkpoint`` (latest, with trainer state): full checkpoints, or with ``lora_rank > 0`` peft adapters
-    whose base is ``model_dir`` (``merge_lora`` makes a full checkpoint). Rerunning the same command resumes; a
+    whose base is ``model_dir`` (``merge_lora`` makes a full checkpoint); with ``train_only`` the resumable
+    checkpoint holds just the trained tensors and ``model_dir``'s fingerprint (``train/partial.py``). Rerunning the same command resumes; a
     rerun with another model, data or settings is refused (``run_state``) unless ``overwrite`` starts over."""
     cfg, model_dir = cfg or SFTConfig(), resolve_model(model_dir)
     rank, world = dist.setup()
@@ -163,7 +169,13 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
         trainable = [p for p in model.parameters() if p.requires_grad]
 
     def save(path: Path, trainer_state: dict | None = None) -> None:
-        if world > 1:  # every rank gathers the full weights (or adapter); rank 0 writes
+        if cfg.train_only and lora is None and trainer_state is not None:  # resumable: the trained tensors only
+            named = dist.full_parameters(model) if world > 1 else model.named_parameters()
+            params = {n: p for n, p in named if n.startswith(tuple(cfg.train_only))}
+            if rank == 0:
+                save_partial(params, model_dir, path, trainer_state)
+            dist.barrier()
+        elif world > 1:  # every rank gathers the full weights (or adapter); rank 0 writes
             full = dict(dist.full_parameters(model)) if lora is None else adapter_state(model)
             if rank == 0 and lora is None:
                 save_checkpoint(model, model_dir, path, trainer_state, params=full)
