@@ -18,6 +18,24 @@ def drop_partial_line(path: str | os.PathLike) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def read_object_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of every non-blank line of a JSONL input file; the first line that is not JSON or not
+    an object raises EchoError naming the file and the line (inputs are checked strictly, unlike ``read_jsonl``)."""
+    from .errors import EchoError
+
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EchoError(f"{path} line {n}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise EchoError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+            yield n, row
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     """The complete object lines of ``path`` (none if it does not exist); a partial or non-object line is skipped."""
     if not os.path.exists(path):

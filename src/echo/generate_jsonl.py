@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from .durable import append_row, check_writable_dir, drop_partial_line, read_jsonl, write_atomic
+from .durable import append_row, check_writable_dir, drop_partial_line, read_jsonl, read_object_lines, write_atomic
 from .errors import ConfigError, EchoError
 
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
@@ -27,24 +27,15 @@ def read_requests(path: str, defaults) -> list[tuple[int, dict, Any]]:
     if not os.path.isfile(path):
         raise EchoError(f"{path}: requests file not found")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EchoError(f"{path} line {n}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise EchoError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-            if "audio" not in row or "prompt" not in row:
-                raise EchoError(f"{path} line {n}: needs 'audio' and 'prompt'")
-            fields = {k: row[k] for k in SamplingParams.__dataclass_fields__ if k in row}
-            try:
-                params = SamplingParams(**{**{k: getattr(defaults, k) for k in _SAMPLING_FIELDS}, **fields})
-            except (TypeError, ValueError) as exc:
-                raise EchoError(f"{path} line {n}: {exc}") from None
-            out.append((len(out), row, params))
+    for n, row in read_object_lines(path):
+        if "audio" not in row or "prompt" not in row:
+            raise EchoError(f"{path} line {n}: needs 'audio' and 'prompt'")
+        fields = {k: row[k] for k in SamplingParams.__dataclass_fields__ if k in row}
+        try:
+            params = SamplingParams(**{**{k: getattr(defaults, k) for k in _SAMPLING_FIELDS}, **fields})
+        except (TypeError, ValueError) as exc:
+            raise EchoError(f"{path} line {n}: {exc}") from None
+        out.append((len(out), row, params))
     if not out:
         raise EchoError(f"{path}: no requests")
     return out

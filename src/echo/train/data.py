@@ -19,7 +19,6 @@ whose audio is missing or unreadable, whose tags lie outside its clip or do not 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Literal
@@ -29,6 +28,7 @@ from ..audio.features import min_audio_samples, num_audio_tokens, num_mel_frames
 from ..config import RelistenPolicy
 from ..engine.relisten import decide
 from ..protocol import SEG_CLOSE
+from ..durable import read_object_lines
 from ..errors import EchoError
 from ..eval.prompts import build_prompt
 
@@ -63,20 +63,11 @@ def read_records(path: str | os.PathLike) -> list[SFTRecord]:
     if not Path(path).is_file():
         raise EchoError(f"{path}: SFT data file not found")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EchoError(f"{path} line {n}: not JSON ({exc})") from exc
-            if not isinstance(row, dict):
-                raise EchoError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-            try:
-                out.append(_record(row, n, base, path))
-            except (KeyError, TypeError, AttributeError) as exc:  # a field of the wrong type or shape
-                raise EchoError(f"{path} line {n}: malformed record ({type(exc).__name__}: {exc})") from None
+    for n, row in read_object_lines(path):
+        try:
+            out.append(_record(row, n, base, path))
+        except (KeyError, TypeError, AttributeError) as exc:  # a field of the wrong type or shape
+            raise EchoError(f"{path} line {n}: malformed record ({type(exc).__name__}: {exc})") from None
     return out
 
 
