@@ -338,16 +338,17 @@ def _read_bytes(path: str) -> bytes:
 def _read_from_frame_sync(data: bytes, path: str):
     import soundfile as sf
 
-    tries = 0
+    tries, last = 0, None
     for i in range(len(data) - 1):
         if data[i] == 0xFF and data[i + 1] & 0xE0 == 0xE0:
             try:
                 return sf.read(io.BytesIO(data[i:]), dtype="float32", always_2d=True)
-            except Exception:
-                tries += 1
+            except (RuntimeError, ValueError) as exc:  # libsndfile refuses this sync word: try the next frame
+                tries, last = tries + 1, exc
                 if tries >= 8:
                     break
-    raise SoundsUnavailable(f"{path}: cannot decode this audio file; reinstall its package")
+    raise SoundsUnavailable(f"{path}: cannot decode this audio file ({last or 'no MPEG frame found'}); "
+                            "reinstall its package")
 
 
 def _trim(wave: np.ndarray, path: str, rel_db: float = -40.0) -> np.ndarray:
