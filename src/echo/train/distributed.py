@@ -6,6 +6,7 @@ Backend: nccl on CUDA, gloo on CPU. FSDP2 (``fully_shard``) shards each decoder 
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -24,9 +25,15 @@ def setup() -> tuple[int, int]:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_teardown)  # a process group still alive at interpreter exit can abort the process
     if tdist.is_initialized():
         return tdist.get_rank(), tdist.get_world_size()
     return 0, 1
+
+
+def _teardown() -> None:
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def world_size() -> int:
