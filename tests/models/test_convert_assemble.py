@@ -161,6 +161,45 @@ def test_parts_replace_tensors_and_bad_parts_are_named(sources, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_lora_parts_equal_peft_merge_of_the_adapter(sources, assembled, tmp_path):
+    """A trained adapter shipped as low-rank parts: assembling with them gives the weights ``merge_lora`` (peft's
+    merge) gives, and a part file without its scale or its B factor is refused by name."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from echo.train.lora import add_lora, adapter_parts, lora_config, merge_lora, save_adapter
+
+    model = echo.load(assembled)
+    config = lora_config(assembled, rank=2, alpha=3.0, targets=("q_proj", "down_proj"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in add_lora(model, config):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)  # lora_B starts at zero; make the delta visible
+    adapter = save_adapter(model, config, tmp_path / "adapter")
+    merged = load_file(str(merge_lora(assembled, adapter, tmp_path / "merged") / "model.safetensors"))
+    parts = tmp_path / "parts"
+    part = adapter_parts(adapter, assembled, parts / "lora.safetensors")
+    with safe_open(str(part), "pt") as f:
+        assert float(f.metadata()["lora_scale"]) == 1.5
+        assert all(k.startswith("language_model.model.layers.") for k in f.keys())
+    built = load_file(str(assemble(*sources, tmp_path / "ckpt", parts=parts, progress=False) / "model.safetensors"))
+    base = load_file(str(assembled / "model.safetensors"))
+    changed = [k for k in base if not torch.equal(base[k], merged[k])]
+    assert sorted(changed) == sorted(k.removesuffix(".lora_A.weight") + ".weight" for k in load_file(str(part))
+                                     if k.endswith("lora_A.weight"))
+    for k in base:
+        assert_close(f"assembled with LoRA parts vs peft merge: {k}", built[k], merged[k], atol=1e-6, rtol=1e-6)
+    factors = load_file(str(part))
+    save_file(factors, str(part))  # no lora_scale metadata
+    with pytest.raises(CheckpointError, match="needs lora_B.weight and the file's lora_scale metadata"):
+        assemble(*sources, tmp_path / "bad", parts=parts, progress=False)
+    save_file({k: v for k, v in factors.items() if k.endswith("lora_A.weight")}, str(part),
+              metadata={"lora_scale": "1.5"})
+    with pytest.raises(CheckpointError, match="needs lora_B.weight"):
+        assemble(*sources, tmp_path / "bad", parts=parts, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_failed_build_leaves_nothing_behind(sources, tmp_path, monkeypatch):
     import echo.models.convert.assembly as asm
 

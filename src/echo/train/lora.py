@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
 from ..models import checkpoint as ckpt
-from ..models.loader import _config_dtype, load, resolve_model
+from ..models.config import ModelConfig
+from ..models.loader import _config_dtype, _full_config, _map_names, load, resolve_model
 from .checkpoint import atomic_dir, save_checkpoint
 
 if TYPE_CHECKING:
@@ -129,6 +130,30 @@ def save_adapter(model, config: LoraConfig, out_dir: str | os.PathLike, trainer_
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
     return out
+
+
+def adapter_parts(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """The adapter in ``adapter_dir`` as one assembly part file (``echo.models.convert.assembly.apply_parts``): its
+    low-rank factors under the checkpoint names of ``base_dir`` (``<module>.lora_A.weight``/``.lora_B.weight``) and
+    the scale ``lora_alpha / r`` in the metadata; far smaller than the merged weights it stands for."""
+    config = read_config(adapter_dir)
+    if getattr(config, "use_rslora", False) or getattr(config, "use_dora", False):
+        raise ConfigError(f"{adapter_dir}: only plain LoRA adapters (no rsLoRA, no DoRA) become parts")
+    base_dir = resolve_model(base_dir)
+    raw = ckpt.read_config(Path(base_dir))
+    ours_to_hf = {ours: hf for hf, ours in _map_names(ModelConfig.from_hf(_full_config(Path(base_dir), raw)),
+                                                      sorted(ckpt.weight_map(base_dir))).items()}
+    tensors = {}
+    for name, t in load_file(str(Path(adapter_dir) / WEIGHTS)).items():
+        module, _, factor = name.removeprefix(_PREFIX).rpartition(".lora_")
+        hf = ours_to_hf.get(module + ".weight")
+        if hf is None:
+            raise CheckpointError(f"{adapter_dir}: adapter tensor {name} is on no weight of {base_dir}")
+        tensors[f"{hf.removesuffix('.weight')}.lora_{factor}"] = t.contiguous()
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dest), metadata={"format": "pt", "lora_scale": repr(config.lora_alpha / config.r)})
+    return dest
 
 
 def merge_lora(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -65,10 +65,16 @@ def _projector(d_in: int, d_out: int, text_rms: float, seed: int) -> dict[str, t
     return {"multi_modal_projector.linear.weight": w, "multi_modal_projector.linear.bias": torch.zeros(d_out)}
 
 
+LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+
+
 def apply_parts(tensors: dict[str, torch.Tensor], parts: str | os.PathLike | None) -> list[str]:
-    """Replace tensors by the trained ones in ``parts/*.safetensors`` (same names and shapes); returns the files."""
+    """Apply the trained ``parts/*.safetensors``: a tensor named as in the checkpoint replaces it (same shape); a
+    low-rank pair ``<module>.lora_A.weight`` / ``<module>.lora_B.weight`` adds ``lora_scale * B @ A`` (the file's
+    metadata) to ``<module>.weight``, as peft merges a LoRA adapter. Returns the files applied."""
     if parts is None:
         return []
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     parts = Path(parts)
@@ -76,7 +82,22 @@ def apply_parts(tensors: dict[str, torch.Tensor], parts: str | os.PathLike | Non
     if not files:
         raise CheckpointError(f"{parts}: no *.safetensors parts to apply")
     for f in files:
-        for name, t in load_file(str(f)).items():
+        loaded = load_file(str(f))
+        for name, t in loaded.items():
+            if name.endswith(LORA_B):
+                if name.removesuffix(LORA_B) + LORA_A not in loaded:
+                    raise CheckpointError(f"{f}: {name} has no {LORA_A.lstrip('.')} beside it")
+                continue
+            if name.endswith(LORA_A):
+                module = name.removesuffix(LORA_A)
+                with safe_open(str(f), "pt") as sf:
+                    scale = (sf.metadata() or {}).get("lora_scale")
+                if scale is None or module + LORA_B not in loaded:
+                    raise CheckpointError(f"{f}: the low-rank part {module} needs {LORA_B.lstrip('.')} and the "
+                                          "file's lora_scale metadata")
+                name, t = module + ".weight", float(scale) * (loaded[module + LORA_B].float() @ t.float())
+                if name in tensors and tuple(t.shape) == tuple(tensors[name].shape):
+                    t = tensors[name].float() + t
             if name not in tensors:
                 raise CheckpointError(f"{f}: part {name!r} is not a tensor of the assembled checkpoint")
             if tuple(t.shape) != tuple(tensors[name].shape):

@@ -1,0 +1,176 @@
+"""The echo-demo recipe: data -> stage 0 (align the projector) -> stage 1 (SFT) -> evaluation on the test split.
+
+    python experiments/echo_demo/recipe.py --work runs/echo-demo [--until align|sft|eval]
+
+Every step is skipped when its output exists and every training run resumes from its own last checkpoint, so
+rerunning the same command after a kill continues where it stopped. Steps and outputs (under ``--work``):
+
+- ``data/{train,val,test}``: ``echo data synth`` scene items of the seven scene_* families, one split each (no
+  recording in two splits), easy and medium levels (10-20 s clips);
+- ``align/``: stage 0. Each mixed sound of the train clips, cut out with a margin, paired with its label (the
+  transcript for a spoken prompt): short-answer records on which echo's SFT trains the projector only
+  (``train_only=("projector",)``); the trained projector is ``parts/projector.safetensors`` and ``aligned/`` the
+  checkpoint assembled with it;
+- ``sft/``: stage 1, echo's SFT in the interleaved format on the train items' reference chains of thought, a LoRA
+  adapter over ``aligned/``; ``sft-merged/`` the merged checkpoint and ``parts/lora.safetensors`` the adapter as
+  assembly parts;
+- ``eval/<model>``: ``echo eval --benchmark synthetic`` on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCENE = ("scene_heard_between", "scene_which_first", "scene_count", "scene_said_at", "scene_starts_when",
+         "scene_longer", "scene_which_heard")
+ALIGN_PROMPT = "What is heard in this clip?"
+MARGIN_S = 0.3
+
+
+def log(work: Path, stage: str, **fields) -> None:
+    with open(work / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"stage": stage, "time": time.time(), **fields}) + "\n")
+    print(f"[{stage}] " + ", ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
+
+
+def make_data(work: Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, Path]:
+    from echo.data.synthetic import SynthConfig, write_synthetic
+
+    out = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        d = work / "data" / split
+        if not (d / "synthetic.jsonl").is_file():  # write_synthetic resumes by item after a kill
+            write_synthetic(SynthConfig(n=n, seed=seed, families=SCENE, difficulties=("easy", "medium"),
+                                        split=split), d, progress=True)
+        out[split] = d / "synthetic.jsonl"
+    return out
+
+
+def event_caption(event: dict) -> str:
+    return f'someone saying "{event["label"]}"' if event["kind"] == "speech" and event["label"] != \
+        "a woman speaking" else event["label"]
+
+
+def make_align_data(work: Path, train_jsonl: Path) -> Path:
+    """Every mixed sound of the train clips as a short clip of its own with its caption (messages-JSONL)."""
+    import soundfile as sf
+    from tqdm.auto import tqdm
+
+    out = work / "align" / "align.jsonl"
+    if out.is_file():
+        return out
+    audio_dir = out.parent / "audio"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    items = [json.loads(line) for line in train_jsonl.read_text().splitlines()]
+    for item in tqdm(items, desc="align data", unit="clip"):
+        wave, sr = sf.read(train_jsonl.parent / item["audio"], dtype="float32")
+        for k, ev in enumerate(item["meta"]["events"]):
+            s, e = max(0.0, ev["start"] - MARGIN_S), min(len(wave) / sr, ev["end"] + MARGIN_S)
+            path = audio_dir / f"{item['id']}-{k}.wav"
+            if not path.is_file():
+                sf.write(path, wave[int(s * sr):int(e * sr)], sr, subtype="PCM_16")
+            rows.append({"id": f"{item['id']}-{k}", "audios": [str(path.relative_to(out.parent))],
+                         "messages": [{"role": "user", "content": f"<audio>{ALIGN_PROMPT}"},
+                                      {"role": "assistant", "content": event_caption(ev)}]})
+    order = np.random.default_rng(0).permutation(len(rows))  # mix the clips' events across optimizer steps
+    tmp = out.with_suffix(".partial")
+    tmp.write_text("".join(json.dumps(rows[i]) + "\n" for i in order))
+    tmp.rename(out)
+    return out
+
+
+def export_tensors(final: Path, prefix: str, dest: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    weights = load_file(str(final / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if k.startswith(prefix)}, str(dest), metadata={"format": "pt"})
+    return dest
+
+
+def stage_align(work: Path, args) -> Path:
+    from echo.models.convert.demo import build, resolve
+    from echo.train.sft import SFTConfig, train_sft
+
+    aligned = work / "aligned"
+    if (aligned / "config.json").is_file():
+        return aligned
+    data = make_align_data(work, work / "data" / "train" / "synthetic.jsonl")
+    cfg = SFTConfig(format="grounded", lr=args.align_lr, epochs=1, grad_accum=args.grad_accum,
+                    save_every=args.save_every, seed=args.seed, train_only=("projector",), max_len=1024)
+    t = time.time()
+    result = train_sft(str(resolve("echo-demo")), str(data), str(work / "align" / "sft"), cfg)
+    log(work, "align", seconds=round(time.time() - t), **result)
+    export_tensors(work / "align" / "sft" / "final", "multi_modal_projector.", work / "parts" / "projector.safetensors")
+    return build(aligned, parts=work / "parts", force=True)
+
+
+def stage_sft(work: Path, args) -> Path:
+    from echo.train.lora import merge_lora
+    from echo.train.sft import SFTConfig, train_sft
+
+    merged = work / "sft-merged"
+    if (merged / "config.json").is_file():
+        return merged
+    cfg = SFTConfig(format="interleaved", lr=args.sft_lr, epochs=args.sft_epochs, grad_accum=args.grad_accum,
+                    save_every=args.save_every, seed=args.seed, lora_rank=args.lora_rank, max_len=2048)
+    t = time.time()
+    result = train_sft(str(work / "aligned"), str(work / "data" / "train" / "synthetic.jsonl"), str(work / "sft"), cfg)
+    log(work, "sft", seconds=round(time.time() - t), **result)
+    return merge_lora(work / "aligned", work / "sft" / "final", merged)
+
+
+def stage_eval(work: Path, model: Path, name: str, limit: int | None) -> dict:
+    out = work / "eval" / name
+    if not (out / "summary.json").is_file():
+        cmd = [sys.executable, "-m", "echo", "eval", "--benchmark", "synthetic", "--data", str(work / "data" / "test"),
+               "--model", str(model), "--out", str(out), "--max-tokens", "256", "--batch-size", "16"]
+        if limit:
+            cmd += ["--limit", str(limit)]
+        t = time.time()
+        subprocess.run(cmd, check=True)
+        log(work, f"eval-{name}", seconds=round(time.time() - t))
+    return json.loads((out / "summary.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True, type=Path, help="run directory")
+    ap.add_argument("--until", choices=("data", "align", "sft", "eval"), default="eval")
+    ap.add_argument("--n-train", type=int, default=700)
+    ap.add_argument("--n-val", type=int, default=70)
+    ap.add_argument("--n-test", type=int, default=504)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grad-accum", type=int, default=8)
+    ap.add_argument("--save-every", type=int, default=10)
+    ap.add_argument("--align-lr", type=float, default=1e-3)
+    ap.add_argument("--sft-lr", type=float, default=5e-4)
+    ap.add_argument("--sft-epochs", type=int, default=1)
+    ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--eval-limit", type=int, default=None)
+    args = ap.parse_args()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    make_data(args.work, args.n_train, args.n_val, args.n_test, args.seed)
+    if args.until == "data":
+        return
+    aligned = stage_align(args.work, args)
+    if args.until == "align":
+        return
+    merged = stage_sft(args.work, args)
+    if args.until == "sft":
+        return
+    for name, model in (("aligned", aligned), ("sft", merged)):
+        print(name, json.dumps(stage_eval(args.work, model, name, args.eval_limit))[:400])
+
+
+if __name__ == "__main__":
+    main()
