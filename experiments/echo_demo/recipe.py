@@ -58,19 +58,20 @@ def event_caption(event: dict) -> str:
         "a woman speaking" else event["label"]
 
 
-def make_align_data(work: Path, train_jsonl: Path) -> Path:
-    """Every mixed sound of the train clips as a short clip of its own with its caption (messages-JSONL)."""
+def make_align_data(work: Path, train_jsonl: Path, name: str = "align") -> Path:
+    """Every mixed sound of the clips in ``train_jsonl`` as a short clip of its own with its caption
+    (messages-JSONL ``align/<name>.jsonl``, audio in ``align/<name>-audio/``)."""
     import soundfile as sf
     from tqdm.auto import tqdm
 
-    out = work / "align" / "align.jsonl"
+    out = work / "align" / f"{name}.jsonl"
     if out.is_file():
         return out
-    audio_dir = out.parent / "audio"
+    audio_dir = out.parent / ("audio" if name == "align" else f"{name}-audio")
     audio_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     items = [json.loads(line) for line in train_jsonl.read_text().splitlines()]
-    for item in tqdm(items, desc="align data", unit="clip"):
+    for item in tqdm(items, desc=f"{name} data", unit="clip"):
         wave, sr = sf.read(train_jsonl.parent / item["audio"], dtype="float32")
         for k, ev in enumerate(item["meta"]["events"]):
             s, e = max(0.0, ev["start"] - MARGIN_S), min(len(wave) / sr, ev["end"] + MARGIN_S)
@@ -110,22 +111,70 @@ def stage_align(work: Path, args) -> Path:
     result = train_sft(str(resolve("echo-demo")), str(data), str(work / "align" / "sft"), cfg)
     log(work, "align", seconds=round(time.time() - t), **result)
     export_tensors(work / "align" / "sft" / "final", "multi_modal_projector.", work / "parts" / "projector.safetensors")
-    return build(aligned, parts=work / "parts", force=True)
+    build(aligned, parts=work / "parts", force=True)
+    return aligned
+
+
+def check_hearing(work: Path, model_dir: Path, n: int = 120) -> dict:
+    """Does the aligned model hear? Greedy captions of ``n`` held-out sounds (val split) against their labels, beside
+    the accuracy of always answering the most frequent training caption (what a model that does not hear can reach)."""
+    import collections
+
+    import echo
+
+    out = work / "align" / "hearing.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    val = make_align_data(work, work / "data" / "val" / "synthetic.jsonl", "val")
+    rows = [json.loads(line) for line in val.read_text().splitlines()][:n]
+    train = [json.loads(line)["messages"][1]["content"] for line in (work / "align" / "align.jsonl").open()]
+    prior = collections.Counter(train).most_common(1)[0][0]
+    model = echo.load(model_dir)
+    reqs = [{"audio": str(val.parent / r["audios"][0]), "prompt": ALIGN_PROMPT} for r in rows]
+    results = model.generate(reqs, echo.SamplingParams(temperature=0, max_new_tokens=24))
+    said = [res.text.strip() for res in results]
+    truth = [r["messages"][1]["content"] for r in rows]
+    report = {"items": len(rows), "exact": sum(a == b for a, b in zip(said, truth)) / len(rows),
+              "prior_caption": prior, "prior_exact": sum(t == prior for t in truth) / len(rows),
+              "examples": [{"said": a, "truth": b} for a, b in zip(said[:12], truth[:12])]}
+    out.write_text(json.dumps(report, indent=1))
+    log(work, "hearing", **{k: v for k, v in report.items() if k != "examples"})
+    return report
 
 
 def stage_sft(work: Path, args) -> Path:
-    from echo.train.lora import merge_lora
+    from echo.train.lora import adapter_parts, merge_lora
     from echo.train.sft import SFTConfig, train_sft
 
     merged = work / "sft-merged"
     if (merged / "config.json").is_file():
         return merged
-    cfg = SFTConfig(format="interleaved", lr=args.sft_lr, epochs=args.sft_epochs, grad_accum=args.grad_accum,
+    cfg = SFTConfig(format="interleaved", lr=args.sft_lr, epochs=args.sft_epochs, grad_accum=args.sft_grad_accum,
                     save_every=args.save_every, seed=args.seed, lora_rank=args.lora_rank, max_len=2048)
     t = time.time()
     result = train_sft(str(work / "aligned"), str(work / "data" / "train" / "synthetic.jsonl"), str(work / "sft"), cfg)
     log(work, "sft", seconds=round(time.time() - t), **result)
+    adapter_parts(work / "sft" / "final", work / "aligned", work / "parts" / "lora.safetensors")
     return merge_lora(work / "aligned", work / "sft" / "final", merged)
+
+
+def stage_parts(work: Path) -> Path:
+    """echo-demo assembled from the packages + ``parts/`` (what ships) must be the merged SFT model: same logits."""
+    import torch
+
+    import echo
+    from echo.models.convert.demo import build
+
+    built = work / "demo-from-parts"
+    if not (built / "config.json").is_file():
+        build(built, parts=work / "parts", force=True)
+    ids = torch.arange(100, 400)[None]
+    with torch.no_grad():
+        err = (echo.load(built)(ids) - echo.load(work / "sft-merged")(ids)).abs().max().item()
+    log(work, "parts", max_abs_logit_diff=err, bytes=sum(f.stat().st_size for f in (work / "parts").iterdir()))
+    if err > 1e-3:
+        raise SystemExit(f"echo-demo built from {work / 'parts'} differs from the merged SFT model by {err}")
+    return built
 
 
 def stage_eval(work: Path, model: Path, name: str, limit: int | None) -> dict:
@@ -154,6 +203,7 @@ def main() -> None:
     ap.add_argument("--align-lr", type=float, default=1e-3)
     ap.add_argument("--sft-lr", type=float, default=5e-4)
     ap.add_argument("--sft-epochs", type=int, default=1)
+    ap.add_argument("--sft-grad-accum", type=int, default=4)
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--eval-limit", type=int, default=None)
     args = ap.parse_args()
@@ -163,9 +213,11 @@ def main() -> None:
     if args.until == "data":
         return
     aligned = stage_align(args.work, args)
+    check_hearing(args.work, aligned)
     if args.until == "align":
         return
     merged = stage_sft(args.work, args)
+    stage_parts(args.work)
     if args.until == "sft":
         return
     for name, model in (("aligned", aligned), ("sft", merged)):

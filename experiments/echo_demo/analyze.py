@@ -1,0 +1,74 @@
+"""Metrics of one evaluation run on the synthetic test split, beyond the scorer's accuracy: a 95% Wilson interval,
+the rate of extractable answers, re-listens per answer, span IoU against the ground-truth spans, output length.
+
+    python experiments/echo_demo/analyze.py EVAL_DIR [EVAL_DIR ...] [--tokenizer MODEL_DIR]
+
+``EVAL_DIR`` is an ``echo eval --benchmark synthetic`` output directory (its ``predictions.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from echo.eval.scoring import string_match
+from echo.protocol import parse_span, seg_bodies
+
+
+def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    if not total:
+        return 0.0, 0.0
+    p = correct / total
+    mid = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return mid - half, mid + half
+
+
+def iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+def metrics(eval_dir: Path, tokenizer=None) -> dict:
+    records = json.loads((eval_dir / "predictions.json").read_text())
+    for r in records:  # the official rule, as the scorer applies it
+        r["correct"] = string_match(r["answer"], r["model_output"] or "", r["choices"])
+    correct = sum(r["correct"] for r in records)
+    cited, ious, lengths = [], [], []
+    for r in records:
+        spans = [s for s in (parse_span(b) for b in seg_bodies(r["response"])) if s is not None]
+        cited.append(len(spans))
+        truth = [tuple(s) for s in r.get("spans") or []]
+        ious += [max((iou(s, t) for t in truth), default=0.0) for s in spans]
+        lengths.append(len(tokenizer.encode(r["response"]).ids) if tokenizer else len(r["response"].split()))
+    n = len(records)
+    lo, hi = wilson(correct, n)
+    by_task: dict[str, list[int]] = {}
+    for r in records:
+        by_task.setdefault(r["task"], []).append(int(r["correct"]))
+    return {"items": n, "accuracy": correct / n, "ci95": [lo, hi],
+            "extractable": sum(not r["no_answer"] for r in records) / n,
+            "relistens_per_answer": sum(cited) / n, "answers_with_relisten": sum(c > 0 for c in cited) / n,
+            "span_iou": sum(ious) / len(ious) if ious else None,
+            "output_length": sum(lengths) / n, "length_unit": "tokens" if tokenizer else "words",
+            "by_task": {k: sum(v) / len(v) for k, v in sorted(by_task.items())}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("eval_dirs", nargs="+", type=Path)
+    ap.add_argument("--tokenizer", type=Path, help="a model directory whose tokenizer.json counts output tokens")
+    args = ap.parse_args()
+    tok = None
+    if args.tokenizer:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
+    for d in args.eval_dirs:
+        print(json.dumps({"run": str(d), **metrics(d, tok)}))
+
+
+if __name__ == "__main__":
+    main()
