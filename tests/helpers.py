@@ -1,9 +1,15 @@
-"""Shared test helpers: one assert_close for every numeric comparison (prints the error budget it used)."""
+"""Shared test helpers: one assert_close for every numeric comparison (prints the error budget it used), the scripted
+logits processors that make a tiny random model re-listen on cue, and the task families that need no espeak-ng."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from echo.data.tasks import FAMILIES as _TASK_FAMILIES
+
+# the synthetic task families that need no espeak-ng, read from the families' own metadata
+NON_SPEECH = tuple(name for name, (_, needs_espeak) in _TASK_FAMILIES.items() if not needs_espeak)
 
 
 def assert_close(name: str, ref, out, atol: float = 1e-4, rtol: float = 0.0) -> None:

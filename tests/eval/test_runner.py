@@ -12,8 +12,8 @@ from echo.data.synthetic import SynthConfig, write_synthetic
 from echo.eval.datasets import BenchmarkError, load_benchmark
 from echo.eval.runner import RunConfig, merge_and_score, read_predictions, run_eval, shard_items, shard_path
 from echo.eval.scoring import string_match
+from helpers import NON_SPEECH
 
-NON_SPEECH = ("beep_count", "pitch_at", "event_order", "loudest_burst", "silence_gap")
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ConstantA:
     """Always answers with option letter A (the first choice): a chance-level baseline."""
 
     def generate(self, requests, sampling_params=None):
-        return ["<think>no idea</think><answer>A</answer>" for _ in requests]
+        return [Out("<think>no idea</think><answer>A</answer>") for _ in requests]
 
 
 class Crashing(Oracle):
