@@ -42,6 +42,7 @@ def workdir(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_overfits_and_reproduces_targets_with_relistens(workdir):
     out = workdir / "run"
     result = train_sft(str(workdir / "base"), str(workdir / "data.jsonl"), str(out),

@@ -66,12 +66,11 @@ class ModelFamily:
             raise CheckpointError(f"unexpected tensors for {label or self.architecture}: {list_names(unexpected)}")
         return mapped
 
-    def feature_config(self, n_mels: int | None = None):
-        """The released checkpoints' feature extractor config (``n_mels`` overrides the mel bins)."""
+    def feature_config(self):
+        """The released checkpoints' feature extractor config (a checkpoint's preprocessor_config.json wins)."""
         from ...audio.features import FeatureConfig
 
-        fc = FeatureConfig(chunk_length=self.feature_chunk_s)
-        return fc if n_mels is None else FeatureConfig(n_mels=n_mels, chunk_length=self.feature_chunk_s)
+        return FeatureConfig(chunk_length=self.feature_chunk_s)
 
 
 def list_names(names, limit: int = 12) -> str:
