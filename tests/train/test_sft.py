@@ -36,8 +36,7 @@ QUESTIONS = ["How many beeps?", "Is there speech?", "How high is the tone?", "Wh
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sft")
-    make_checkpoint(d / "base", "omni-tiny-gqa2")
+    d = tc.train_workdir(tmp_path_factory, "sft")
     tc.write_sft_task(d, QUESTIONS, TARGETS, seed=30)
     return d
 
