@@ -21,15 +21,13 @@ FRAMES = int(SECONDS * 100)
 
 
 def _hf_twin(cfg):
-    from transformers import (Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration,
-                              Qwen2AudioConfig, Qwen2AudioForConditionalGeneration)
+    import transformers
 
     d = cfg.to_hf_dict()
     d.pop("architectures"), d.pop("model_type")
-    if cfg.family == "qwen2_5_omni":
-        d.update(image_token_index=6, video_token_index=7, vision_start_token_id=8)
-        return Qwen2_5OmniThinkerForConditionalGeneration(Qwen2_5OmniThinkerConfig(**d)).eval()
-    return Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(**d)).eval()
+    d.update(cfg.spec.hf_config_extras({"<|IMAGE|>": 6, "<|VIDEO|>": 7, "<|vision_bos|>": 8}))
+    config = getattr(transformers, cfg.spec.hf_config_class)(**d)
+    return getattr(transformers, cfg.architecture)(config).eval()
 
 
 class Setup:
@@ -38,7 +36,7 @@ class Setup:
         self.hf = _hf_twin(preset(name))
         self.model = echo.from_transformers(self.hf)
         cfg = preset(name)  # Qwen2-Audio's config has no audio bos/eos ids (its tokenizer does); the preset does
-        max_frames = 30_000 if cfg.family == "qwen2_5_omni" else 3000
+        max_frames = cfg.spec.feature_config().max_frames  # the family's extractor window: 300 s or 30 s
         self.feats = torch.randn(1, 128, max_frames) * 0.5
         self.feats[:, :, FRAMES:] = -0.8  # what the extractor's zero padding turns into, roughly
         self.num_frames = torch.tensor([FRAMES])

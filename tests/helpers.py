@@ -1,9 +1,15 @@
-"""Shared test helpers: one assert_close for every numeric comparison (prints the error budget it used)."""
+"""Shared test helpers: one assert_close for every numeric comparison (prints the error budget it used), the scripted
+logits processors that make a tiny random model re-listen on cue, and the task families that need no espeak-ng."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from echo.data.tasks import FAMILIES as _TASK_FAMILIES
+
+# the synthetic task families that need no espeak-ng, read from the families' own metadata
+NON_SPEECH = tuple(name for name, (_, needs_espeak) in _TASK_FAMILIES.items() if not needs_espeak)
 
 
 def assert_close(name: str, ref, out, atol: float = 1e-4, rtol: float = 0.0) -> None:
@@ -86,3 +92,58 @@ class ScriptedTurn:
         out = logits.clone()
         out[self.banned] = float("-inf")
         return out
+
+
+def engine_greedy_with_logits(model, clips, steps: int, text_vocab: int = 300):
+    """Greedy engine decode of one audio question per clip, text ids only (ids >= ``text_vocab``, the tiny
+    tokenizer's specials, are banned); returns each sequence's tokens and the float32 logits rows it chose from."""
+    from echo import Engine, EngineConfig, Request, SamplingParams
+
+    seen: dict[tuple, list[torch.Tensor]] = {}
+    prompts: list[tuple] = []
+
+    def record(history, logits):
+        for p in prompts:
+            if tuple(history[: len(p)]) == p:
+                seen.setdefault(p, []).append(logits.float().cpu().clone())
+        banned = torch.arange(text_vocab, logits.shape[-1], device=logits.device)
+        return logits.index_fill(0, banned, float("-inf"))
+
+    conv = [{"role": "user", "content": [{"type": "audio", "audio": "a"}, {"type": "text", "text": "Q?"}]}]
+    reqs = []
+    for clip in clips:
+        prompt = model.processor(conv, [int(-(-len(clip) // 160))])
+        prompts.append(tuple(prompt))
+        reqs.append(Request(clip, prompt, SamplingParams(temperature=0, max_new_tokens=steps, ignore_eos=True)))
+    engine = Engine(model, EngineConfig(kv_cache_bytes=1 << 24), logits_processors=[record])
+    out = engine.generate(reqs)
+    return [r.samples[0].token_ids for r in out], [torch.stack(seen[p]) for p in prompts]
+
+
+class AnswerOracle:
+    """A stand-in for an echo model in eval tests: answers every item right (from ``answers``: id -> answer) in
+    Echo's output format, citing a segment, and records the request ids and sampling params it was called with."""
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers, self.requests, self.params = dict(answers), [], []
+
+    @classmethod
+    def for_synthetic(cls, data_dir) -> "AnswerOracle":
+        """From the answers of a synthetic dataset's ``synthetic.jsonl``."""
+        import json
+        from pathlib import Path
+
+        lines = (Path(data_dir) / "synthetic.jsonl").read_text().splitlines()
+        return cls({rec["id"]: rec["answer"] for rec in map(json.loads, lines)})
+
+    @classmethod
+    def for_benchmark(cls, bench) -> "AnswerOracle":
+        return cls({item.id: item.answer for item in bench.items})
+
+    def generate(self, requests, sampling_params=None):
+        from types import SimpleNamespace
+
+        self.requests += [r.id for r in requests]
+        self.params.append(sampling_params)
+        return [SimpleNamespace(text=f"<think>listen <seg>0.10, 1.00</seg></think><answer>{self.answers[r.id]}</answer>")
+                for r in requests]

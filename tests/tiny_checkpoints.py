@@ -23,6 +23,14 @@ def sine_clip(seconds: float, seed: int = 0) -> np.ndarray:
     return wave.astype(np.float32)
 
 
+def train_workdir(tmp_path_factory, name: str, preset: str = "omni-tiny-gqa2") -> Path:
+    """A fresh directory with a tiny random checkpoint in ``base/``: where a trainer test writes its task and runs
+    (a copy of its own, since training runs record the base directory they started from)."""
+    d = tmp_path_factory.mktemp(name)
+    make_checkpoint(d / "base", preset)  # noqa: F405  (from echo.models.tiny)
+    return d
+
+
 def write_sft_task(d: Path, questions: list[str], targets: list[str], seed: int) -> Path:
     """A tiny SFT set in the messages-JSONL layout: clip{i}.wav (2.5 s, ``sine_clip(seed + i)``) per target."""
     rows = []

@@ -21,7 +21,8 @@ import pytest
 import soundfile as sf
 
 from echo.data import sounds
-from echo.data.cli import add_parser
+from echo.cli import main
+from echo.data.cli import register
 from echo.data.formats import parse_cot, read_eaqa
 from echo.data.scene_tasks import SCENE_DIFFICULTIES, SCENE_FAMILIES
 from echo.data.synthetic import SynthConfig, make_item, write_synthetic
@@ -256,7 +257,7 @@ def test_every_family_is_exact(family, level, standins):
 
 def test_cli_writes_a_split_with_its_licences(standins, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="echo")
-    add_parser(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     out = tmp_path / "test"
     args = parser.parse_args(["data", "synth", "--n", "8", "--seed", "2", "--out", str(out), "--split", "test",
                               "--sources", standins, "--families", *NO_SPEECH[:4], "--no-progress"])
@@ -272,10 +273,10 @@ def test_cli_writes_a_split_with_its_licences(standins, tmp_path, capsys):
     for key, info in manifest["sources"].items():
         assert info["licence"] == sounds.SOURCES[key].licence and "GPL" not in json.dumps(info)
     assert all(v["licence"].startswith("CC") for v in manifest["recordings"].values())
-    bad = parser.parse_args(["data", "synth", "--n", "1", "--out", str(tmp_path / "x"), "--families", "scene_count",
-                             "--sources", str(tmp_path / "nothing")])
-    assert bad.func(bad) == 2
-    assert "apt-get install sound-theme-freedesktop" in capsys.readouterr().err
+    assert main(["data", "synth", "--n", "1", "--out", str(tmp_path / "x"), "--families", "scene_count",
+                 "--sources", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("echo data synth: error: ") and "apt-get install sound-theme-freedesktop" in err
 
 
 REAL = sounds.find_library(None)

@@ -14,13 +14,13 @@ import pytest
 import soundfile as sf
 
 from echo.data import speech
-from echo.data.cli import add_parser
+from echo.data.cli import register
 from echo.data.formats import parse_cot, read_eaqa
 from echo.data.synthetic import SynthConfig, make_item, write_synthetic
 from echo.data.tasks import DIFFICULTIES, NOTES
 from echo.errors import ConfigError
+from helpers import NON_SPEECH
 
-NON_SPEECH = ("beep_count", "pitch_at", "event_order", "loudest_burst", "silence_gap")
 SR = 16000
 
 
@@ -168,6 +168,7 @@ def test_speech_word_is_deterministic_trimmed_and_on_grid():
 
 def test_speech_families_need_espeak(monkeypatch):
     monkeypatch.setattr(speech.shutil, "which", lambda name: None)
+    assert "beep_count" in NON_SPEECH and "spoken_word" not in NON_SPEECH
     assert SynthConfig(n=7).resolved_families() == NON_SPEECH  # the default quietly leaves them out
     with pytest.raises(speech.SpeechUnavailable, match="espeak-ng"):
         SynthConfig(n=1, families=("spoken_word",)).resolved_families()
@@ -201,7 +202,7 @@ def test_knobs_change_the_clips():
 
 def test_cli_synth_writes_a_loadable_dataset(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="echo")
-    add_parser(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["data", "synth", "--n", "6", "--seed", "4", "--out", str(tmp_path / "s"),
                               "--families", "beep_count", "silence_gap", "--difficulty", "easy", "--no-progress"])
     assert args.func(args) == 0

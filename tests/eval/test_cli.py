@@ -1,22 +1,24 @@
-"""``echo eval``: argument wiring, scoring a predictions file, and the model-loading paths."""
+"""``echo eval``: argument wiring (flags derived from RunConfig), running a model, scoring a predictions file."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
+from types import SimpleNamespace
 
 import pytest
 
-import echo
+from echo.cli import main
+from echo.config import SamplingParams
 from echo.data.synthetic import SynthConfig, write_synthetic
 from echo.eval import cli
+from echo.eval.runner import RunConfig
 
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="echo")
-    cli.add_parser(parser.add_subparsers(dest="command"))
+    cli.register(parser.add_subparsers(dest="command"))
     return parser.parse_args(["eval", *argv])
 
 
@@ -35,14 +37,14 @@ class _Oracle:
 
     def generate(self, requests, sampling_params=None):
         self.calls += 1
-        assert sampling_params["max_tokens"] == 64
-        return [f"<answer>{self.answers[r.id]}</answer>" for r in requests]
+        assert isinstance(sampling_params, SamplingParams) and sampling_params.max_new_tokens == 64
+        assert sampling_params.temperature == 0.0
+        return [SimpleNamespace(text=f"<answer>{self.answers[r.id]}</answer>") for r in requests]
 
 
 def test_eval_with_a_model_writes_predictions_and_summary(synth, tmp_path, monkeypatch, capsys):
     oracle = _Oracle(synth)
     monkeypatch.setattr(cli, "load_model", lambda path: oracle)
-    monkeypatch.setattr(cli, "sampling_params", lambda args: {"max_tokens": args.max_tokens})
     args = _parse(["--benchmark", "synthetic", "--data", str(synth), "--model", "m", "--out", str(tmp_path / "o"),
                    "--max-tokens", "64", "--batch-size", "4", "--no-progress"])
     assert args.func(args) == 0
@@ -56,21 +58,11 @@ def test_missing_audio_is_reported_before_the_model_loads(synth, tmp_path, monke
     os.remove(synth / "audio" / first)
     loaded = []
     monkeypatch.setattr(cli, "load_model", lambda path: loaded.append(path))
-    args = _parse(["--benchmark", "synthetic", "--data", str(synth), "--model", "m", "--out", str(tmp_path / "o")])
-    assert args.func(args) == 2
+    assert main(["eval", "--benchmark", "synthetic", "--data", str(synth), "--model", "m",
+                 "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "1 of 6 audio files are missing" in err and first in err
+    assert err.startswith("echo eval: error: ") and "1 of 6 audio files are missing" in err and first in err
     assert loaded == []
-
-
-def test_model_loader_unavailable_is_named(synth, tmp_path, monkeypatch, capsys):
-    monkeypatch.delattr(echo, "load", raising=False)  # drop a cached attribute so echo.__getattr__ runs
-    monkeypatch.setitem(sys.modules, "echo.models.loader", None)  # importing it now raises ImportError
-    args = _parse(["--benchmark", "synthetic", "--data", str(synth), "--model", "ckpt", "--out", str(tmp_path / "o"),
-                   "--no-progress"])
-    assert args.func(args) == 2
-    err = capsys.readouterr().err
-    assert "the model loader echo.load is not available" in err and "--predictions" in err
 
 
 def test_score_a_predictions_file_and_re_extract(tmp_path, capsys):
@@ -92,9 +84,8 @@ def test_score_a_predictions_file_and_re_extract(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "50.00%" in out and "no extractable answer: 1" in out
-    missing = _parse(["--benchmark", "mmar", "--predictions", str(tmp_path / "nope.json")])
-    assert missing.func(missing) == 2
-    assert "predictions file not found" in capsys.readouterr().err
+    assert main(["eval", "--benchmark", "mmar", "--predictions", str(tmp_path / "nope.json")]) == 2
+    assert "echo eval: error: " in (err := capsys.readouterr().err) and "predictions file not found" in err
 
 
 def test_arguments():
@@ -103,16 +94,11 @@ def test_arguments():
     with pytest.raises(SystemExit):  # a model and a predictions file at once
         _parse(["--benchmark", "mmar", "--model", "m", "--predictions", "p"])
     args = _parse(["--benchmark", "mmar", "--model", "m", "--data", "d", "--out", "o"])
-    assert args.func is cli.run_eval_command and args.batch_size == 16 and args.temperature == 0.0
+    assert args.func is cli.run_eval_command and args.temperature == 0.0
+    defaults = RunConfig(rank=0, world_size=1)  # the run flags' defaults are RunConfig's own
+    assert (args.batch_size, args.limit, args.prompt_style, args.check_audio) == (
+        defaults.batch_size, defaults.limit, defaults.prompt_style, defaults.check_audio)
     params = cli.sampling_params(args)
-    if isinstance(params, dict):  # no echo.SamplingParams in this build
-        assert params == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 2048, "seed": 0}
-    else:
-        assert params.temperature == 0.0
-
-
-def test_model_without_generate_is_named(synth, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(echo, "load", lambda path: object(), raising=False)
-    args = _parse(["--benchmark", "synthetic", "--data", str(synth), "--model", "ckpt", "--out", str(tmp_path / "o")])
-    assert args.func(args) == 2
-    assert "returned a object without generate(requests, sampling_params)" in capsys.readouterr().err
+    assert (params.temperature, params.top_p, params.max_new_tokens, params.seed) == (0.0, 1.0, 2048, 0)
+    args = _parse(["--benchmark", "mmar", "--model", "m", "--batch-size", "3", "--check-audio", "decode"])
+    assert (args.batch_size, args.check_audio) == (3, "decode")

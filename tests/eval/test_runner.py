@@ -12,8 +12,8 @@ from echo.data.synthetic import SynthConfig, write_synthetic
 from echo.eval.datasets import BenchmarkError, load_benchmark
 from echo.eval.runner import RunConfig, merge_and_score, read_predictions, run_eval, shard_items, shard_path
 from echo.eval.scoring import string_match
+from helpers import NON_SPEECH, AnswerOracle
 
-NON_SPEECH = ("beep_count", "pitch_at", "event_order", "loudest_burst", "silence_gap")
 
 
 @dataclass
@@ -21,30 +21,22 @@ class Out:
     text: str
 
 
-class Oracle:
-    """Answers every item correctly, in Echo's output format, citing a segment."""
-
-    def __init__(self, bench):
-        self.answers = {item.id: item.answer for item in bench.items}
-        self.seen: list[str] = []
-
-    def generate(self, requests, sampling_params=None):
-        self.seen += [r.id for r in requests]
-        return [Out(f"<think>listen <seg>0.10, 1.00</seg></think><answer>{self.answers[r.id]}</answer>") for r in requests]
+def Oracle(bench) -> AnswerOracle:
+    return AnswerOracle.for_benchmark(bench)
 
 
 class ConstantA:
     """Always answers with option letter A (the first choice): a chance-level baseline."""
 
     def generate(self, requests, sampling_params=None):
-        return ["<think>no idea</think><answer>A</answer>" for _ in requests]
+        return [Out("<think>no idea</think><answer>A</answer>") for _ in requests]
 
 
-class Crashing(Oracle):
+class Crashing(AnswerOracle):
     """Dies on its ``crash_at``-th call, after earlier batches were written."""
 
     def __init__(self, bench, crash_at):
-        super().__init__(bench)
+        super().__init__({item.id: item.answer for item in bench.items})
         self.calls, self.crash_at = 0, crash_at
 
     def generate(self, requests, sampling_params=None):
@@ -107,7 +99,7 @@ def test_interrupted_run_loses_no_finished_batch_and_resumes(synth10, tmp_path):
         f.write('{"id": "' + synth10.items[6].id + '", "model_out')
     resumed = Oracle(synth10)
     report = run_eval(synth10, resumed, tmp_path, _cfg(batch_size=3))
-    assert resumed.seen == [item.id for item in synth10.items[6:]]  # only the unfinished items
+    assert resumed.requests == [item.id for item in synth10.items[6:]]  # only the unfinished items
     assert (report.generated, report.skipped) == (4, 6)
     assert report.score.overall.correct == report.score.overall.total == 10
     with open(shard_path(tmp_path, 0, 1), encoding="utf-8") as f:
@@ -124,7 +116,7 @@ def test_sharded_run_merges_when_last_shard_finishes(synth10, tmp_path, monkeypa
     monkeypatch.setenv("RANK", "1")
     oracle = Oracle(synth10)
     second = run_eval(synth10, oracle, tmp_path, _cfg(batch_size=2))
-    assert oracle.seen == [synth10.items[k].id for k in (1, 3, 5, 7, 9)]
+    assert oracle.requests == [synth10.items[k].id for k in (1, 3, 5, 7, 9)]
     assert second.score.overall.total == 10 and second.score.overall.correct == 10
     assert os.path.exists(shard_path(tmp_path, 0, 2)) and os.path.exists(shard_path(tmp_path, 1, 2))
     # A rerun with a different world size finds nothing left to do.
@@ -154,7 +146,7 @@ def test_missing_and_corrupt_audio_listed_before_any_generation(synth10, tmp_pat
     assert "2 of 10 audio files" in msg
     assert f"{synth10.items[2].id}: {synth10.items[2].audio_path} (not found)" in msg
     assert synth10.items[5].id in msg and "cannot read" in msg
-    assert model.seen == []
+    assert model.requests == []
 
 
 def test_model_returning_wrong_count_is_an_error(synth10, tmp_path):
@@ -169,13 +161,13 @@ def test_model_returning_wrong_count_is_an_error(synth10, tmp_path):
 def test_limit_and_messages_prompt_style(synth10, tmp_path):
     captured = []
 
-    class Recorder(Oracle):
+    class Recorder(AnswerOracle):
         def generate(self, requests, sampling_params=None):
             captured.extend(requests)
-            assert sampling_params == {"temperature": 0.0}
+            assert sampling_params == {"temperature": 0.0}  # passed through untouched
             return super().generate(requests, sampling_params)
 
-    report = run_eval(synth10, Recorder(synth10), tmp_path, _cfg(limit=4, prompt_style="messages"),
+    report = run_eval(synth10, Recorder(Oracle(synth10).answers), tmp_path, _cfg(limit=4, prompt_style="messages"),
                       sampling_params={"temperature": 0.0})
     assert len(captured) == 4 and report.score.overall.total == 4
     content = captured[0].prompt[0]["content"]

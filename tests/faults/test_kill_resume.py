@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import tiny_checkpoints as tc
 import torch
+from helpers import AnswerOracle
 from safetensors.torch import load_file
 
 import echo.engine.llm as llm
@@ -253,34 +254,21 @@ def test_grpo_killed_after_a_logged_step_resumes_to_the_same_run(task, monkeypat
 
 # ---- eval ----------------------------------------------------------------------------------------------------------
 
-class Oracle:
-    """A model answering every synthetic item right, from the dataset's own answers."""
-
-    def __init__(self, data: Path):
-        self.answers = {json.loads(x)["id"]: json.loads(x)["answer"] for x in
-                        (data / "synthetic.jsonl").read_text().splitlines()}
-        self.requests = []
-
-    def generate(self, requests, sampling_params=None):
-        self.requests += [r.id for r in requests]
-        return [f"<think>x</think><answer>{self.answers[r.id]}</answer>" for r in requests]
-
-
 def test_eval_killed_mid_run_resumes_with_nothing_lost_or_repeated(tmp_path, monkeypatch):
     from echo.eval import cli as eval_cli
 
     assert main(["data", "synth", "--n", "6", "--seed", "4", *SYNTH, "--out", str(tmp_path / "ds")]) == 0
     argv = ["eval", "--benchmark", "synthetic", "--data", str(tmp_path / "ds"), "--model", "m", "--batch-size", "2",
             "--no-progress"]
-    oracle = Oracle(tmp_path / "ds")
+    oracle = AnswerOracle.for_synthetic(tmp_path / "ds")
     monkeypatch.setattr(eval_cli, "load_model", lambda path: oracle)
     assert main(argv + ["--out", str(tmp_path / "straight")]) == 0
-    killed = Oracle(tmp_path / "ds")
+    killed = AnswerOracle.for_synthetic(tmp_path / "ds")
     monkeypatch.setattr(eval_cli, "load_model", lambda path: killed)
     kill_on_call(monkeypatch, killed, "generate", at=2, after=True)  # batch 2 generated, killed before written
     with pytest.raises(Killed):
         main(argv + ["--out", str(tmp_path / "resumed")])
-    rerun = Oracle(tmp_path / "ds")
+    rerun = AnswerOracle.for_synthetic(tmp_path / "ds")
     monkeypatch.setattr(eval_cli, "load_model", lambda path: rerun)
     assert main(argv + ["--out", str(tmp_path / "resumed")]) == 0
     assert len(rerun.requests) == 4 and not set(rerun.requests) & set(oracle.requests[:2])  # batch 1 kept

@@ -31,6 +31,7 @@ def demo_dir(tmp_path_factory):
         yield demo.cache_dir()
 
 
+@pytest.mark.slow
 def test_gguf_conversion_matches_transformers_gguf_loader():
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 

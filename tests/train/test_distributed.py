@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 import echo
 import tiny_checkpoints as tc
-from echo.models.tiny import make_checkpoint
 from helpers import assert_close
 
 WORKER = Path(__file__).with_name("grpo_worker.py")
@@ -22,8 +21,7 @@ WORKER = Path(__file__).with_name("grpo_worker.py")
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dist")
-    make_checkpoint(d / "base", "omni-tiny-gqa2")
+    d = tc.train_workdir(tmp_path_factory, "dist")
     tc.write_rl_task(d, [f"Which, {i}?" for i in range(2)], seed=60)
     return d
 

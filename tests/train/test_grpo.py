@@ -15,7 +15,7 @@ from helpers import ScriptedTurn, assert_close
 import echo
 from echo.config import EngineConfig, SamplingParams
 from echo.engine.llm import Engine
-from echo.models.tiny import make_checkpoint, special_ids
+from echo.models.tiny import special_ids
 from echo.train import grpo as grpo_mod
 from echo.train.grpo import GRPOConfig, train_grpo
 from echo.train.grpo_loss import PolicyLossConfig, group_advantages, k3_kl, policy_loss
@@ -30,8 +30,7 @@ BANNED = list(range(340, 350))  # chat-control and audio specials
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("grpo")
-    make_checkpoint(d / "base", "omni-tiny-gqa2")
+    d = tc.train_workdir(tmp_path_factory, "grpo")
     tc.write_rl_task(d, [f"How many beeps, {i}?" for i in range(4)], seed=40)
     return d
 

@@ -25,8 +25,7 @@ IDS = torch.tensor([[10, 20, 30, 40, 50, 60]])
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lora")
-    make_checkpoint(d / "base", "omni-tiny-gqa2")
+    d = tc.train_workdir(tmp_path_factory, "lora")
     tc.write_sft_task(d, [f"Question {i}?" for i in range(len(TARGETS))], TARGETS, seed=50)
     train_sft(str(d / "base"), str(d / "data.jsonl"), str(d / "straight"), CFG)
     return d

@@ -36,12 +36,12 @@ QUESTIONS = ["How many beeps?", "Is there speech?", "How high is the tone?", "Wh
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sft")
-    make_checkpoint(d / "base", "omni-tiny-gqa2")
+    d = tc.train_workdir(tmp_path_factory, "sft")
     tc.write_sft_task(d, QUESTIONS, TARGETS, seed=30)
     return d
 
 
+@pytest.mark.slow
 def test_overfits_and_reproduces_targets_with_relistens(workdir):
     out = workdir / "run"
     result = train_sft(str(workdir / "base"), str(workdir / "data.jsonl"), str(out),

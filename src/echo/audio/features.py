@@ -50,8 +50,11 @@ class FeatureConfig:
 
     @classmethod
     def for_family(cls, family: str) -> "FeatureConfig":
-        """The released checkpoints' extractor: Qwen2.5-Omni 300 s, Qwen2-Audio 30 s (otherwise identical)."""
-        return cls(chunk_length=300 if family == "qwen2_5_omni" else 30)
+        """The released checkpoints' extractor of a model family (``echo.models.families``): Qwen2.5-Omni 300 s,
+        Qwen2-Audio 30 s (otherwise identical)."""
+        from ..models.families import family as get_family  # models build on audio: looked up at call time
+
+        return cls(chunk_length=get_family(family).feature_chunk_s)
 
     @classmethod
     def from_pretrained(cls, path_or_dict: str | os.PathLike | dict) -> "FeatureConfig":

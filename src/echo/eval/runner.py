@@ -45,7 +45,7 @@ class SupportsGenerate(Protocol):
     """What the runner needs from a model: ``echo.load(dir)`` returns one.
 
     ``generate(requests, sampling_params)`` takes a list of :class:`EvalRequest`-like objects (``.audio``,
-    ``.prompt``) and returns one result per request, in order, each with ``.text`` (a plain ``str`` is accepted too).
+    ``.prompt``) and returns one result per request, in order, each with ``.text``.
     ``sampling_params`` is passed through untouched (``echo.SamplingParams`` for echo's engine).
     """
 
@@ -177,8 +177,6 @@ def run_eval(
         RuntimeError: the model returned a different number of results than requests.
     """
     config = config or RunConfig()
-    if not hasattr(model, "generate"):
-        raise TypeError(f"model {type(model).__name__} has no generate(requests, sampling_params) method")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     items = benchmark.items[: config.limit] if config.limit else benchmark.items
@@ -198,7 +196,7 @@ def run_eval(
             if len(results) != len(requests):
                 raise RuntimeError(f"model returned {len(results)} results for {len(requests)} requests")
             for item, result in zip(batch, results):
-                rec = prediction_record(item, _text(result), benchmark.name)
+                rec = prediction_record(item, str(result.text), benchmark.name)
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())  # a finished batch survives a kill -9 or a node failure
@@ -250,17 +248,6 @@ def _request(item: EvalItem, config: RunConfig) -> EvalRequest:
     else:
         prompt = build_prompt(item.question, item.choices, config.template)
     return EvalRequest(id=item.id, audio=item.audio_path, prompt=prompt)
-
-
-def _text(result: Any) -> str:
-    if isinstance(result, str):
-        return result
-    if isinstance(result, dict) and "text" in result:
-        return str(result["text"])
-    text = getattr(result, "text", None)
-    if text is None:
-        raise RuntimeError(f"model result {type(result).__name__} has no .text")
-    return str(text)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

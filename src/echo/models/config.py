@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 
+# the architecture names, kept importable from here; the registry (``families``) is what knows them
 OMNI_THINKER = "Qwen2_5OmniThinkerForConditionalGeneration"
 OMNI_FULL = "Qwen2_5OmniForConditionalGeneration"
 OMNI_FULL_LEGACY = "Qwen2_5OmniModel"  # the name in the released Qwen2.5-Omni-7B config.json
 QWEN2_AUDIO = "Qwen2AudioForConditionalGeneration"
-SUPPORTED_ARCHITECTURES = (OMNI_THINKER, OMNI_FULL, OMNI_FULL_LEGACY, QWEN2_AUDIO)
-
-# architecture -> the kind of audio encoder and the model family echo builds for it
-_FAMILY = {OMNI_THINKER: "qwen2_5_omni", OMNI_FULL: "qwen2_5_omni", OMNI_FULL_LEGACY: "qwen2_5_omni",
-           QWEN2_AUDIO: "qwen2_audio"}
 
 
 def _positive(name: str, value: int) -> None:
@@ -83,7 +79,7 @@ class DecoderConfig:
 class ModelConfig:
     """One audio language model: which family, its encoder and decoder shapes, and its audio special tokens."""
 
-    family: str = "qwen2_5_omni"  # "qwen2_5_omni" | "qwen2_audio"
+    family: str = "qwen2_5_omni"  # a name registered in echo.models.families ("qwen2_5_omni", "qwen2_audio")
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     audio_token_id: int = 151646
@@ -91,22 +87,21 @@ class ModelConfig:
     audio_eos_token_id: int | None = 151648
 
     def __post_init__(self):
-        if self.family not in ("qwen2_5_omni", "qwen2_audio"):
-            raise ConfigError(f"family must be 'qwen2_5_omni' or 'qwen2_audio', got {self.family!r}")
-        if self.family == "qwen2_5_omni" and self.audio.n_window == 0:
-            raise ConfigError("a qwen2_5_omni audio encoder needs n_window > 0 (its chunk is 2*n_window frames)")
-        if self.family == "qwen2_audio" and self.audio.n_window != 0:
-            raise ConfigError("a qwen2_audio encoder attends over the whole 30 s window: n_window must be 0")
-        if self.family == "qwen2_5_omni" and self.audio.output_dim != self.decoder.hidden_size:
-            raise ConfigError(f"audio.output_dim={self.audio.output_dim} != decoder hidden_size="
-                              f"{self.decoder.hidden_size}")
+        self.spec.check(self)
         if not 0 <= self.audio_token_id < self.decoder.vocab_size:
             raise ConfigError(f"audio_token_id={self.audio_token_id} outside the vocabulary of "
                               f"{self.decoder.vocab_size}")
 
     @property
+    def spec(self):
+        """This config's ``ModelFamily`` (raises ``ConfigError`` for an unregistered family)."""
+        from .families import family
+
+        return family(self.family)
+
+    @property
     def architecture(self) -> str:
-        return OMNI_THINKER if self.family == "qwen2_5_omni" else QWEN2_AUDIO
+        return self.spec.architecture
 
     # ---- Hugging Face config <-> ModelConfig ---------------------------------------------------------------------
 
@@ -117,69 +112,38 @@ class ModelConfig:
         A full Qwen2.5-Omni config (thinker + talker + token2wav) yields its thinker. Raises ``CheckpointError``
         naming the supported architectures for anything else, ``ConfigError`` for unsupported options.
         """
+        from .families import architecture_of, family_for_architecture
+
         d = hf if isinstance(hf, dict) else hf.to_dict()
-        arch = _architecture(d)
-        if arch in (OMNI_FULL, OMNI_FULL_LEGACY):
-            d = d.get("thinker_config") or {}
-        family = _FAMILY[arch]
-        audio, text = d.get("audio_config") or {}, d.get("text_config") or {}
-        if family == "qwen2_5_omni":
-            enc = _audio_from_hf(audio, n_window=audio.get("n_window", 100), output_dim=audio.get("output_dim", 3584))
-            bos, eos = d.get("audio_start_token_id", 151647), d.get("audio_end_token_id", 151648)
-            tie = bool(d.get("tie_word_embeddings", False))
-        else:
-            enc = _audio_from_hf(audio, n_window=0, output_dim=audio.get("d_model", 1280))
-            bos = eos = None  # Qwen2-Audio keeps them in the tokenizer only; the loader fills them in
-            tie = bool(d.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
-        return cls(family=family, audio=enc, decoder=_decoder_from_hf(text, tie),
-                   audio_token_id=int(d.get("audio_token_index", d.get("audio_token_id", 151646))),
-                   audio_bos_token_id=bos, audio_eos_token_id=eos)
+        arch = architecture_of(d)
+        spec = family_for_architecture(arch)
+        return cls(family=spec.name, **spec.config_from_hf(spec.unwrap_config(d, arch)))
 
     def to_hf_dict(self) -> dict:
         """The config.json dict of the transformers class this config mirrors (thinker or Qwen2-Audio)."""
-        a, t = self.audio, self.decoder
-        audio = dict(num_mel_bins=a.num_mel_bins, d_model=a.d_model, encoder_layers=a.num_layers,
-                     encoder_attention_heads=a.num_heads, encoder_ffn_dim=a.ffn_dim,
-                     max_source_positions=a.max_source_positions, activation_function="gelu")
-        text = dict(vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-                    num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
-                    num_key_value_heads=t.num_kv_heads, head_dim=t.head_dim, rms_norm_eps=t.rms_norm_eps,
-                    max_position_embeddings=t.max_position_embeddings, tie_word_embeddings=t.tie_word_embeddings,
-                    rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta})
-        if self.family == "qwen2_5_omni":
-            audio.update(n_window=a.n_window, output_dim=a.output_dim, model_type="qwen2_5_omni_audio_encoder")
-            half = t.head_dim // 2  # M-RoPE sections must cover head_dim/2; any split is equivalent for audio+text
-            text["rope_parameters"]["mrope_section"] = [half - 2 * (half // 3), half // 3, half // 3]
-            text["model_type"] = "qwen2_5_omni_text"
-            # echo never builds the vision tower; a minimal one keeps the transformers twin small
-            vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=1, out_hidden_size=t.hidden_size,
-                          fullatt_block_indexes=[0], model_type="qwen2_5_omni_vision_encoder")
-            return dict(architectures=[OMNI_THINKER], model_type="qwen2_5_omni_thinker", audio_config=audio,
-                        text_config=text, vision_config=vision, audio_token_index=self.audio_token_id,
-                        audio_start_token_id=self.audio_bos_token_id, audio_end_token_id=self.audio_eos_token_id,
-                        tie_word_embeddings=t.tie_word_embeddings)
-        audio["model_type"] = "qwen2_audio_encoder"
-        text["model_type"] = "qwen2"
-        return dict(architectures=[QWEN2_AUDIO], model_type="qwen2_audio", audio_config=audio, text_config=text,
-                    audio_token_index=self.audio_token_id, tie_word_embeddings=t.tie_word_embeddings)
+        return self.spec.config_to_hf(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _architecture(d: dict) -> str:
-    archs = d.get("architectures") or []
-    for arch in archs:
-        if arch in SUPPORTED_ARCHITECTURES:
-            return arch
-    by_type = {"qwen2_5_omni_thinker": OMNI_THINKER, "qwen2_5_omni": OMNI_FULL, "qwen2_audio": QWEN2_AUDIO}
-    if not archs and d.get("model_type") in by_type:
-        return by_type[d["model_type"]]
-    raise CheckpointError(f"unsupported architecture {archs or d.get('model_type')!r}; echo supports "
-                          f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+def audio_to_hf(a: AudioEncoderConfig) -> dict:
+    """The Whisper-style ``audio_config`` keys every family writes (a family adds its own)."""
+    return dict(num_mel_bins=a.num_mel_bins, d_model=a.d_model, encoder_layers=a.num_layers,
+                encoder_attention_heads=a.num_heads, encoder_ffn_dim=a.ffn_dim,
+                max_source_positions=a.max_source_positions, activation_function="gelu")
 
 
-def _audio_from_hf(a: dict, n_window: int, output_dim: int) -> AudioEncoderConfig:
+def text_to_hf(t: DecoderConfig) -> dict:
+    """The Qwen2 ``text_config`` keys every family writes (a family adds its model_type and rope extras)."""
+    return dict(vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
+                head_dim=t.head_dim, rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
+                tie_word_embeddings=t.tie_word_embeddings,
+                rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta})
+
+
+def audio_from_hf(a: dict, n_window: int, output_dim: int) -> AudioEncoderConfig:
     act = a.get("activation_function", "gelu")
     if act != "gelu":
         raise ConfigError(f"audio encoder activation {act!r} is not supported (only 'gelu')")
@@ -192,7 +156,7 @@ def _audio_from_hf(a: dict, n_window: int, output_dim: int) -> AudioEncoderConfi
                               output_dim=output_dim)
 
 
-def _decoder_from_hf(t: dict, tie: bool) -> DecoderConfig:
+def decoder_from_hf(t: dict, tie: bool) -> DecoderConfig:
     rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
@@ -210,3 +174,11 @@ def _decoder_from_hf(t: dict, tie: bool) -> DecoderConfig:
                          rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 1_000_000.0))),
                          rms_norm_eps=float(t.get("rms_norm_eps", 1e-6)), tie_word_embeddings=tie,
                          max_position_embeddings=t.get("max_position_embeddings", 32768))
+
+
+def __getattr__(name: str):
+    if name == "SUPPORTED_ARCHITECTURES":  # the registry's list, read lazily (families imports this module)
+        from .families import SUPPORTED_ARCHITECTURES
+
+        return SUPPORTED_ARCHITECTURES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,57 +17,20 @@ from torch import nn
 from ..audio.features import FeatureConfig
 from ..errors import CheckpointError
 from . import checkpoint as ckpt
-from .config import OMNI_FULL, OMNI_FULL_LEGACY, OMNI_THINKER, QWEN2_AUDIO, SUPPORTED_ARCHITECTURES, ModelConfig
+from .config import ModelConfig
+from . import families
+from .families import architecture_of, family_for_architecture, list_names as _names
 from .model import AudioLanguageModel
 from .prompting import PromptProcessor
-from .qwen2_audio import Qwen2Audio
-from .thinker import Qwen2_5OmniThinker
-
-# checkpoint layouts seen in the wild: released checkpoints and save_pretrained (legacy names), and the module
-# names of transformers>=5 models in memory. First match wins; None = deliberately not loaded.
-_SKIP_ANYWHERE = [(r".*rotary_emb\.(original_)?inv_freq$", None)]
-_OMNI_RULES = ckpt.KeyMap(_SKIP_ANYWHERE + [
-    (r"^(talker|token2wav)\.", None),               # a full Qwen2.5-Omni: speech output, not needed to think
-    (r"^(model\.)?visual\.", None),                 # the vision tower: echo is audio + text
-    (r"^(model\.)?audio_tower\.audio_bos_eos_token\.", None),  # present in checkpoints, unused by the forward
-    (r"^(model\.)?audio_tower\.positional_embedding$", None),  # computed, not loaded
-    (r"^(?:model\.)?audio_tower\.", "audio_tower."),
-    (r"^model\.language_model\.", "decoder."),
-    (r"^model\.", "decoder."),
-    (r"^lm_head\.weight$", "lm_head.weight"),
-])
-_QWEN2_AUDIO_RULES = ckpt.KeyMap(_SKIP_ANYWHERE + [
-    (r"^(?:model\.)?audio_tower\.", "audio_tower."),
-    (r"^(?:model\.)?multi_modal_projector\.linear\.", "projector."),
-    (r"^language_model\.model\.", "decoder."),
-    (r"^language_model\.lm_head\.", "lm_head."),
-    (r"^model\.language_model\.", "decoder."),
-    (r"^lm_head\.weight$", "lm_head.weight"),
-])
-
-
-def _strip_thinker(name: str) -> str:
-    return name[len("thinker."):] if name.startswith("thinker.") else name
 
 
 def _build(cfg: ModelConfig, dtype) -> AudioLanguageModel:
-    cls = Qwen2_5OmniThinker if cfg.family == "qwen2_5_omni" else Qwen2Audio
-    return cls(cfg, device="meta", dtype=dtype)
+    return cfg.spec.module(cfg, device="meta", dtype=dtype)
 
 
-def _map_names(cfg: ModelConfig, names) -> dict[str, str]:
+def map_names(cfg: ModelConfig, names) -> dict[str, str]:
     """Checkpoint name → echo name for every tensor echo needs; raises naming unexpected tensors."""
-    rules = _OMNI_RULES if cfg.family == "qwen2_5_omni" else _QWEN2_AUDIO_RULES
-    mapped, unexpected = {}, []
-    for name in names:
-        target = rules(_strip_thinker(name) if cfg.family == "qwen2_5_omni" else name)
-        if ckpt.is_unexpected(target):
-            unexpected.append(name)
-        elif target is not None:
-            mapped[name] = target
-    if unexpected:
-        raise CheckpointError(f"unexpected tensors for {cfg.architecture}: {_names(unexpected)}")
-    return mapped
+    return cfg.spec.map_names(names, cfg.architecture)
 
 
 def _check_complete(model: AudioLanguageModel, mapped: dict[str, str]) -> None:
@@ -123,10 +86,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
     """
     path, device = Path(resolve_model(path)), torch.device(device)
     raw = ckpt.read_config(path)
-    dtype = dtype or _auto_dtype(_config_dtype(raw), device)
-    cfg = ModelConfig.from_hf(_full_config(path, raw))
+    dtype = dtype or _auto_dtype(config_dtype(raw), device)
+    cfg = model_config(path, raw)
     files = ckpt.weight_map(path)
-    mapped = _map_names(cfg, sorted(files))
+    mapped = map_names(cfg, sorted(files))
     model = _build(cfg, dtype)
     _check_complete(model, mapped)
     expected_shapes = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
@@ -148,7 +111,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
         _fill_audio_ids(model)
     # the checkpoint's one feature config, read once: the engine, SFT and GRPO all take it from the model
     model.feature_config = (FeatureConfig.from_pretrained(path) if (path / "preprocessor_config.json").is_file()
-                            else FeatureConfig.for_family(cfg.family))
+                            else cfg.spec.feature_config())
     return model
 
 
@@ -161,13 +124,14 @@ def from_transformers(hf_model: nn.Module, processor=None) -> AudioLanguageModel
     as ``model.processor``.
     """
     name = type(hf_model).__name__
-    if name in (OMNI_FULL, OMNI_FULL_LEGACY):
-        hf_model, name = hf_model.thinker, OMNI_THINKER
-    if name not in (OMNI_THINKER, QWEN2_AUDIO):
-        raise CheckpointError(f"cannot wrap {name}; echo supports {', '.join(SUPPORTED_ARCHITECTURES)}")
+    spec = family_for_architecture(name)
+    if spec is None:
+        raise CheckpointError(f"cannot wrap {name}; echo supports {', '.join(families.SUPPORTED_ARCHITECTURES)}")
+    if name in spec.wrappers:  # a larger model carrying this family's (Qwen2.5-Omni's thinker)
+        hf_model = getattr(hf_model, spec.wrappers[name])
     cfg = ModelConfig.from_hf(hf_model.config)
     params = dict(hf_model.named_parameters(remove_duplicate=False))
-    mapped = _map_names(cfg, params)
+    mapped = map_names(cfg, params)
     model = _build(cfg, next(iter(params.values())).dtype)
     _check_complete(model, mapped)
     for hf_name, target in mapped.items():
@@ -178,8 +142,21 @@ def from_transformers(hf_model: nn.Module, processor=None) -> AudioLanguageModel
         _fill_audio_ids(model)
     extractor = getattr(processor, "feature_extractor", None)
     model.feature_config = (FeatureConfig.from_pretrained(extractor.to_dict()) if extractor is not None
-                            else FeatureConfig.for_family(cfg.family))
+                            else cfg.spec.feature_config())
     return model
+
+
+def model_config(path: str | os.PathLike, raw: dict | None = None) -> ModelConfig:
+    """The ``ModelConfig`` of checkpoint directory ``path`` (``raw``: its config.json, if already read), read
+    through transformers so every default is filled in as transformers fills it."""
+    path = Path(path)
+    return ModelConfig.from_hf(_full_config(path, ckpt.read_config(path) if raw is None else raw))
+
+
+def tensor_names(path: str | os.PathLike) -> dict[str, str]:
+    """Checkpoint tensor name → echo parameter name for every tensor ``echo.load`` reads from directory ``path``
+    (the trainers save under these names, so transformers and echo read their checkpoints alike)."""
+    return map_names(model_config(path), sorted(ckpt.weight_map(path)))
 
 
 def _full_config(path: Path, raw: dict):
@@ -193,8 +170,14 @@ def _full_config(path: Path, raw: dict):
         raise CheckpointError(f"{path}/config.json: transformers cannot parse it ({e})") from e
 
 
-def _config_dtype(raw: dict) -> torch.dtype:
-    name = raw.get("dtype") or raw.get("torch_dtype") or (raw.get("thinker_config") or {}).get("torch_dtype")
+def config_dtype(raw: dict) -> torch.dtype:
+    """The floating dtype a config.json dict names (``dtype``/``torch_dtype``, a wrapper's sub-config), else float32."""
+    try:  # a wrapper (a full Qwen2.5-Omni) may name it only in its sub-model's config
+        arch = architecture_of(raw)
+        inner = family_for_architecture(arch).unwrap_config(raw, arch)
+    except CheckpointError:
+        inner = {}
+    name = raw.get("dtype") or raw.get("torch_dtype") or inner.get("torch_dtype")
     value = getattr(torch, name, None) if isinstance(name, str) else None
     return value if isinstance(value, torch.dtype) and value.is_floating_point else torch.float32
 
@@ -228,9 +211,3 @@ def _fill_audio_ids(model: AudioLanguageModel) -> None:
     cfg, proc = model.config, model.processor
     if cfg.audio_bos_token_id is None:
         cfg.audio_bos_token_id, cfg.audio_eos_token_id = proc.audio_bos_token_id, proc.audio_eos_token_id
-
-
-def _names(names, limit: int = 12) -> str:
-    names = sorted(names)
-    more = f" … and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more

@@ -50,8 +50,9 @@ class WhisperEncoder(nn.Module):
 
 class Qwen2Audio(AudioLanguageModel):
     def __init__(self, cfg: ModelConfig, device=None, dtype=None):
-        if cfg.family != "qwen2_audio":
-            raise ValueError(f"Qwen2Audio needs a qwen2_audio config, got {cfg.family!r}")
+        if cfg.audio.n_window != 0:  # whichever family spec builds it, the encoder is Whisper's full window
+            raise ValueError(f"Qwen2Audio's encoder attends over the whole window: needs audio.n_window=0, got "
+                             f"{cfg.audio.n_window} (a chunked Qwen2.5-Omni tower?)")
         super().__init__(cfg, device, dtype)
         self.audio_tower = WhisperEncoder(cfg.audio, device, dtype)
         self.projector = nn.Linear(cfg.audio.d_model, cfg.decoder.hidden_size, bias=True, device=device, dtype=dtype)

@@ -15,8 +15,9 @@ from .model import AudioLanguageModel
 
 class Qwen2_5OmniThinker(AudioLanguageModel):
     def __init__(self, cfg: ModelConfig, device=None, dtype=None):
-        if cfg.family != "qwen2_5_omni":
-            raise ValueError(f"Qwen2_5OmniThinker needs a qwen2_5_omni config, got {cfg.family!r}")
+        if cfg.audio.n_window <= 0:  # whichever family spec builds it, the tower is chunked
+            raise ValueError(f"Qwen2_5OmniThinker's audio tower is chunked: needs audio.n_window > 0, got "
+                             f"{cfg.audio.n_window} (a Qwen2-Audio encoder?)")
         super().__init__(cfg, device, dtype)
         self.audio_tower = OmniAudioEncoder(cfg.audio, device, dtype)
 

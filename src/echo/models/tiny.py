@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from .config import ModelConfig
+from .families import family as get_family
 from .presets import preset
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
@@ -26,18 +27,6 @@ CORPUS = [
     "<think>The speaker says hello at <seg>0.4, 1.2</seg> and the music starts later.</think><answer>B</answer>",
     "You are a helpful assistant. Please refer to the specific audio segments and indicate the timestamps.",
 ] * 4
-
-OMNI_TEMPLATE = (
-    "{% set audio_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
-    "{% set audio_count.value = audio_count.value + 1 %}{% if add_audio_id %}Audio {{ audio_count.value }}: "
-    "{% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 
 def special_ids() -> dict[str, int]:
     """Specials sit right after the byte alphabet and merges, at fixed ids (see build_tokenizer)."""
@@ -70,23 +59,18 @@ def feature_extractor(family: str):
     from transformers import WhisperFeatureExtractor
 
     return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, n_fft=400,
-                                   chunk_length=300 if family == "qwen2_5_omni" else 30, padding_value=0.0,
+                                   chunk_length=get_family(family).feature_chunk_s, padding_value=0.0,
                                    return_attention_mask=True)
 
 
 def hf_config(cfg: ModelConfig):
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2AudioConfig
+    """The transformers config object of ``cfg`` (its family's config class, with the family's extra keys)."""
+    import transformers
 
     d = cfg.to_hf_dict()
     d.pop("architectures"), d.pop("model_type")
-    if cfg.family == "qwen2_5_omni":
-        ids = special_ids()
-        # vision_start_token_id is read by transformers' rope index but absent from its config class; released
-        # config.json files carry it as an extra key, and so does this one
-        d.update(image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],
-                 vision_start_token_id=ids["<|vision_bos|>"])
-        return Qwen2_5OmniThinkerConfig(**d)
-    return Qwen2AudioConfig(**d)
+    d.update(cfg.spec.hf_config_extras(special_ids()))
+    return getattr(transformers, cfg.spec.hf_config_class)(**d)
 
 
 def config_for(name: str) -> ModelConfig:
@@ -96,12 +80,10 @@ def config_for(name: str) -> ModelConfig:
 
 
 def hf_model_for(cfg: ModelConfig, seed: int = 0):
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration, Qwen2AudioForConditionalGeneration
+    import transformers
 
     torch.manual_seed(seed)
-    cls = Qwen2_5OmniThinkerForConditionalGeneration if cfg.family == "qwen2_5_omni" else \
-        Qwen2AudioForConditionalGeneration
-    model = cls(hf_config(cfg)).eval()
+    model = getattr(transformers, cfg.architecture)(hf_config(cfg)).eval()
     with torch.no_grad():  # random biases and norm weights too, so a mis-mapped tensor cannot hide behind 0 or 1
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
@@ -113,12 +95,7 @@ def save_tokenizer_files(path: Path, family: str) -> None:
     tok = build_tokenizer()
     tok.save_pretrained(path)
     feature_extractor(family).save_pretrained(path)
-    if family == "qwen2_5_omni":
-        (path / "chat_template.jinja").write_text(OMNI_TEMPLATE)
-    else:
-        from transformers import Qwen2AudioProcessor
-
-        (path / "chat_template.jinja").write_text(Qwen2AudioProcessor.default_chat_template.fget(None))
+    (path / "chat_template.jinja").write_text(get_family(family).chat_template())
 
 
 def make_checkpoint(path: Path, name: str, seed: int = 0, max_shard_size: str | None = None):

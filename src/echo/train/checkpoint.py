@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..models import checkpoint as ckpt
-from ..models.config import ModelConfig
-from ..models.loader import _config_dtype, _full_config, _map_names
+from ..models.families import FAMILIES
+from ..models.loader import config_dtype, tensor_names
 
 _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
          "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
@@ -31,17 +31,16 @@ def save_checkpoint(model, source_dir: str | os.PathLike, out_dir: str | os.Path
     checkpoint intact. ``params`` (name -> tensor) replaces the model's own, e.g. full weights gathered under FSDP2."""
     source, out = Path(source_dir), Path(out_dir)
     raw = ckpt.read_config(source)
-    if raw.get("architectures", [None])[0] not in ("Qwen2_5OmniThinkerForConditionalGeneration",
-                                                   "Qwen2AudioForConditionalGeneration"):
-        raise CheckpointError(f"{source}: saving supports thinker-only Qwen2.5-Omni and Qwen2-Audio checkpoints, "
-                              f"not {raw.get('architectures')}")
-    cfg = ModelConfig.from_hf(_full_config(source, raw))
-    mapping = _map_names(cfg, sorted(ckpt.weight_map(source)))
+    savable = [f.architecture for f in FAMILIES.values()]  # a family's own model, not a wrapper around it
+    if raw.get("architectures", [None])[0] not in savable:
+        raise CheckpointError(f"{source}: saving supports checkpoints of {', '.join(savable)} (a thinker-only "
+                              f"Qwen2.5-Omni, not a full one), not {raw.get('architectures')}")
+    mapping = tensor_names(source)
     if params is None:  # given: the full tensors gathered from a sharded model
         params = dict(model.named_parameters(remove_duplicate=False))
     # a final checkpoint takes the source's dtype (a bf16 model stays bf16 on disk); a resumable one (with trainer
     # state) keeps the fp32 master weights exactly
-    dtype = None if trainer_state is not None else _config_dtype(raw)
+    dtype = None if trainer_state is not None else config_dtype(raw)
     tensors = {hf: params[ours].detach().to("cpu", dtype).contiguous() for hf, ours in mapping.items()}
     with atomic_dir(out) as tmp:
         _write(tmp, tensors, source, trainer_state)

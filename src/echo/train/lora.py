@@ -16,8 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
 from ..models import checkpoint as ckpt
-from ..models.config import ModelConfig
-from ..models.loader import _config_dtype, _full_config, _map_names, load, resolve_model
+from ..models.loader import config_dtype, load, resolve_model, tensor_names
 from .checkpoint import atomic_dir, save_checkpoint
 
 if TYPE_CHECKING:
@@ -140,9 +139,7 @@ def adapter_parts(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike, d
     if getattr(config, "use_rslora", False) or getattr(config, "use_dora", False):
         raise ConfigError(f"{adapter_dir}: only plain LoRA adapters (no rsLoRA, no DoRA) become parts")
     base_dir = resolve_model(base_dir)
-    raw = ckpt.read_config(Path(base_dir))
-    ours_to_hf = {ours: hf for hf, ours in _map_names(ModelConfig.from_hf(_full_config(Path(base_dir), raw)),
-                                                      sorted(ckpt.weight_map(base_dir))).items()}
+    ours_to_hf = {ours: hf for hf, ours in tensor_names(base_dir).items()}
     tensors = {}
     for name, t in load_file(str(Path(adapter_dir) / WEIGHTS)).items():
         module, _, factor = name.removeprefix(_PREFIX).rpartition(".lora_")
@@ -168,5 +165,5 @@ def merge_lora(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, out_
             module.merge(safe_merge=True)  # raises on non-finite merged weights
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.get_base_layer())
-    model.to(_config_dtype(ckpt.read_config(Path(base_dir))))
+    model.to(config_dtype(ckpt.read_config(Path(base_dir))))
     return save_checkpoint(model, base_dir, out_dir)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from ...errors import EchoError
 
@@ -96,15 +95,7 @@ def config_from_args(args):
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Entry point of the five commands; 2 on bad input (one line on stderr naming it)."""
-    try:
-        return _run(args)
-    except EchoError as exc:
-        print(f"echo data {args.pipeline_command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
+    """Entry point of the five commands (``echo.cli.main`` reports bad input as one line on stderr)."""
     from .report import build_report
     from .run import endpoints, run_pipeline
 

@@ -1,4 +1,4 @@
-"""``echo convert whisper-ct2 | gguf | demo``: the converters as subcommands (registered by echo.cli)."""
+"""``echo convert whisper-ct2 | gguf | demo``: the converters as subcommands."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_convert_parser(sub) -> None:
+def register(sub) -> None:
+    """Register ``convert`` with its converters on ``sub``."""
     c = sub.add_parser("convert", help="convert foreign model files to Hugging Face directories echo loads")
     cs = c.add_subparsers(dest="convert_command", required=True)
     p = cs.add_parser("whisper-ct2", help="CTranslate2 Whisper model.bin -> its encoder as a Qwen2AudioEncoder dir")

@@ -1,0 +1,91 @@
+"""``echo generate``: one clip and prompt streamed to the terminal, or a JSONL of requests (``generate_jsonl``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .argtypes import non_negative_int, positive_float, positive_int
+from .errors import EchoError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Register ``generate`` on ``sub``."""
+    g = sub.add_parser("generate", help="answer a prompt about an audio clip, re-listening to the spans it cites")
+    g.add_argument("audio", nargs="?", help="audio file")
+    g.add_argument("prompt", nargs="?", help="question about the audio")
+    g.add_argument("--model", required=True, help="local Hugging Face checkpoint directory, or echo-demo")
+    g.add_argument("--input", help="JSONL of requests ({'audio', 'prompt', optional 'id' and sampling fields})")
+    g.add_argument("--output", help="JSONL of results, one per request line, appended as each finishes; "
+                                     "rerun the same command to resume")
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=non_negative_int, default=0)
+    g.add_argument("--max-new-tokens", type=positive_int, default=1024)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--max-relistens", type=non_negative_int, default=8, help="re-listen turns per answer")
+    g.add_argument("--max-num-seqs", type=positive_int, default=64)
+    g.add_argument("--kv-cache-gb", type=positive_float, default=2.0)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.set_defaults(func=_generate)
+
+
+
+def _relisten_mark(record) -> str:
+    d = record.decision
+    if d.action == "relisten":
+        a, b = (x / 16_000 for x in d.applied_samples)
+        hit = "cached" if record.cache_hit else "encoded"
+        return f" [re-listened {a:.2f}-{b:.2f} s: {record.num_audio_tokens} audio tokens, {hit}] "
+    return f" [no re-listen: {d.reason}] "
+
+
+def _sampling(args: argparse.Namespace):
+    from .config import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import generate_jsonl as batch
+    from .config import EngineConfig, RelistenPolicy
+
+    # every check that needs no model runs first: a bad argument costs no model load and no KV cache
+    batch.check_device(args.device)
+    params = _sampling(args)
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)),
+                          relisten=RelistenPolicy(max_turns=args.max_relistens))
+    if args.input:
+        if not args.output:
+            raise EchoError("--input needs --output")
+        pending, done = batch.prepare(args.input, args.output, params)
+        total = len(pending) + len(done)
+    elif not (args.audio and args.prompt):
+        raise EchoError("give AUDIO and PROMPT, or --input requests.jsonl --output results.jsonl")
+    else:
+        from .audio import load as load_audio
+
+        load_audio(args.audio)  # a missing or corrupt clip is reported before the model loads
+
+    from .engine.llm import Engine
+    from .models import load
+
+    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    if args.input and not pending:
+        batch.finish(args.output, total)
+        print(f"all {total} results already in {args.output}")
+        return 0
+    engine = Engine(load(args.model, device=args.device, dtype=dtype), config)
+    if args.input:
+        written, bad = batch.run(engine, pending, args.output, total)
+        batch.finish(args.output, total)
+        print(f"wrote {written} results to {args.output}" + (f" ({bad} with errors)" if bad else "") +
+              (f"; {len(done)} were already there" if done else ""))
+        return 0
+    for delta, record in engine.stream(args.audio, args.prompt, params):
+        print(_relisten_mark(record) if record is not None else delta, end="", flush=True)
+    print()
+    return 0
