@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="answer a prompt about an audio clip, re-listening to the spans it cites")
     g.add_argument("audio", nargs="?", help="audio file")
     g.add_argument("prompt", nargs="?", help="question about the audio")
+    g.add_argument("--choices", nargs="+", metavar="CHOICE",
+                   help="answer choices: the prompt becomes Echo's evaluation prompt (the question, the choices and "
+                        "the instruction to think with timestamped segments), the format Echo models are trained on")
     g.add_argument("--model", required=True, help="local Hugging Face checkpoint directory, or echo-demo")
     g.add_argument("--input", help="JSONL of requests ({'audio', 'prompt', optional 'id' and sampling fields})")
     g.add_argument("--output", help="JSONL of results, one per request line, appended as each finishes; "
@@ -55,6 +58,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     # every check that needs no model runs first: a bad argument costs no model load and no KV cache
     batch.check_device(args.device)
+    if args.input and args.choices:
+        raise EchoError("--choices applies to one AUDIO PROMPT; put the full prompt in each --input line")
     params = _sampling(args)
     config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)),
                           relisten=RelistenPolicy(max_turns=args.max_relistens))
@@ -85,7 +90,12 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"wrote {written} results to {args.output}" + (f" ({bad} with errors)" if bad else "") +
               (f"; {len(done)} were already there" if done else ""))
         return 0
-    for delta, record in engine.stream(args.audio, args.prompt, params):
+    prompt = args.prompt
+    if args.choices:
+        from .eval.prompts import build_prompt
+
+        prompt = build_prompt(args.prompt, args.choices)
+    for delta, record in engine.stream(args.audio, prompt, params):
         print(_relisten_mark(record) if record is not None else delta, end="", flush=True)
     print()
     return 0

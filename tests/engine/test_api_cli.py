@@ -75,6 +75,23 @@ def test_cli_stream_and_batch(tiny, tmp_path, capsys):
     assert rows[1]["id"] == "b" and "missing.wav: file not found" in rows[1]["error"]
 
 
+def test_cli_choices_ask_with_echos_evaluation_prompt(tiny, capsys):
+    from echo.eval.prompts import build_prompt
+
+    path, clip = tiny
+    choices = ["a beep", "a dog barking"]
+    assert main(["generate", "--model", str(path), str(clip), "What is it?", "--choices", *choices,
+                 "--max-new-tokens", "6"]) == 0
+    streamed = capsys.readouterr().out.strip("\n")
+    model = echo.load(path)
+    assert streamed == model.generate(str(clip), build_prompt("What is it?", choices), temperature=0,
+                                      max_new_tokens=6).text
+    assert streamed != model.generate(str(clip), "What is it?", temperature=0, max_new_tokens=6).text
+    assert main(["generate", "--model", str(path), "--input", "x.jsonl", "--output", "y.jsonl",
+                 "--choices", "a"]) == 2
+    assert "--choices applies to one AUDIO PROMPT" in capsys.readouterr().err
+
+
 def test_eval_runs_through_the_engine(tiny, tmp_path):
     path, _ = tiny
     data = tmp_path / "synth"
