@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -104,6 +105,11 @@ def stage_align(work: Path, args) -> Path:
     aligned = work / "aligned"
     if (aligned / "config.json").is_file():
         return aligned
+    if args.aligned is not None:  # another run's stage 0: this run's arms differ only after it
+        aligned.symlink_to(args.aligned.resolve(), target_is_directory=True)
+        (work / "parts").mkdir(exist_ok=True)
+        shutil.copy2(args.aligned.parent / "parts" / "projector.safetensors", work / "parts")
+        return aligned
     data = make_align_data(work, work / "data" / "train" / "synthetic.jsonl")
     cfg = SFTConfig(format="grounded", lr=args.align_lr, epochs=1, grad_accum=args.grad_accum,
                     save_every=args.save_every, seed=args.seed, train_only=("projector",), max_len=1024)
@@ -149,13 +155,40 @@ def stage_sft(work: Path, args) -> Path:
     merged = work / "sft-merged"
     if (merged / "config.json").is_file():
         return merged
-    cfg = SFTConfig(format="interleaved", lr=args.sft_lr, epochs=args.sft_epochs, grad_accum=args.sft_grad_accum,
+    cfg = SFTConfig(format=args.sft_format, lr=args.sft_lr, epochs=args.sft_epochs, grad_accum=args.sft_grad_accum,
                     save_every=args.save_every, seed=args.seed, lora_rank=args.lora_rank, max_len=2048)
     t = time.time()
     result = train_sft(str(work / "aligned"), str(work / "data" / "train" / "synthetic.jsonl"), str(work / "sft"), cfg)
     log(work, "sft", seconds=round(time.time() - t), **result)
     adapter_parts(work / "sft" / "final", work / "aligned", work / "parts" / "lora.safetensors")
     return merge_lora(work / "aligned", work / "sft" / "final", merged)
+
+
+def stage_heads(work: Path, args) -> Path:
+    """Stage 1b: the output rows of the added tokens (the tags, whose rows started as the mean of their pieces') on
+    the same records, everything else frozen: LoRA cannot move a row of the head, and without this the model writes a
+    tag's first piece (``<``) where the tag token should be, so no ``</seg>`` ever triggers a re-listen."""
+    from echo.train.sft import SFTConfig, train_sft
+    from safetensors.torch import load_file, save_file
+
+    done = work / "sft-heads"
+    if (done / "config.json").is_file():
+        return done
+    added = json.loads((work / "aligned" / "config.json").read_text())["text_config"]["vocab_size"] - 49152
+    data = work / "heads.jsonl"
+    if not data.is_file():
+        rows = (work / "data" / "train" / "synthetic.jsonl").read_text().splitlines()[: args.heads_items]
+        data.write_text("".join(r + "\n" for r in rows).replace('"audio": "audio/', f'"audio": "{work}/data/train/audio/'))
+    cfg = SFTConfig(format=args.sft_format, lr=args.heads_lr, grad_accum=args.sft_grad_accum, save_every=args.save_every,
+                    seed=args.seed, train_only=("lm_head",), train_last_rows=added, max_len=2048)
+    t = time.time()
+    result = train_sft(str(work / "sft-merged"), str(data), str(work / "heads"), cfg)
+    log(work, "heads", seconds=round(time.time() - t), rows=added, **result)
+    head = load_file(str(work / "heads" / "final" / "model.safetensors"))["language_model.lm_head.weight"]
+    save_file({f"language_model.lm_head.weight[{head.shape[0] - added}:]": head[-added:].contiguous()},
+              str(work / "parts" / "lm_head_rows.safetensors"), metadata={"format": "pt"})
+    shutil.copytree(work / "heads" / "final", done)
+    return done
 
 
 def stage_parts(work: Path) -> Path:
@@ -166,11 +199,12 @@ def stage_parts(work: Path) -> Path:
     from echo.models.convert.demo import build
 
     built = work / "demo-from-parts"
-    if not (built / "config.json").is_file():
+    if not (built / "config.json").is_file() or not (work / "parts" / "lm_head_rows.safetensors").is_file() or \
+            (built / "config.json").stat().st_mtime < (work / "parts" / "lm_head_rows.safetensors").stat().st_mtime:
         build(built, parts=work / "parts", force=True)
     ids = torch.arange(100, 400)[None]
     with torch.no_grad():
-        err = (echo.load(built)(ids) - echo.load(work / "sft-merged")(ids)).abs().max().item()
+        err = (echo.load(built)(ids) - echo.load(work / "sft-heads")(ids)).abs().max().item()
     log(work, "parts", max_abs_logit_diff=err, bytes=sum(f.stat().st_size for f in (work / "parts").iterdir()))
     if err > 1e-3:
         raise SystemExit(f"echo-demo built from {work / 'parts'} differs from the merged SFT model by {err}")
@@ -197,26 +231,34 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=700)
     ap.add_argument("--n-val", type=int, default=70)
     ap.add_argument("--n-test", type=int, default=504)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (order of records, LoRA init)")
+    ap.add_argument("--data-seed", type=int, default=0, help="fixes the train/val/test items (keep it across seeds)")
     ap.add_argument("--grad-accum", type=int, default=8)
     ap.add_argument("--save-every", type=int, default=10)
     ap.add_argument("--align-lr", type=float, default=1e-3)
     ap.add_argument("--sft-lr", type=float, default=5e-4)
     ap.add_argument("--sft-epochs", type=int, default=1)
     ap.add_argument("--sft-grad-accum", type=int, default=4)
+    ap.add_argument("--sft-format", choices=("interleaved", "grounded"), default="interleaved",
+                    help="interleaved: the re-listened spans' audio follows each </seg> (arm C); grounded: tags only (B)")
+    ap.add_argument("--aligned", type=Path, help="reuse this run's stage 0 (WORK/aligned of an earlier run)")
     ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--heads-items", type=int, default=320)
+    ap.add_argument("--heads-lr", type=float, default=1e-3)
     ap.add_argument("--eval-limit", type=int, default=None)
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    make_data(args.work, args.n_train, args.n_val, args.n_test, args.seed)
+    make_data(args.work, args.n_train, args.n_val, args.n_test, args.data_seed)
     if args.until == "data":
         return
     aligned = stage_align(args.work, args)
-    check_hearing(args.work, aligned)
+    if args.aligned is None:  # the run that trained stage 0 checked it
+        check_hearing(args.work, aligned)
     if args.until == "align":
         return
-    merged = stage_sft(args.work, args)
+    stage_sft(args.work, args)
+    merged = stage_heads(args.work, args)
     stage_parts(args.work)
     if args.until == "sft":
         return

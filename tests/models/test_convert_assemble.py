@@ -161,6 +161,23 @@ def test_parts_replace_tensors_and_bad_parts_are_named(sources, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_row_parts_replace_the_last_rows(sources, assembled, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    head = load_file(str(assembled / "model.safetensors"))["language_model.lm_head.weight"]
+    start = head.shape[0] - len(AUDIO_TOKENS + TAG_TOKENS)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    rows = torch.full((head.shape[0] - start, head.shape[1]), 0.5)
+    save_file({f"language_model.lm_head.weight[{start}:]": rows}, str(parts / "rows.safetensors"))
+    built = load_file(str(assemble(*sources, tmp_path / "ckpt", parts=parts, progress=False) / "model.safetensors"))
+    assert torch.equal(built["language_model.lm_head.weight"][:start], head[:start])
+    assert torch.equal(built["language_model.lm_head.weight"][start:], rows)
+    save_file({f"language_model.lm_head.weight[{start}:]": rows[1:]}, str(parts / "rows.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"rows {start}: are \[{len(rows)}, {head.shape[1]}\]"):
+        assemble(*sources, tmp_path / "bad", parts=parts, progress=False)
+
+
 def test_lora_parts_equal_peft_merge_of_the_adapter(sources, assembled, tmp_path):
     """A trained adapter shipped as low-rank parts: assembling with them gives the weights ``merge_lora`` (peft's
     merge) gives, and a part file without its scale or its B factor is refused by name."""

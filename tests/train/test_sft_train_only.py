@@ -35,6 +35,22 @@ def test_projector_trains_and_only_it_when_asked(checkpoint, tmp_path, train_onl
     assert decoder_changed == (train_only == ())
 
 
+def test_train_last_rows_trains_only_those_rows_of_the_head(checkpoint, tmp_path):
+    """The rows of tokens a checkpoint added (echo-demo's tags) can train alone: every other row stays bit-equal."""
+    path, _ = checkpoint("qwen2audio-tiny-gqa2")
+    data = write_sft_task(tmp_path, ["What do you hear?", "Count the beeps."], ["two beeps", "a dog"], seed=0)
+    cfg = SFTConfig(format="grounded", lr=1e-2, grad_accum=2, progress=False, train_only=("lm_head",),
+                    train_last_rows=3)
+    train_sft(str(path), str(data), str(tmp_path / "run"), cfg)
+    before, after = _weights(path), _weights(tmp_path / "run" / "final")
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {"language_model.lm_head.weight"}
+    head0, head1 = before["language_model.lm_head.weight"], after["language_model.lm_head.weight"]
+    assert torch.equal(head0[:-3], head1[:-3]) and not torch.equal(head0[-3:], head1[-3:])
+    with pytest.raises(ConfigError, match="train_last_rows needs train_only"):
+        SFTConfig(train_last_rows=3)
+
+
 def test_train_only_must_match_something_and_excludes_lora(checkpoint, tmp_path):
     path, _ = checkpoint("qwen2audio-tiny-gqa2")
     data = write_sft_task(tmp_path, ["Q?"], ["A"], seed=0)

@@ -52,12 +52,15 @@ class SFTConfig:
     gradient_checkpointing: bool = False
     dtype: str = "auto"  # compute dtype: "auto" (bf16 on CUDA that has it, else fp32), "fp32", "bf16"
     train_only: tuple[str, ...] = ()  # full fine-tune of just these parameter-name prefixes, e.g. ("projector",)
+    train_last_rows: int = 0  # with train_only: of 2-D tensors (embeddings, head) train only the last N rows (0: all)
 
     def __post_init__(self):
         for name in ("epochs", "grad_accum", "max_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SFTConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ("warmup_steps", "save_every", "lora_rank"):
+        if self.train_last_rows and not self.train_only:
+            raise ConfigError("SFTConfig.train_last_rows needs train_only (the tensors whose last rows train)")
+        for name in ("warmup_steps", "save_every", "lora_rank", "train_last_rows"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"SFTConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -133,6 +136,10 @@ def _model(model_dir: str, resume: Path, resumed: bool, cfg: SFTConfig, lora):
         raise ConfigError(f"train_only={cfg.train_only}: no parameter name starts with these prefixes")
     for p in trainable:
         p.requires_grad_(True)
+        if cfg.train_last_rows and p.dim() == 2:  # e.g. the rows of tokens a checkpoint added; with a zero gradient
+            keep = torch.zeros(p.shape[0], 1, device=p.device)  # (and no weight decay) AdamW leaves a row unchanged
+            keep[-cfg.train_last_rows:] = 1
+            p.register_hook(lambda g, keep=keep: g * keep)
     return model, trainable
 
 

@@ -14,6 +14,7 @@ does not tie the output head to the embeddings, so the head is written out as a 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -66,12 +67,14 @@ def _projector(d_in: int, d_out: int, text_rms: float, seed: int) -> dict[str, t
 
 
 LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+ROWS = re.compile(r"^(.+)\[(\d+):\]$")  # "<tensor>[k:]": replaces that tensor's rows from k on
 
 
 def apply_parts(tensors: dict[str, torch.Tensor], parts: str | os.PathLike | None) -> list[str]:
     """Apply the trained ``parts/*.safetensors``: a tensor named as in the checkpoint replaces it (same shape); a
     low-rank pair ``<module>.lora_A.weight`` / ``<module>.lora_B.weight`` adds ``lora_scale * B @ A`` (the file's
-    metadata) to ``<module>.weight``, as peft merges a LoRA adapter. Returns the files applied."""
+    metadata) to ``<module>.weight``, as peft merges a LoRA adapter; ``<tensor>[k:]`` replaces the rows from ``k`` on
+    (e.g. the trained rows of the tokens the assembly added). Returns the files applied."""
     if parts is None:
         return []
     from safetensors import safe_open
@@ -98,6 +101,13 @@ def apply_parts(tensors: dict[str, torch.Tensor], parts: str | os.PathLike | Non
                 name, t = module + ".weight", float(scale) * (loaded[module + LORA_B].float() @ t.float())
                 if name in tensors and tuple(t.shape) == tuple(tensors[name].shape):
                     t = tensors[name].float() + t
+            rows = ROWS.match(name)
+            if rows and rows[1] in tensors:
+                name, start, full = rows[1], int(rows[2]), tensors[rows[1]]
+                if tuple(t.shape) != (full.shape[0] - start, *full.shape[1:]):
+                    raise CheckpointError(f"{f}: part {rows[0]} has shape {list(t.shape)}, the checkpoint's rows "
+                                          f"{start}: are {[full.shape[0] - start, *full.shape[1:]]}")
+                t = torch.cat([full[:start].float(), t.float()])
             if name not in tensors:
                 raise CheckpointError(f"{f}: part {name!r} is not a tensor of the assembled checkpoint")
             if tuple(t.shape) != tuple(tensors[name].shape):
