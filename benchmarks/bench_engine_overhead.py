@@ -130,8 +130,8 @@ def main() -> None:
                 runs[c].append(_run_checkout(c, checkpoint, args))
                 print(f"round {r + 1}/{args.rounds} {c}: " + ", ".join(
                     f"b{m['batch']} {m['overhead_us']:.0f} us" for m in runs[c][-1]), flush=True)
-    print(f"\nengine overhead per decode step ({PRESET}, greedy, 1 torch thread, {args.steps} steps, median of {args.rounds} "
-          f"round(s)); machine: {describe()}")
+    print(f"\nengine overhead per decode step ({PRESET}, greedy, 1 torch thread, {args.steps} steps, median of "
+          f"{args.rounds} round(s)); machine: {describe()}")
     head = "| batch | " + " | ".join(f"{Path(c).name} @{_commit(c)} overhead / step (model)" for c in args.checkouts)
     print(head + (" | ratio first/last |" if len(args.checkouts) > 1 else " |"))
     print("|---:|" + "---:|" * (len(args.checkouts) + (len(args.checkouts) > 1)))

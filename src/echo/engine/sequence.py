@@ -46,7 +46,7 @@ class RelistenRecord:
     position: int = 0  # index in token_ids where <|audio_bos|> was inserted (relisten only)
     cache_hit: bool = False
     inserted: bool = False  # the span's tokens went in (False when skipped, stopped, or no room was left)
-    dropped_text: str = ""  # what the sampled token that closed the tag held past "</seg>" (Engine._cut_at_seg)
+    dropped_text: str = ""  # what the sampled token that closed the tag held past "</seg>" (Postprocessor._cut_at_seg)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
