@@ -43,6 +43,7 @@ def test_accessors_follow_a_request_from_admission_to_its_result(model):
     assert isinstance(result, GenerationResult) and result.request_index == b
     assert result.prompt_token_ids == state.prompt_ids
     assert [sum(s.mask) for s in result.samples] == [3, 3] and {s.finish_reason for s in result.samples} == {"length"}
+    assert [s.num_sampled for s in state.samples] == [3, 3]  # the count the length check reads, not the mask
     assert engine.pending() == [a]
     for gone in (engine.request, engine.is_done, engine.result):
         with pytest.raises(EchoError, match=f"no request {b}"):

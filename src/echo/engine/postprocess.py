@@ -74,7 +74,7 @@ class Postprocessor:
         return decision if decision.action == "relisten" else None
 
     def _too_long(self, sched, seq: Sequence) -> bool:
-        text_tokens = sum(seq.mask[seq.num_prompt_tokens:]) + seq.num_forced  # sampled + re-tokenized text
+        text_tokens = seq.num_sampled + seq.num_forced  # sampled + re-tokenized text
         if text_tokens >= seq.params.max_new_tokens or len(seq) >= self.config.max_model_len:
             sched.finish(seq, "length")
             return True
