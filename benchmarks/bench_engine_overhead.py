@@ -2,7 +2,9 @@
 (``embed``, ``forward_flat``, ``compute_logits``), on a tiny random model whose arithmetic costs almost nothing.
 That remainder (scheduling, per-step metadata, sampling, stop checks, bookkeeping) is what a GPU run pays on top
 of its roofline, so it is measured at batch 1, 8 and 64, greedy, with fixed lengths (EOS ignored, re-listening
-off), every prompt prefilled before the timed steps.
+off), every prompt prefilled before the timed steps. Torch runs one thread, so the step's CPU time is all on the
+calling thread: that CPU time is the figure (a loaded host's other processes do not count in it); wall time is
+printed too.
 
 It runs against any checkout (only public names and ``Engine.step`` are used):
   PYTHONPATH=<checkout>/src python benchmarks/bench_engine_overhead.py             # this checkout alone
@@ -33,17 +35,20 @@ PRESET = "omni-tiny-gqa2"
 def _timed(fn, spent: list[float]):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
             spent[0] += time.perf_counter() - t
+            spent[1] += time.thread_time() - c
 
     return wrapper
 
 
 def measure(checkpoint: str, batch: int, steps: int) -> dict:
-    """Median per-step wall time, model time and their difference (microseconds) over ``steps`` decode steps."""
+    """Medians over ``steps`` decode steps (microseconds) of the step's time, the model's calls' time and their
+    difference, as CPU time of this thread (torch runs one thread here, so that is all the step's work, and other
+    processes on a loaded host do not count) and as wall time."""
     import numpy as np
     import torch
 
@@ -54,7 +59,7 @@ def measure(checkpoint: str, batch: int, steps: int) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(1)  # the tiny model's ops gain nothing from threads; one keeps a loaded host's noise down
     model = echo.load(checkpoint)
-    spent = [0.0]
+    spent = [0.0, 0.0]  # wall, thread CPU
     for name in ("embed", "forward_flat", "compute_logits"):  # instance attributes shadow the methods
         object.__setattr__(model, name, _timed(getattr(model, name), spent))
     engine = Engine(model, EngineConfig(num_blocks=batch * 8 + 64, max_num_seqs=max(batch, 1),
@@ -67,17 +72,22 @@ def measure(checkpoint: str, batch: int, steps: int) -> dict:
     while sched.waiting or any(s.num_cached < len(s.token_ids) - 1 for s in sched.running):  # prefill everything
         engine.step()
     assert len(sched.running) == batch, "every request must be decoding before the timed steps"
-    walls, models = [], []
+    wall, cpu, model_wall, model_cpu = [], [], [], []
     for _ in range(steps):
-        spent[0] = 0.0
-        t = time.perf_counter()
+        spent[:] = [0.0, 0.0]
+        t, c = time.perf_counter(), time.thread_time()
         finished = engine.step()
-        walls.append(time.perf_counter() - t)
-        models.append(spent[0])
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.thread_time() - c)
+        model_wall.append(spent[0])
+        model_cpu.append(spent[1])
         assert not finished, "a sequence finished during the timed steps: lengths were not fixed"
-    over = [w - m for w, m in zip(walls, models)]
-    return {"batch": batch, "wall_us": statistics.median(walls) * 1e6, "model_us": statistics.median(models) * 1e6,
-            "overhead_us": statistics.median(over) * 1e6}
+
+    def us(xs):
+        return statistics.median(xs) * 1e6
+
+    return {"batch": batch, "model_us": us(model_cpu), "overhead_us": us([a - b for a, b in zip(cpu, model_cpu)]),
+            "wall_model_us": us(model_wall), "wall_overhead_us": us([a - b for a, b in zip(wall, model_wall)])}
 
 
 def _child(args) -> None:
@@ -128,22 +138,24 @@ def main() -> None:
         for r in range(args.rounds):
             for c in args.checkouts:
                 runs[c].append(_run_checkout(c, checkpoint, args))
-                print(f"round {r + 1}/{args.rounds} {c}: " + ", ".join(
+                print(f"round {r + 1}/{args.rounds} {c}: overhead (CPU) " + ", ".join(
                     f"b{m['batch']} {m['overhead_us']:.0f} us" for m in runs[c][-1]), flush=True)
     print(f"\nengine overhead per decode step ({PRESET}, greedy, 1 torch thread, {args.steps} steps, median of "
           f"{args.rounds} round(s)); machine: {describe()}")
-    head = "| batch | " + " | ".join(f"{Path(c).name} @{_commit(c)} overhead / step (model)" for c in args.checkouts)
-    print(head + (" | ratio first/last |" if len(args.checkouts) > 1 else " |"))
-    print("|---:|" + "---:|" * (len(args.checkouts) + (len(args.checkouts) > 1)))
-    for i, b in enumerate(args.batches):
-        cells, medians = [], []
-        for c in args.checkouts:
-            over = statistics.median(run[i]["overhead_us"] for run in runs[c])
-            model = statistics.median(run[i]["model_us"] for run in runs[c])
-            cells.append(f"{over:,.0f} us ({model:,.0f} us)")
-            medians.append(over)
-        ratio = f" {medians[0] / medians[-1]:.2f}x |" if len(medians) > 1 else ""
-        print(f"| {b} | " + " | ".join(cells) + " |" + ratio)
+    for key, what in (("", "CPU time of the step's thread"), ("wall_", "wall time (counts other processes' load)")):
+        print(f"\n{what}: overhead per step (model's calls)")
+        head = "| batch | " + " | ".join(f"{Path(c).name} @{_commit(c)}" for c in args.checkouts)
+        print(head + (" | ratio first/last |" if len(args.checkouts) > 1 else " |"))
+        print("|---:|" + "---:|" * (len(args.checkouts) + (len(args.checkouts) > 1)))
+        for i, b in enumerate(args.batches):
+            cells, medians = [], []
+            for c in args.checkouts:
+                over = statistics.median(run[i][key + "overhead_us"] for run in runs[c])
+                model = statistics.median(run[i][key + "model_us"] for run in runs[c])
+                cells.append(f"{over:,.0f} us ({model:,.0f} us)")
+                medians.append(over)
+            ratio = f" {medians[0] / medians[-1]:.2f}x |" if len(medians) > 1 else ""
+            print(f"| {b} | " + " | ".join(cells) + " |" + ratio)
 
 
 if __name__ == "__main__":
