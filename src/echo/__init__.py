@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 # name -> module that defines it; resolved on first attribute access.
 _LAZY = {
     "audio": "echo.audio",
-    "load": "echo.api",
-    "from_transformers": "echo.api",
+    "load": "echo.models.loader",
+    "from_transformers": "echo.models.loader",
     "generate": "echo.api",
     "engine_for": "echo.api",
     "Engine": "echo.engine.llm",
