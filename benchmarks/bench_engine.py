@@ -209,7 +209,7 @@ def test_decode_step_vs_weight_read(bench, batch):
     seqs = []
     for c in clips:
         idx = engine.add_request(c, bench.prompt(c), SamplingParams(temperature=0, max_new_tokens=60, ignore_eos=True))
-        seqs.append(engine._requests[idx][0][0])
+        seqs.append(engine.request(idx).samples[0])
     while any(s.num_cached < len(s.token_ids) - 1 for s in seqs):  # prefill every prompt
         engine.step()
     bandwidth = roofline.read_bandwidth()  # measured before and after the steps, the best kept: a shared host's
@@ -245,7 +245,7 @@ def _decode_steps(model, bench, batch: int, steps: int) -> tuple[list[float], li
         clip = _clip(i)
         idx = engine.add_request(clip, bench.prompt(clip), SamplingParams(temperature=0, max_new_tokens=steps + 5,
                                                                          ignore_eos=True))
-        seqs.append(engine._requests[idx][0][0])
+        seqs.append(engine.request(idx).samples[0])
     while any(s.num_cached < len(s.token_ids) - 1 for s in seqs):
         engine.step()
     wall, cpu = [], []
@@ -299,7 +299,7 @@ def test_relisten_latency_vs_context(bench, context):
         engine = Engine(model, EngineConfig(kv_cache_bytes=1 << 29, max_num_batched_tokens=8192),
                         logits_processors=[echo_proc])
         idx = engine.add_request(clip, prompt, SamplingParams(temperature=0, max_new_tokens=30, ignore_eos=True))
-        seq = engine._requests[idx][0][0]
+        seq = engine.request(idx).samples[0]
         engine.step()
         while not seq.relistens:
             engine.step()
@@ -309,7 +309,7 @@ def test_relisten_latency_vs_context(bench, context):
         seq.token_ids = seq.token_ids[: -seq.relistens[-1].num_audio_tokens - 2]  # undo the splice ...
         seq.mask = seq.mask[: len(seq.token_ids)]
         seq.audio_embeds = seq.audio_embeds[: -seq.relistens[-1].num_audio_tokens]
-        engine._relisten([(seq, seq.relistens[-1].decision)])  # ... and redo it, timed
+        engine.scheduler.post.relisten(engine.scheduler, [(seq, seq.relistens[-1].decision)])  # ... and redo it
         engine.step()
         times.append(time.perf_counter() - t)
     line = f"re-listen of 3 s with {context} tokens of context: {statistics.median(times) * 1e3:.0f} ms"

@@ -68,7 +68,7 @@ def test_grpo_step_split_and_rollout_vs_reference_loop(tmp_path):
 
     def step():
         out = real_step()
-        for seqs, _, _ in trainer.engine._requests.values():
+        for seqs in [trainer.engine.request(i).samples for i in trainer.engine.pending()]:
             tables = [set(s.block_table) for s in seqs if s.block_table and not s.is_finished]
             if len(tables) == GROUP:
                 shared.append(len(set.intersection(*tables)))

@@ -98,7 +98,7 @@ def decode(r: Results, bench, batches: list[int], steps: int, kv_bytes: int) -> 
         for i in range(batch):
             idx = engine.add_request(clip, bench.prompt(clip) + [bench.text_ids[i % 50]],
                                      SamplingParams(temperature=0, max_new_tokens=steps + 10, ignore_eos=True))
-            seqs.append(engine._requests[idx][0][0])
+            seqs.append(engine.request(idx).samples[0])
         while any(s.num_cached < len(s.token_ids) - 1 for s in seqs):
             engine.step()
         times, contexts = [], []

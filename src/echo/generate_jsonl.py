@@ -105,7 +105,7 @@ def run(engine, pending: list, output_path: str, total: int, progress: bool = Tr
                     live[seq.request_index] = (index, row, left - 1)
                     continue
                 del live[seq.request_index]
-                emit(result_row(index, row, engine._result(seq.request_index)))
+                emit(result_row(index, row, engine.result(seq.request_index)))
     return written, errors
 
 

@@ -34,15 +34,15 @@ def test_n_samples_share_prompt_blocks_and_follow_their_seeds(model):
     processor = _processor(model, [(_prompt(model, clip, "Describe."), _plan(model.processor, [], 30))])
     engine = Engine(model, EngineConfig(num_blocks=200, block_size=16), logits_processors=[processor])
     idx = engine.add_request(clip, "Describe.", params)
-    prompt_len = len(engine._requests[idx][2])
+    prompt_len = len(engine.request(idx).prompt_ids)
     engine.step()  # the prompt prefill (one chunk); all 8 samples fork its blocks
     prompt_blocks = -(-prompt_len // 16)
     assert engine.bm.num_free == 200 - prompt_blocks  # the prompt is held once for all 8
-    seqs = engine._requests[idx][0]
+    seqs = engine.request(idx).samples
     assert all(s.block_table[: prompt_len // 16] == seqs[0].block_table[: prompt_len // 16] for s in seqs)
     while engine.scheduler.has_work():
         engine.step()
-    result = engine._result(idx)
+    result = engine.result(idx)
     texts = [tuple(s.token_ids) for s in result.samples]
     assert len(set(texts)) > 1  # different samples
     again = Engine(model, EngineConfig(num_blocks=200, block_size=16), logits_processors=[processor])

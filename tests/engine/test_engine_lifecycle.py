@@ -33,7 +33,7 @@ def model(checkpoint):
 
 
 def _idle(engine: Engine) -> None:
-    assert not engine._requests and not engine.scheduler.has_work() and not engine.scheduler.finished
+    assert not engine.pending() and not engine.scheduler.has_work() and not engine.scheduler.finished
     assert engine.bm.num_free == engine.bm.num_blocks
 
 
@@ -70,13 +70,13 @@ def test_abort_finishes_frees_and_forgets_one_request(model):
     kept = engine.add_request(clip, "Kept?", PARAMS)
     for _ in range(3):
         engine.step()
-    seqs = engine._requests[gone][0]
+    seqs = engine.request(gone).samples
     assert engine.abort(gone) is True
     assert [s.finish_reason for s in seqs] == ["abort"] * 3 and all(not s.block_table for s in seqs)
-    assert engine.abort(gone) is False and gone not in engine._requests
+    assert engine.abort(gone) is False and gone not in engine.pending()
     while engine.scheduler.has_work():
         engine.step()
-    result = engine._result(kept)
+    result = engine.result(kept)
     assert result.samples[0].token_ids == alone.samples[0].token_ids  # the other request never noticed
     _idle(engine)
 

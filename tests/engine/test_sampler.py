@@ -50,3 +50,19 @@ def test_an_unsampleable_row_ends_alone(poison, reason):
     for i in (0, 2):
         [alone], [lp] = sample(logits[i : i + 1], params[:1], [torch.Generator().manual_seed(i)], [[]])
         assert tokens[i] == alone and logprobs[i] == lp
+
+
+def test_greedy_rows_of_a_batch_equal_each_row_sampled_alone():
+    torch.manual_seed(1)
+    logits = torch.randn(7, 50) * 3
+    logits[2, 5] = float("nan")  # an unsampleable row among them stays alone
+    params = [SamplingParams(temperature=0.0 if i % 3 else 0.8, seed=i) for i in range(7)]
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(7)]  # noqa: E731
+    errors: list = []
+    tokens, lps = sample(logits, params, gens(), [[]] * 7, never=[4], errors=errors)
+    for i, gen in enumerate(gens()):
+        alone_errors: list = []
+        [token], [lp] = sample(logits[i:i + 1], params[i:i + 1], [gen], [[]], never=[4], errors=alone_errors)
+        assert (tokens[i], errors[i]) == (token, alone_errors[0]) and token != 4
+        assert (math.isnan(lp) and math.isnan(lps[i])) or math.isclose(lps[i], lp, rel_tol=0, abs_tol=1e-6)
+    assert tokens[2] is None and "NaN" in errors[2] and tokens[1] == int(torch.argmax(logits[1]))

@@ -22,7 +22,7 @@ import echo
 import tiny_checkpoints as tc
 from echo.audio import FeatureConfig
 from echo.config import EngineConfig, RelistenPolicy, SamplingParams
-from echo.engine import llm
+from echo.engine import llm, runner
 from echo.engine.llm import Engine, Request
 from echo.errors import ConfigError, EchoError
 from helpers import assert_close
@@ -269,14 +269,14 @@ def test_bad_input(case: Case, ctx: Ctx, monkeypatch):
     if case.processor is not None:
         monkeypatch.setattr(engine, "logits_processors", [case.processor(ctx)])
     if case.step_fails:
-        real = llm.run_step
+        real = runner.run_step
 
         def failing(model, kv, bm, chunks):
             if any(c.seq.token_ids[: len(ctx.bad_prompt)] == ctx.bad_prompt for c in chunks):
                 raise RuntimeError("injected failure of the model's forward")
             return real(model, kv, bm, chunks)
 
-        monkeypatch.setattr(llm, "run_step", failing)
+        monkeypatch.setattr(runner, "run_step", failing)
     made = case.request(ctx)
     bad_request = Request(*made) if isinstance(made, tuple) else made
     bad, good = engine.generate([bad_request, Request(ctx.clip, "Good?", GOOD)])
@@ -296,7 +296,7 @@ def test_bad_input(case: Case, ctx: Ctx, monkeypatch):
     monkeypatch.undo()  # the processor / failure was the bad request's: the good one runs on a sound engine
     if not case.fresh_good:
         _assert_same(good, good_alone)
-    assert not engine._requests and not engine.scheduler.has_work() and not engine.scheduler.finished
+    assert not engine.pending() and not engine.scheduler.has_work() and not engine.scheduler.finished
     assert engine.bm.num_free == engine.bm.num_blocks, "KV blocks leaked"
     [again] = engine.generate([Request(ctx.clip, "Good?", GOOD)])
     _assert_same(again, good_alone)

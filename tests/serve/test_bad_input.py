@@ -172,4 +172,4 @@ def test_allowed_files_and_every_format_are_read_and_nothing_leaks_after_bad_req
         assert out.choices[0].finish_reason == "stop" and out.usage.prompt_tokens_details.audio_tokens == 50, fmt
     metrics = parse(httpx.get(url + "/metrics").text)
     assert metrics["echo_kv_blocks_in_use"] == 0 and metrics["echo_active_requests"] == 0
-    assert engine.bm.num_free == 200 and not engine._requests
+    assert engine.bm.num_free == 200 and not engine.pending()

@@ -50,13 +50,13 @@ def test_abort_finishes_every_sample_frees_blocks_and_forgets_the_request(model)
     drop = engine.add_request(clip, "Drop?", SamplingParams(temperature=1.0, n=4, seed=1, max_new_tokens=50))
     for _ in range(4):
         engine.step()
-    seqs = engine._requests[drop][0]
+    seqs = engine.request(drop).samples
     assert all(s.block_table for s in seqs)  # all four samples hold blocks now
     engine.abort(drop)
     assert all(s.is_finished and s.finish_reason == "abort" for s in seqs)
-    assert drop not in engine._requests
+    assert drop not in engine.pending()
     engine.abort(drop)  # twice, or an unknown index: nothing happens
     while engine.scheduler.has_work():
         assert all(s.request_index == keep for s in engine.step())
-    assert engine._result(keep).samples[0].finish_reason == "stop"
+    assert engine.result(keep).samples[0].finish_reason == "stop"
     assert engine.bm.num_free == 100

@@ -99,7 +99,7 @@ def test_a_client_that_disconnects_frees_its_blocks(model):
         _wait_for(lambda: _metrics(url)["echo_requests_aborted_total"] == 1, what="the abort")
         after = _metrics(url)
         assert after["echo_kv_blocks_in_use"] == 0 and after["echo_active_requests"] == 0
-        assert engine.bm.num_free == 400 and not engine._requests
+        assert engine.bm.num_free == 400 and not engine.pending()
         assert after["echo_generated_tokens_total"] < 4000  # it did not run on to max_tokens
 
 
@@ -141,7 +141,7 @@ def test_shutdown_aborts_running_streams_cleanly(model):
             events = [line[6:] for line in lines if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
         assert json.loads(events[-2])["choices"][0]["finish_reason"] == "abort"
-        assert engine.bm.num_free == 400 and not engine._requests
+        assert engine.bm.num_free == 400 and not engine.pending()
         refused = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert httpx.get(url + "/health").status_code == 503
@@ -188,5 +188,5 @@ def test_a_plain_request_whose_client_gives_up_is_aborted(model):
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=1.5))
         _wait_for(lambda: _metrics(url)["echo_requests_aborted_total"] == 1, what="the abort")
-        assert engine.bm.num_free == 400 and not engine._requests
+        assert engine.bm.num_free == 400 and not engine.pending()
         assert _metrics(url)["echo_generated_tokens_total"] < 4000

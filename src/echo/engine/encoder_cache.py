@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections import OrderedDict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -85,6 +85,34 @@ class EncoderCache:
         """Drop every entry (e.g. after the audio encoder's weights changed)."""
         self._entries.clear()
         self.stats.bytes = 0
+
+    def embed(self, spans: Sequence[tuple], encode: Callable) -> tuple[list[torch.Tensor], list[bool]]:
+        """Embeddings of ``(clip, start_sample, end_sample)`` spans (a clip has ``.hash`` and ``.wave``): hits from
+        the cache, plus one ``encode(waves, [(wave_index, start, end), ...])`` call for all distinct misses (n
+        samples re-listening the same span in one step encode it once). Returns the embeddings and whether each
+        span was served without encoding."""
+        keys = [(c.hash, s, e) for c, s, e in spans]
+        first: dict = {}
+        out: list[torch.Tensor | None] = []
+        hit: list[bool] = []
+        for i, k in enumerate(keys):
+            if k in first:  # a repeat within this call: shares the first one's rows
+                self.stats.hits += 1
+                out.append(None)
+                hit.append(True)
+            else:
+                first[k] = i
+                out.append(self.get(k))
+                hit.append(out[-1] is not None)
+        misses = [i for i, o in enumerate(out) if o is None and first[keys[i]] == i]
+        if misses:
+            clips = list({id(spans[i][0]): spans[i][0] for i in misses}.values())
+            index = {id(c): j for j, c in enumerate(clips)}
+            rows = encode([c.wave for c in clips], [(index[id(spans[i][0])], spans[i][1], spans[i][2]) for i in misses])
+            for i, piece in zip(misses, rows):
+                out[i] = piece
+                self.put(keys[i], piece)
+        return [o if o is not None else out[first[k]] for o, k in zip(out, keys)], hit
 
     def gather(self, keys: Sequence[Key], out: torch.Tensor, dst_rows: Sequence[int]) -> None:
         """Copy the entries of ``keys`` (all present) into ``out`` at ``dst_rows`` in one call (ops.gather_rows)."""

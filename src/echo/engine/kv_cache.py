@@ -41,6 +41,15 @@ class PagedKVCache:
             raise ConfigError(f"a KV budget of {budget_bytes} bytes holds no block ({per_block} bytes each)")
         return cls(num_layers, num_blocks, block_size, num_kv_heads, head_dim, dtype, device)
 
+    @classmethod
+    def for_engine(cls, decoder, config, dtype: torch.dtype, device: torch.device | str) -> "PagedKVCache":
+        """The cache an engine of ``config`` (EngineConfig) needs for a decoder (DecoderConfig): ``num_blocks``
+        blocks, or as many as ``kv_cache_bytes`` holds when that is None."""
+        shape = (decoder.num_layers, config.block_size, decoder.num_kv_heads, decoder.head_dim)
+        if config.num_blocks is not None:
+            return cls(shape[0], config.num_blocks, *shape[1:], dtype, device)
+        return cls.from_budget(config.kv_cache_bytes, *shape, dtype, device)
+
     @property
     def num_blocks(self) -> int:
         return self.k.shape[1]

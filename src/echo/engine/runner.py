@@ -1,13 +1,46 @@
-"""One forward step: scheduled chunks -> flattened tokens, positions, audio rows and slot mapping -> the model's
-flattened forward over the paged cache -> logits of the chunks that end their sequence."""
+"""The run of a step: scheduled chunks -> flattened tokens, positions, audio rows and slot mapping -> the model's
+flattened forward over the paged cache -> logits of the chunks that end their sequence -> one token sampled for
+every sequence that samples this step."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
 
 import torch
 
 from .block_manager import BlockManager
 from .kv_cache import PagedKVCache
-from .scheduler import Chunk
+from .sampler import LogitsProcessor, sample
+from .scheduler import Chunk, ScheduledStep
+
+
+@dataclasses.dataclass(slots=True)
+class Sampled:
+    """One token per ``ScheduledStep.samples`` entry: None (with its reason in ``errors``) for a row that could
+    not be sampled; ``logprobs`` under the sampler's policy."""
+
+    tokens: list[int | None]
+    logprobs: list[float]
+    errors: list[str | None]
+
+
+class ModelRunner:
+    def __init__(self, model, kv: PagedKVCache, bm: BlockManager):
+        self.model, self.kv, self.bm = model, kv, bm
+
+    def run(self, step: ScheduledStep, processors: Sequence[LogitsProcessor] = ()) -> Sampled:
+        logits = run_step(self.model, self.kv, self.bm, step.chunks)
+        seqs = step.samples
+        if not seqs:
+            return Sampled([], [], [])
+        errors: list[str | None] = []
+        # every sampling chunk's own sequence has its row, so equal counts mean rows == 0..n-1: no forked sample
+        rows = logits[torch.tensor(step.rows, device=logits.device)] if len(seqs) != len(logits) else logits
+        tokens, logprobs = sample(rows, [s.params for s in seqs], [s.generator for s in seqs],
+                                  [s.token_ids for s in seqs], processors, never=[self.model.config.audio_token_id],
+                                  errors=errors)
+        return Sampled(tokens, logprobs, errors)
 
 
 @torch.inference_mode()

@@ -34,12 +34,14 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
     # one reduction (one device sync) checks every row of the model's logits: a row's max is NaN if any logit is
     # NaN, +inf if any is +inf, -inf if none is finite
     broken = ~torch.isfinite(logits.amax(-1))
+    bad_rows = broken.tolist()
+    greedy = _greedy_rows(logits, params, bad_rows) if not processors else {}
     tokens, logprobs = [], []
-    for row, p, gen, hist, bad in zip(logits, params, generators, histories, broken.tolist()):
+    for i, (row, p, gen, hist, bad) in enumerate(zip(logits, params, generators, histories, bad_rows)):
         try:
             if bad:
                 _check(row, "the model's logits", row.numel())
-            token, logprob = _sample_row(row, p, gen, hist, processors, never)
+            token, logprob = greedy[i] if i in greedy else _sample_row(row, p, gen, hist, processors, never)
             reason = None
         except _Unsampleable as exc:
             token, logprob, reason = None, float("nan"), str(exc)
@@ -48,6 +50,18 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
         if errors is not None:
             errors.append(reason)
     return tokens, logprobs
+
+
+def _greedy_rows(logits: torch.Tensor, params: Sequence[SamplingParams], bad: list[bool]) -> dict[int, tuple]:
+    """Row index -> (token, log-prob) for the sound greedy rows, in one argmax and one log_softmax over all of them
+    (what ``_sample_row`` gives each alone, without a per-row loop of small ops)."""
+    rows = [i for i, (p, b) in enumerate(zip(params, bad)) if p.temperature == 0 and not b]
+    if not rows:
+        return {}
+    x = logits[torch.tensor(rows, device=logits.device)] if len(rows) < len(logits) else logits
+    token = torch.argmax(x, dim=-1)
+    logprob = torch.log_softmax(x, dim=-1).gather(-1, token[:, None])[:, 0]
+    return dict(zip(rows, zip(token.tolist(), logprob.tolist())))
 
 
 class _Unsampleable(Exception):

@@ -9,6 +9,10 @@ When the KV cache runs out of blocks, the most recently admitted sequence not ye
 preempted: its blocks are freed and it goes back to the front of the waiting queue to be recomputed later (its
 tokens and audio rows are kept, so nothing is lost). A sequence that cannot fit even alone is finished with
 finish_reason "kv_cache_full"; the others go on.
+
+The scheduler holds every request's state (``requests``) and owns a step's two ends: ``schedule`` (which chunks run,
+and which sequences sample from their logits: a leader whose prompt completes brings its n-1 unforked samples, which
+share its row) and ``postprocess`` (the forks, the sampled tokens appended, and finishing: ``postprocess.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections import deque
 from ..config import EngineConfig
 from .block_manager import BlockManager, OutOfBlocks
 from .kv_cache import PagedKVCache
+from .request_state import RequestState
 from .sequence import Sequence, Status
 
 
@@ -35,27 +40,62 @@ class Chunk:
         return self.end == len(self.seq)
 
 
+@dataclasses.dataclass(slots=True)
+class ScheduledStep:
+    """One step: the chunks to run, and the sequences that sample a token, each from ``rows[i]``, its row among
+    the logits of the chunks that end their sequence."""
+
+    chunks: list[Chunk]
+    samples: list[Sequence]
+    rows: list[int]
+
+
 class Scheduler:
-    def __init__(self, config: EngineConfig, block_manager: BlockManager, kv_cache: PagedKVCache):
+    def __init__(self, config: EngineConfig, block_manager: BlockManager, kv_cache: PagedKVCache, post=None):
         self.config, self.bm, self.kv = config, block_manager, kv_cache
+        self.post = post  # postprocess.Postprocessor: sampled tokens in, forks and finishing
+        self.requests: dict[int, RequestState] = {}
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.finished: list[Sequence] = []  # finished since the engine last drained this list
         self.num_preemptions = 0
 
-    def add(self, seq: Sequence) -> None:
+    def add(self, request: RequestState) -> None:
+        """Queue a request: its first sample prefills the prompt, the others fork it once it is cached."""
+        self.requests[request.index] = request
+        seq = request.samples[0]
         seq.status = Status.WAITING
         self.waiting.append(seq)
+
+    def abort(self, index: int) -> bool:
+        """Finish the request's unfinished samples ("abort"), free their blocks and forget the request."""
+        request = self.requests.pop(index, None)
+        if request is None:
+            return False
+        for seq in request.samples:
+            if not seq.is_finished:
+                self.finish(seq, "abort")
+        self.finished = [s for s in self.finished if s.request_index != index]
+        return True
+
+    def drain(self) -> list[Sequence]:
+        """The sequences finished since the last drain."""
+        finished, self.finished = self.finished, []
+        return finished
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def join(self, seq: Sequence) -> None:
-        """A sample that forked its leader's cached prompt: running at once, no prefill."""
-        seq.status = Status.RUNNING
-        self.running.append(seq)
+    def fork(self, follower: Sequence) -> None:
+        """A sample forks its leader's cached prompt: it shares the leader's blocks and runs at once, no prefill."""
+        follower.block_table = self.bm.fork(follower.leader.block_table)
+        follower.num_cached = follower.leader.num_cached
+        follower.status = Status.RUNNING
+        self.running.append(follower)
 
     def finish(self, seq: Sequence, reason: str) -> None:
+        """End ``seq`` and free its blocks; a leader that ends before its prompt is cached takes its unforked
+        samples with it (same reason and error: they cannot run without its prompt)."""
         seq.status, seq.finish_reason = Status.FINISHED, reason
         self.finished.append(seq)
         self.bm.free(seq.block_table)
@@ -63,8 +103,38 @@ class Scheduler:
             self.running.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
+        request = self.requests.get(seq.request_index)
+        if request is not None and seq.num_generated == 0:
+            for follower in request.unforked(seq):
+                follower.error = seq.error
+                self.finish(follower, reason)
 
-    def schedule(self) -> list[Chunk]:
+    def fail(self, step: ScheduledStep, message: str) -> None:
+        """A step raised: the sequences it ran (and the samples that were to fork them) end with finish reason
+        "error" and the message; the engine and the other sequences go on."""
+        for seq in {id(s): s for s in [c.seq for c in step.chunks] + step.samples}.values():
+            if not seq.is_finished:
+                seq.error = message
+                self.finish(seq, "error")
+
+    def postprocess(self, step: ScheduledStep, sampled) -> None:
+        """The step's sampled tokens: forks, appended tokens, finishing and re-listens (``Postprocessor``)."""
+        self.post(self, step, sampled)
+
+    def schedule(self) -> ScheduledStep:
+        chunks = self._chunks()
+        samples, rows = [], []
+        for row, chunk in enumerate(c for c in chunks if c.samples):
+            samples.append(chunk.seq)
+            rows.append(row)
+            request = self.requests.get(chunk.seq.request_index)
+            if chunk.seq.num_generated == 0 and request is not None:  # the leader's prompt completes: samples fork it
+                followers = request.unforked(chunk.seq)
+                samples += followers
+                rows += [row] * len(followers)
+        return ScheduledStep(chunks, samples, rows)
+
+    def _chunks(self) -> list[Chunk]:
         budget = self.config.max_num_batched_tokens
         chunks: list[Chunk] = []
         scheduled: set[int] = set()

@@ -46,7 +46,7 @@ class RelistenRecord:
     position: int = 0  # index in token_ids where <|audio_bos|> was inserted (relisten only)
     cache_hit: bool = False
     inserted: bool = False  # the span's tokens went in (False when skipped, stopped, or no room was left)
-    dropped_text: str = ""  # what the sampled token that closed the tag held past "</seg>" (Engine._cut_at_seg)
+    dropped_text: str = ""  # what the sampled token that closed the tag held past "</seg>" (Postprocessor._cut_at_seg)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -69,6 +69,7 @@ class Sequence:
     generator: torch.Generator | None = None
     leader: "Sequence | None" = None  # for samples 1..n-1: fork the leader's prompt blocks instead of prefilling
     num_forced: int = 0  # text tokens put in by the engine, not sampled (a re-tokenized "</seg>": mask 0)
+    num_sampled: int = 0  # tokens with mask 1 (kept as a count: summing the mask every step grows with the length)
     error: str | None = None  # why the sequence ended early (finish reasons "error", "invalid_logits")
 
     def __post_init__(self):
@@ -89,6 +90,7 @@ class Sequence:
     def append_sampled(self, token: int, logprob: float | None) -> None:
         self.token_ids.append(token)
         self.mask.append(1)
+        self.num_sampled += 1
         if logprob is not None:
             self.logprobs.append(logprob)
 
@@ -99,6 +101,7 @@ class Sequence:
             self.logprobs.pop()
         self.token_ids.pop()
         self.mask.pop()
+        self.num_sampled -= 1
         self.token_ids.extend(ids)
         self.mask.extend([0] * len(ids))
         self.num_forced += len(ids)
@@ -111,7 +114,8 @@ class Sequence:
 
     def audio_rows_for(self, start: int, end: int, audio_token_id: int) -> torch.Tensor:
         """The audio rows of the <|AUDIO|> tokens in token_ids[start:end]."""
-        ids = np.asarray(self.token_ids[:end])
-        before = int((ids[:start] == audio_token_id).sum())
-        inside = int((ids[start:end] == audio_token_id).sum())
+        inside = self.token_ids[start:end].count(audio_token_id)
+        if not inside:  # a decode token or a text chunk: no need to count what came before
+            return self.audio_embeds[:0]
+        before = np.count_nonzero(np.asarray(self.token_ids[:start]) == audio_token_id)
         return self.audio_embeds[before : before + inside]

@@ -191,7 +191,8 @@ class EngineLoop:
             return
         finally:
             self.metrics.encoder_cache_hits, self.metrics.encoder_cache_misses = stats.hits, stats.misses
-        seqs, prompt_ids = self.engine._requests[job.index][0], self.engine._requests[job.index][2]
+        state = self.engine.request(job.index)
+        seqs, prompt_ids = state.samples, state.prompt_ids
         n = len(seqs)
         job.printed, job.sampled, job.seen, job.closed = [""] * n, [0] * n, [0] * n, [False] * n
         job.committed = [(0, "")] * n
@@ -233,7 +234,7 @@ class EngineLoop:
         proc = self.engine.model.processor
         tokens = 0
         for job in list(self._jobs.values()):
-            seqs = self.engine._requests[job.index][0]
+            seqs = self.engine.request(job.index).samples
             updates = []
             for i, seq in enumerate(seqs):
                 if job.closed[i]:
@@ -245,7 +246,7 @@ class EngineLoop:
             if updates:
                 job.post(("update", updates))
             if all(job.closed):
-                result = self.engine._result(job.index)
+                result = self.engine.result(job.index)
                 spliced = [len(s.mask) - sum(s.mask) for s in result.samples]
                 self._finish(job, usage={
                     "completion_tokens": sum(sum(s.mask) for s in result.samples),
@@ -274,7 +275,7 @@ class EngineLoop:
         text = self._text(job, i, generated, proc)
         stops = tuple(seq.params.stop)
         if seq.is_finished:
-            for stop in stops:  # as Engine._result trims it
+            for stop in stops:  # as Engine.result trims it
                 if text.endswith(stop):
                     text = text[: -len(stop)]
         else:

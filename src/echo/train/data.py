@@ -4,8 +4,8 @@
 the span's ``<|audio_bos|> <|AUDIO|>×n <|audio_eos|>`` goes in exactly as the engine inserts it at inference
 (the same ``relisten.decide`` and RelistenPolicy, the same token count for the span, so the same tokens at the
 same positions); its n rows are the span's audio embeddings. The text up to each ``</seg>`` is tokenized on its
-own, so no token straddles the tag: what the engine does with a sampled token that does (engine/llm.py,
-``Engine._cut_at_seg``), and what follows the splice starts a fresh tokenization, as after a re-listen. A clip
+own, so no token straddles the tag: what the engine does with a sampled token that does (engine/postprocess.py:
+``_cut_at_seg``), and what follows the splice starts a fresh tokenization, as after a re-listen. A clip
 longer than the feature extractor's maximum is the part the model hears (its first ``chunk_length`` seconds, the
 engine's ``long_audio="truncate"``); tags past it do not fit the clip. Labels are the token ids on the assistant's tokens
 (up to and including ``<|im_end|>``) and -100 on the prompt and on every inserted audio token.
