@@ -39,6 +39,7 @@ def main() -> None:
 
     panels = [(name, read_log(args.work / sub / "log.jsonl")) for name, sub in
               (("stage 0: align (projector)", "align/sft"), ("stage 1: SFT interleaved (LoRA)", "sft"),
+               ("stage 1b: head rows of the tags", "heads"),
                ("stage 2: GRPO", "grpo"))]
     panels = [(n, rows) for n, rows in panels if rows]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)

@@ -1,6 +1,7 @@
-"""The echo-demo recipe: data -> stage 0 (align the projector) -> stage 1 (SFT) -> evaluation on the test split.
+"""The echo-demo recipe: data -> stage 0 (align the projector) -> stage 1 (SFT) -> 1b (the tags' head rows) ->
+evaluation on the test split.
 
-    python experiments/echo_demo/recipe.py --work runs/echo-demo [--until align|sft|eval]
+    python experiments/echo_demo/recipe.py --work runs/echo-demo [--until data|align|sft|eval] [--eval-aligned]
 
 Every step is skipped when its output exists and every training run resumes from its own last checkpoint, so
 rerunning the same command after a kill continues where it stopped. Steps and outputs (under ``--work``):
@@ -14,7 +15,11 @@ rerunning the same command after a kill continues where it stopped. Steps and ou
 - ``sft/``: stage 1, echo's SFT in the interleaved format on the train items' reference chains of thought, a LoRA
   adapter over ``aligned/``; ``sft-merged/`` the merged checkpoint and ``parts/lora.safetensors`` the adapter as
   assembly parts;
-- ``eval/<model>``: ``echo eval --benchmark synthetic`` on the test split.
+- ``heads/``, ``sft-heads/``: stage 1b, the output-head rows of the added tokens (tags) trained alone on the merged
+  model (LoRA cannot move a row of the head); ``parts/lm_head_rows.safetensors``; ``demo-from-parts/`` is echo-demo
+  assembled from the packages + ``parts/``, checked to have the trained model's logits;
+- ``eval/<model>``: ``echo eval --benchmark synthetic`` on the test split (``sft``; ``aligned`` too with
+  ``--eval-aligned``: arm A of the ablation).
 """
 
 from __future__ import annotations
@@ -246,6 +251,7 @@ def main() -> None:
     ap.add_argument("--heads-items", type=int, default=320)
     ap.add_argument("--heads-lr", type=float, default=1e-3)
     ap.add_argument("--eval-limit", type=int, default=None)
+    ap.add_argument("--eval-aligned", action="store_true", help="also evaluate the stage-0 model (arm A)")
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -262,7 +268,7 @@ def main() -> None:
     stage_parts(args.work)
     if args.until == "sft":
         return
-    for name, model in (("aligned", aligned), ("sft", merged)):
+    for name, model in (("sft", merged),) + ((("aligned", aligned),) if args.eval_aligned else ()):
         print(name, json.dumps(stage_eval(args.work, model, name, args.eval_limit))[:400])
 
 

@@ -117,3 +117,45 @@ def test_generate_with_model_echo_demo_on_a_3s_clip(demo_dir, tmp_path, capsys, 
     assert main(["generate", "--model", "echo-demo", str(tmp_path / "clip.wav"), "What do you hear?",
                  "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+SCENE_FAMILIES_ORDER = ("scene_heard_between", "scene_which_first", "scene_count", "scene_said_at",
+                        "scene_starts_when", "scene_longer", "scene_which_heard")
+
+
+def test_trained_echo_demo_reasons_with_relistens_on_held_out_items(demo_dir, tmp_path):
+    """The shipped parts make a model that answers in Echo's format and re-listens, on the first 14 items of the
+    held-out test split (the recipe's: seed 0, easy and medium, recordings never in training). A regression floor,
+    not a quality claim: on these 14 it answers 13 in a choice, re-listens in 9 and is right in 1 (on the whole split
+    about a third, chance a quarter: experiments/echo_demo/RESULTS.md). Without the trained head rows of the tags the
+    model writes no tag token and never re-listens (seen on the SFT model before stage 1b), so a build that lost its
+    parts fails here."""
+    import shutil
+
+    import echo
+    from echo.data import sounds
+    from echo.data.synthetic import SynthConfig, write_synthetic
+    from echo.eval.answers import extract_answer
+    from echo.eval.prompts import build_prompt
+    from echo.eval.scoring import string_match
+    from echo.models.convert.demo import default_parts
+
+    if default_parts() is None:
+        pytest.skip("no trained parts shipped")
+    if sounds.find_library(None).missing or shutil.which("espeak-ng") is None:
+        pytest.skip("needs the recorded-sound packages and espeak-ng to rebuild the test items")
+    data = write_synthetic(SynthConfig(n=14, seed=0, families=SCENE_FAMILIES_ORDER, difficulties=("easy", "medium"),
+                                       split="test"), tmp_path / "test")
+    import json
+
+    items = [json.loads(line) for line in open(data)]
+    model = echo.load(demo_dir)
+    results = model.generate([{"audio": str(tmp_path / "test" / r["audio"]),
+                               "prompt": build_prompt(r["question"], r["choices"])} for r in items],
+                             echo.SamplingParams(temperature=0, max_new_tokens=256))
+    extracted = [extract_answer(res.text, r["choices"]) for r, res in zip(items, results)]
+    correct = sum(string_match(r["answer"], e.prediction or "", r["choices"]) for r, e in zip(items, extracted))
+    relistened = sum(any(x.decision.action == "relisten" for x in res.samples[0].relistens) for res in results)
+    assert sum(e.choice_index is not None for e in extracted) >= 12
+    assert relistened >= 7
+    assert correct >= 1, [res.text for res in results]
