@@ -147,8 +147,9 @@ def test_trained_echo_demo_reasons_with_relistens_on_held_out_items(demo_dir, tm
     data = write_synthetic(SynthConfig(n=14, seed=0, families=SCENE_FAMILIES_ORDER, difficulties=("easy", "medium"),
                                        split="test"), tmp_path / "test")
     import json
+    from pathlib import Path
 
-    items = [json.loads(line) for line in open(data)]
+    items = [json.loads(line) for line in Path(data).read_text().splitlines()]
     model = echo.load(demo_dir)
     results = model.generate([{"audio": str(tmp_path / "test" / r["audio"]),
                                "prompt": build_prompt(r["question"], r["choices"])} for r in items],
