@@ -14,7 +14,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -23,6 +22,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine import describe  # noqa: E402
+
 TESTS = ROOT / "tests" / "data" / "pipeline"
 
 
@@ -32,17 +35,6 @@ def _load(name: str, path: Path):
     sys.path.insert(0, str(path.parent))
     spec.loader.exec_module(module)
     return module
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores, load average {load}, Python {platform.python_version()}"
 
 
 async def bare_client(url: str, n: int, concurrency: int) -> float:
@@ -106,7 +98,7 @@ def main(clips: int = 200, repeats: int = 3) -> dict:
     fixtures = _load("pipeline_fixtures", TESTS / "conftest.py")
     scripted = _load("scripted", TESTS / "scripted.py")
     server = fixtures.FakeServer()
-    results = {"machine": machine(), "clips": clips, "rows": []}
+    results = {"machine": describe(), "clips": clips, "rows": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)

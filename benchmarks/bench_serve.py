@@ -19,7 +19,6 @@ import asyncio
 import base64
 import io
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -27,6 +26,10 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from machine import describe  # noqa: E402
 
 SR = 16_000
 CLIP_S = 10.0
@@ -160,16 +163,6 @@ async def _level(url: str, mode, clients: int, clips: list[str]) -> dict:
             "p99_s": latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))]}
 
 
-def _machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
-
-
 def test_in_engine_relistening_vs_resubmission_over_http(tmp_path):
     import httpx
 
@@ -207,7 +200,7 @@ def test_in_engine_relistening_vs_resubmission_over_http(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
-    print(f"\nmachine: {_machine()}")
+    print(f"\nmachine: {describe()}")
     print(f"model omni-tiny-gqa2 (random), {CLIP_S:g} s clips, {TURNS} re-listens + "
           f"{TURNS * PERIOD + FINAL + 1} sampled tokens per conversation")
     print(f"{'clients':>7} {'mode':24} {'convs':>5} {'tokens':>6} {'relist':>6} {'wall s':>7} {'tok/s':>8} "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -19,13 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return (f"{cpu}, {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+from machine import describe  # noqa: E402
 
 
 def timed(fn, *a, **k):
@@ -46,7 +41,7 @@ def main() -> None:
     from echo.models.convert.hf_dir import verify_manifest
     from tiny_checkpoints import conversation, hf_forward, sine_clip
 
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     tmp = Path(tempfile.mkdtemp(prefix="echo-demo-measure-"))
     _, t = timed(convert_whisper_ct2, demo.package_file("whisper"), tmp / "whisper")
     print(f"convert whisper-ct2: {t:.2f} s")
@@ -97,7 +92,7 @@ def main() -> None:
         print(f"{name}: prompt + first token {first * 1000:.0f} ms; decode {rate:.1f} tokens/s (batch 1, greedy, "
               f"{n} tokens)")
     e, h = rows["echo engine"][1], rows["transformers generate"][1]
-    print(f"decode ratio echo / transformers: {e / h:.2f}x; machine after: {machine()}")
+    print(f"decode ratio echo / transformers: {e / h:.2f}x; machine after: {describe()}")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,8 @@ def check_hearing(work: Path, model_dir: Path, n: int = 120) -> dict:
         return json.loads(out.read_text())
     val = make_align_data(work, work / "data" / "val" / "synthetic.jsonl", "val")
     rows = [json.loads(line) for line in val.read_text().splitlines()][:n]
-    train = [json.loads(line)["messages"][1]["content"] for line in (work / "align" / "align.jsonl").open()]
+    train = [json.loads(line)["messages"][1]["content"]
+             for line in (work / "align" / "align.jsonl").read_text().splitlines()]
     prior = collections.Counter(train).most_common(1)[0][0]
     model = echo.load(model_dir)
     reqs = [{"audio": str(val.parent / r["audios"][0]), "prompt": ALIGN_PROMPT} for r in rows]
@@ -173,17 +174,19 @@ def stage_heads(work: Path, args) -> Path:
     """Stage 1b: the output rows of the added tokens (the tags, whose rows started as the mean of their pieces') on
     the same records, everything else frozen: LoRA cannot move a row of the head, and without this the model writes a
     tag's first piece (``<``) where the tag token should be, so no ``</seg>`` ever triggers a re-listen."""
+    from echo.models.convert.assembly import AUDIO_TOKENS, TAG_TOKENS
     from echo.train.sft import SFTConfig, train_sft
     from safetensors.torch import load_file, save_file
 
     done = work / "sft-heads"
     if (done / "config.json").is_file():
         return done
-    added = json.loads((work / "aligned" / "config.json").read_text())["text_config"]["vocab_size"] - 49152
+    added = len(AUDIO_TOKENS + TAG_TOKENS)
     data = work / "heads.jsonl"
     if not data.is_file():
-        rows = (work / "data" / "train" / "synthetic.jsonl").read_text().splitlines()[: args.heads_items]
-        data.write_text("".join(r + "\n" for r in rows).replace('"audio": "audio/', f'"audio": "{work}/data/train/audio/'))
+        train = work / "data" / "train"
+        rows = [json.loads(line) for line in (train / "synthetic.jsonl").read_text().splitlines()[: args.heads_items]]
+        data.write_text("".join(json.dumps({**r, "audio": str((train / r["audio"]).resolve())}) + "\n" for r in rows))
     cfg = SFTConfig(format=args.sft_format, lr=args.heads_lr, grad_accum=args.sft_grad_accum, save_every=args.save_every,
                     seed=args.seed, train_only=("lm_head",), train_last_rows=added, max_len=2048)
     t = time.time()

@@ -15,8 +15,7 @@ import torch
 
 import echo
 import tiny_checkpoints as tc
-from echo.config import EngineConfig, SamplingParams
-from echo.engine.llm import Engine, Request
+from helpers import engine_greedy_with_logits
 from echo.models import loader
 
 NAME = "omni-tiny-gqa2"
@@ -54,29 +53,6 @@ def test_cpu_bf16_probe_agrees_with_cpuinfo():
     assert loader.cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def _greedy(model, clips, steps):
-    """Engine greedy decode (text ids only); returns each sequence's tokens and the float32 logits it chose from."""
-    high = torch.arange(300, model.config.decoder.vocab_size)
-    seen: dict[tuple, list[torch.Tensor]] = {}
-    prompts = []
-
-    def record(history, logits):
-        for p in prompts:
-            if tuple(history[: len(p)]) == p:
-                seen.setdefault(p, []).append(logits.float().clone())
-        return logits.index_fill(0, high, float("-inf"))
-
-    conv = [{"role": "user", "content": [{"type": "audio", "audio": "a"}, {"type": "text", "text": "Q?"}]}]
-    reqs = []
-    for clip in clips:
-        prompt = model.processor(conv, [int(-(-len(clip) // 160))])
-        prompts.append(tuple(prompt))
-        reqs.append(Request(clip, prompt, SamplingParams(temperature=0, max_new_tokens=steps, ignore_eos=True)))
-    engine = Engine(model, EngineConfig(kv_cache_bytes=1 << 24), logits_processors=[record])
-    out = engine.generate(reqs)
-    return [r.samples[0].token_ids for r in out], [torch.stack(seen[p]) for p in prompts]
-
-
 def test_bf16_engine_gives_the_fp32_greedy_tokens(checkpoint, features):
     path, hf = checkpoint(NAME)
     fp32, bf16 = echo.load(path), echo.load(path, dtype=torch.bfloat16)
@@ -95,8 +71,8 @@ def test_bf16_engine_gives_the_fp32_greedy_tokens(checkpoint, features):
     budget = 2 * (ref16.float() - ref32).abs().max().item()
 
     clips = [tc.sine_clip(s, seed=i) for i, s in enumerate((2.0, 3.5, 1.2))]
-    tokens32, logits32 = _greedy(fp32, clips, 8)
-    tokens16, logits16 = _greedy(bf16, clips, 8)
+    tokens32, logits32 = engine_greedy_with_logits(fp32, clips, 8)
+    tokens16, logits16 = engine_greedy_with_logits(bf16, clips, 8)
     compared = 0
     for t32, t16, l32, l16 in zip(tokens32, tokens16, logits32, logits16):
         assert len(l32) == len(t32) == 8  # one logits row per sampled token (no re-listens here)

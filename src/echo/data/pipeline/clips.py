@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 
+from ...durable import read_object_lines
 from ...errors import EchoError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
@@ -89,17 +89,13 @@ def read_meta(path: Path) -> dict[str, list[dict]]:
         raise EchoError(f"metadata file {path} not found")
     out: dict[str, list[dict]] = {}
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    cid = _clip_id(row.get("clip") or row.get("audio") or row.get("id"))
-                    events = row["events"] if "events" in row else [row]
-                    out.setdefault(cid, []).extend(_event(e) for e in events)
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    raise EchoError(f"{path} line {n}: not a strong-label row ({type(exc).__name__}: {exc})") from None
+        for n, row in read_object_lines(path):
+            try:
+                cid = _clip_id(row.get("clip") or row.get("audio") or row.get("id"))
+                events = row["events"] if "events" in row else [row]
+                out.setdefault(cid, []).extend(_event(e) for e in events)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise EchoError(f"{path} line {n}: not a strong-label row ({type(exc).__name__}: {exc})") from None
         return out
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t" if path.suffix in (".tsv", ".txt") else ",")

@@ -86,6 +86,8 @@ def apply_parts(tensors: dict[str, torch.Tensor], parts: str | os.PathLike | Non
         raise CheckpointError(f"{parts}: no *.safetensors parts to apply")
     for f in files:
         loaded = load_file(str(f))
+        with safe_open(str(f), "pt") as sf:
+            scale = (sf.metadata() or {}).get("lora_scale")
         for name, t in loaded.items():
             if name.endswith(LORA_B):
                 if name.removesuffix(LORA_B) + LORA_A not in loaded:
@@ -93,8 +95,6 @@ def apply_parts(tensors: dict[str, torch.Tensor], parts: str | os.PathLike | Non
                 continue
             if name.endswith(LORA_A):
                 module = name.removesuffix(LORA_A)
-                with safe_open(str(f), "pt") as sf:
-                    scale = (sf.metadata() or {}).get("lora_scale")
                 if scale is None or module + LORA_B not in loaded:
                     raise CheckpointError(f"{f}: the low-rank part {module} needs {LORA_B.lstrip('.')} and the "
                                           "file's lora_scale metadata")
