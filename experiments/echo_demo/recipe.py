@@ -2,6 +2,7 @@
 evaluation on the test split.
 
     python experiments/echo_demo/recipe.py --work runs/echo-demo [--until data|align|sft|eval] [--eval-aligned]
+        [--grpo] [--grpo-aligned] [--sft-format grounded]
 
 Every step is skipped when its output exists and every training run resumes from its own last checkpoint, so
 rerunning the same command after a kill continues where it stopped. Steps and outputs (under ``--work``):
@@ -18,8 +19,11 @@ rerunning the same command after a kill continues where it stopped. Steps and ou
 - ``heads/``, ``sft-heads/``: stage 1b, the output-head rows of the added tokens (tags) trained alone on the merged
   model (LoRA cannot move a row of the head); ``parts/lm_head_rows.safetensors``; ``demo-from-parts/`` is echo-demo
   assembled from the packages + ``parts/``, checked to have the trained model's logits;
-- ``eval/<model>``: ``echo eval --benchmark synthetic`` on the test split (``sft``; ``aligned`` too with
-  ``--eval-aligned``: arm A of the ablation).
+- ``grpo/`` (``--grpo``): stage 2, GRPO with re-listening rollouts from ``sft-heads/`` (arm D);
+  ``grpo-aligned/`` (``--grpo-aligned``): GRPO from ``aligned/`` without SFT (arm E);
+- ``eval/<model>``: ``echo eval --benchmark synthetic`` on the test split: ``sft`` (arm C, or B with
+  ``--sft-format grounded``, evaluated without re-listening), ``aligned`` with ``--eval-aligned`` (arm A), ``grpo``
+  and ``grpo-aligned``.
 """
 
 from __future__ import annotations
@@ -219,13 +223,34 @@ def stage_parts(work: Path) -> Path:
     return built
 
 
-def stage_eval(work: Path, model: Path, name: str, limit: int | None) -> dict:
+def stage_grpo(work: Path, args, start: Path, name: str) -> Path:
+    """Stage 2: GRPO with interleaved rollouts through echo's engine (re-listening on), on the train split, from
+    ``start`` (the SFT model: arm D; the aligned model: arm E). Full fine-tune of the decoder and projector (the
+    audio encoder stays frozen), no reference model (kl_coef 0), echo's default reward terms."""
+    from echo.train.grpo import GRPOConfig, train_grpo
+    from echo.train.grpo_loss import PolicyLossConfig
+
+    final = work / name / "final"
+    if (final / "config.json").is_file():
+        return final
+    cfg = GRPOConfig(group_size=args.grpo_group, prompts_per_step=args.grpo_prompts, steps=args.grpo_steps,
+                     lr=args.grpo_lr, max_new_tokens=args.grpo_max_tokens, micro_batch=args.grpo_group,
+                     save_every=args.save_every, seed=args.seed, loss=PolicyLossConfig(kl_coef=0.0))
+    t = time.time()
+    result = train_grpo(str(start), str(work / "data" / "train" / "synthetic.jsonl"), str(work / name), cfg)
+    log(work, name, seconds=round(time.time() - t), steps=result["steps"], records=result["records"])
+    return final
+
+
+def stage_eval(work: Path, model: Path, name: str, limit: int | None, relisten: bool = True) -> dict:
     out = work / "eval" / name
     if not (out / "summary.json").is_file():
         cmd = [sys.executable, "-m", "echo", "eval", "--benchmark", "synthetic", "--data", str(work / "data" / "test"),
                "--model", str(model), "--out", str(out), "--max-tokens", "256", "--batch-size", "16"]
         if limit:
             cmd += ["--limit", str(limit)]
+        if not relisten:  # the grounded format cites spans but never hears them again
+            cmd += ["--relisten-turns", "0"]
         t = time.time()
         subprocess.run(cmd, check=True)
         log(work, f"eval-{name}", seconds=round(time.time() - t))
@@ -255,6 +280,14 @@ def main() -> None:
     ap.add_argument("--heads-lr", type=float, default=1e-3)
     ap.add_argument("--eval-limit", type=int, default=None)
     ap.add_argument("--eval-aligned", action="store_true", help="also evaluate the stage-0 model (arm A)")
+    ap.add_argument("--grpo", action="store_true", help="stage 2: GRPO from the SFT model (arm D), then evaluate it")
+    ap.add_argument("--grpo-aligned", action="store_true",
+                    help="GRPO straight from the aligned model, no SFT (arm E), then evaluate it")
+    ap.add_argument("--grpo-steps", type=int, default=30)
+    ap.add_argument("--grpo-group", type=int, default=4, help="samples per prompt")
+    ap.add_argument("--grpo-prompts", type=int, default=2, help="prompts per step")
+    ap.add_argument("--grpo-lr", type=float, default=2e-6)
+    ap.add_argument("--grpo-max-tokens", type=int, default=160)
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -266,13 +299,20 @@ def main() -> None:
         check_hearing(args.work, aligned)
     if args.until == "align":
         return
-    stage_sft(args.work, args)
-    merged = stage_heads(args.work, args)
-    stage_parts(args.work)
-    if args.until == "sft":
-        return
-    for name, model in (("sft", merged),) + ((("aligned", aligned),) if args.eval_aligned else ()):
-        print(name, json.dumps(stage_eval(args.work, model, name, args.eval_limit))[:400])
+    models = {"aligned": aligned} if args.eval_aligned else {}
+    if args.grpo_aligned:
+        models["grpo-aligned"] = stage_grpo(args.work, args, aligned, "grpo-aligned")
+    if not args.grpo_aligned or args.grpo:
+        stage_sft(args.work, args)
+        models["sft"] = stage_heads(args.work, args)
+        stage_parts(args.work)
+        if args.until == "sft":
+            return
+        if args.grpo:
+            models["grpo"] = stage_grpo(args.work, args, models["sft"], "grpo")
+    for name, model in models.items():
+        relisten = not (name == "sft" and args.sft_format == "grounded")
+        print(name, json.dumps(stage_eval(args.work, model, name, args.eval_limit, relisten))[:400])
 
 
 if __name__ == "__main__":

@@ -100,5 +100,8 @@ def test_arguments():
         defaults.batch_size, defaults.limit, defaults.prompt_style, defaults.check_audio)
     params = cli.sampling_params(args)
     assert (params.temperature, params.top_p, params.max_new_tokens, params.seed) == (0.0, 1.0, 2048, 0)
+    assert params.relisten is None  # the engine's policy
+    args = _parse(["--benchmark", "mmar", "--model", "m", "--relisten-turns", "0"])
+    assert cli.sampling_params(args).relisten.max_turns == 0  # tags written, no audio inserted (grounded format)
     args = _parse(["--benchmark", "mmar", "--model", "m", "--batch-size", "3", "--check-audio", "decode"])
     assert (args.batch_size, args.check_audio) == (3, "decode")

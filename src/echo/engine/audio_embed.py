@@ -28,8 +28,7 @@ def feature_config_for(model, model_dir=None) -> FeatureConfig:
         return kept
     if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
         return FeatureConfig.from_pretrained(model_dir)
-    default = FeatureConfig.for_family(model.config.family)
-    return dataclasses.replace(default, n_mels=model.config.audio.num_mel_bins)
+    return dataclasses.replace(model.config.spec.feature_config(), n_mels=model.config.audio.num_mel_bins)
 
 
 def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor],
@@ -47,13 +46,12 @@ def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor
     starts = torch.tensor([offset[w] + s for w, s, _ in spans])
     lens = torch.tensor([e - s for _, s, e in spans])
     frames = [num_mel_frames(e - s, features) for _, s, e in spans]
-    is_omni = model.config.family == "qwen2_5_omni"
-    # Qwen2-Audio's conv stem reads 2 frames past each audio's end (the extractor's padding)
-    feats, got = log_mel_spans(wave.contiguous(), starts, lens, features, extra_frames=0 if is_omni else 2)
+    spec = model.config.spec  # the family's feature layout (models/families)
+    feats, got = log_mel_spans(wave.contiguous(), starts, lens, features, extra_frames=spec.extra_frames)
     # no_grad, not inference_mode: under FSDP2 the gathered parameters must stay usable by a later backward
     ctx = torch.enable_grad() if grad else torch.no_grad()
     with ctx:
-        if is_omni:
+        if spec.packed_features:
             emb = model.encode_audio(feats, frames)
         else:
             padded = feats.new_zeros((len(spans), feats.shape[0], int(got.max())))

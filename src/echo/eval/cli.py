@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--relisten-turns", type=int, default=None,
+                   help="re-listens per answer at most (0: none, the tags are written but no audio is inserted; "
+                   "default: the engine's policy)")
     p.add_argument("--allow-unknown-fields", action="store_true", help="accept fields outside the published layout")
     p.add_argument("--re-extract", action="store_true",
                    help="with --predictions: extract answers again from the full responses (response/model_response)")
@@ -140,7 +143,8 @@ def load_model(path: str):
 
 def sampling_params(args: argparse.Namespace):
     """The ``SamplingParams`` of eval's sampling flags."""
-    from ..config import SamplingParams
+    from ..config import RelistenPolicy, SamplingParams
 
+    relisten = None if args.relisten_turns is None else RelistenPolicy(max_turns=args.relisten_turns)
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens,
-                          seed=args.seed)
+                          seed=args.seed, relisten=relisten)
