@@ -190,3 +190,23 @@ def test_mmau_test_without_answers_writes_predictions_but_scores_nothing(tmp_pat
     s = score_records(records, "mmau-test")
     assert s.no_ground_truth == 3 and s.overall.total == 0
     assert string_match("x", "x", ["x", "y"])
+
+
+def test_engine_results_record_relistens_tokens_and_seconds(synth10, tmp_path):
+    """With the engine's results, each prediction says how many spans were re-listened to (inserted, not merely
+    cited), how many tokens were sampled and how long the request took."""
+    from types import SimpleNamespace
+
+    from echo.engine.outputs import GenerationResult, SampleOutput
+
+    class Engine:
+        def generate(self, requests, sampling_params=None):
+            inserted = [SimpleNamespace(inserted=True), SimpleNamespace(inserted=False)]
+            sample = SampleOutput("<think><seg>1, 2</seg></think><answer>A</answer>", [5, 6, 7, 8], [1, 0, 1, 1],
+                                  None, inserted, "stop")
+            return [GenerationResult(i, [], [sample], 0.25) for i in range(len(requests))]
+
+    run_eval(synth10, Engine(), tmp_path, _cfg(batch_size=4))
+    records = list(read_predictions(tmp_path).values())
+    assert len(records) == 10
+    assert all((r["relistens"], r["generated_tokens"], r["seconds"]) == (1, 3, 0.25) for r in records)

@@ -142,9 +142,11 @@ def read_predictions(out_dir: str | os.PathLike) -> dict[str, dict]:
     return found
 
 
-def prediction_record(item: EvalItem, response: str, benchmark: str) -> dict[str, Any]:
+def prediction_record(item: EvalItem, response: str, benchmark: str, result: Any = None) -> dict[str, Any]:
     """The item as published plus the extracted prediction under the key(s) the official scorer reads, the full
-    response, and how the answer was extracted."""
+    response, and how the answer was extracted; with the engine's ``result`` (a GenerationResult), the number of
+    spans it re-listened to (audio inserted, not just cited), the tokens it generated and its seconds (a batch's
+    requests share their steps: the time from admission to the last token)."""
     ex = extract_answer(response, item.choices)
     rec = dict(item.record)
     rec[BENCHMARKS[benchmark]["prediction_key"]] = ex.prediction
@@ -152,6 +154,10 @@ def prediction_record(item: EvalItem, response: str, benchmark: str) -> dict[str
         rec["model_prediction"] = ex.prediction  # the key MMAU's README names; identical value
     rec.update(response=response, no_answer=ex.no_answer, extracted_choice=ex.choice_index,
                extraction=f"{ex.source}/{ex.method}")
+    sample = (getattr(result, "samples", None) or [None])[0]
+    if sample is not None and hasattr(sample, "relistens"):
+        rec.update(relistens=sum(bool(r.inserted) for r in sample.relistens),
+                   generated_tokens=sum(sample.mask), seconds=round(float(result.seconds), 4))
     return rec
 
 
@@ -196,7 +202,7 @@ def run_eval(
             if len(results) != len(requests):
                 raise RuntimeError(f"model returned {len(results)} results for {len(requests)} requests")
             for item, result in zip(batch, results):
-                rec = prediction_record(item, str(result.text), benchmark.name)
+                rec = prediction_record(item, str(result.text), benchmark.name, result)
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())  # a finished batch survives a kill -9 or a node failure
