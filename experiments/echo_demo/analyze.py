@@ -1,5 +1,6 @@
 """Metrics of one evaluation run on the synthetic test split, beyond the scorer's accuracy: a 95% Wilson interval,
-the rate of extractable answers, re-listens per answer, span IoU against the ground-truth spans, output length.
+the rate of extractable answers, spans cited and spans re-listened to (audio inserted by the engine) per answer, span
+IoU of the cited spans against the ground-truth spans, output length, seconds per request.
 
     python experiments/echo_demo/analyze.py EVAL_DIR [EVAL_DIR ...] [--tokenizer MODEL_DIR]
 
@@ -46,12 +47,16 @@ def metrics(eval_dir: Path, tokenizer=None) -> dict:
         lengths.append(len(tokenizer.encode(r["response"]).ids) if tokenizer else len(r["response"].split()))
     n = len(records)
     lo, hi = wilson(correct, n)
+    engine = [r for r in records if "relistens" in r]  # predictions written with the engine's records
     by_task: dict[str, list[int]] = {}
     for r in records:
         by_task.setdefault(r["task"], []).append(int(r["correct"]))
     return {"items": n, "accuracy": correct / n, "ci95": [lo, hi],
             "extractable": sum(not r["no_answer"] for r in records) / n,
-            "relistens_per_answer": sum(cited) / n, "answers_with_relisten": sum(c > 0 for c in cited) / n,
+            "spans_cited_per_answer": sum(cited) / n, "answers_citing_spans": sum(c > 0 for c in cited) / n,
+            "relistens_per_answer": sum(r["relistens"] for r in engine) / len(engine) if engine else None,
+            "seconds_per_request": sum(r["seconds"] for r in engine) / len(engine) if engine else None,
+            "engine_records": len(engine),
             "span_iou": sum(ious) / len(ious) if ious else None,
             "output_length": sum(lengths) / n, "length_unit": "tokens" if tokenizer else "words",
             "by_task": {k: sum(v) / len(v) for k, v in sorted(by_task.items())}}

@@ -1,6 +1,6 @@
 """Training curves of an echo-demo run as one PNG: the loss of stage 0 (projector alignment) and stage 1 (SFT) over
-optimizer steps (a running mean over ``--window`` steps), and, when a GRPO stage ran, its reward, validation accuracy
-and re-listens per answer.
+optimizer steps (a running mean over ``--window`` steps), and, when a GRPO stage ran (``grpo/``, ``grpo-aligned/``),
+its reward, accuracy on its own rollouts and re-listens per rollout over steps.
 
     python experiments/echo_demo/plot.py --work runs/echo-demo --out experiments/echo_demo/training.png
 
@@ -40,20 +40,24 @@ def main() -> None:
     panels = [(name, read_log(args.work / sub / "log.jsonl")) for name, sub in
               (("stage 0: align (projector)", "align/sft"), ("stage 1: SFT interleaved (LoRA)", "sft"),
                ("stage 1b: head rows of the tags", "heads"),
-               ("stage 2: GRPO", "grpo"))]
+               ("stage 2: GRPO from SFT (arm D)", "grpo"), ("GRPO from aligned (arm E)", "grpo-aligned"))]
     panels = [(n, rows) for n, rows in panels if rows]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (name, rows) in zip(axes[0], panels):
-        if "loss" in rows[0]:
+        if "reward" in rows[0]:  # GRPO: its "loss" is the policy-gradient surrogate, not worth a curve
+            steps = np.array([r["step"] for r in rows])
+            w = min(max(1, args.window // 4), len(rows))
+            for key, color in (("reward", "tab:green"), ("reward/accuracy", "tab:red"),
+                               ("relistens_per_trajectory", "tab:purple")):
+                y = np.array([r[key] for r in rows])
+                ax.plot(steps, y, alpha=0.25, color=color)
+                ax.plot(steps[w - 1:], running_mean(y, w), color=color, label=f"{key} (mean of {w})")
+        elif "loss" in rows[0]:
             steps, loss = np.array([r["step"] for r in rows]), np.array([r["loss"] for r in rows])
             ax.plot(steps, loss, alpha=0.25, color="tab:blue")
             w = min(args.window, len(loss))
             ax.plot(steps[w - 1:], running_mean(loss, w), color="tab:blue", label=f"loss (mean of {w})")
             ax.set_ylabel("cross-entropy per label token")
-        for key, color in (("reward", "tab:green"), ("val_accuracy", "tab:red"), ("relistens_per_answer", "tab:purple")):
-            pts = [(r["step"], r[key]) for r in rows if key in r]
-            if pts:
-                ax.plot(*zip(*pts), color=color, label=key)
         ax.set_title(name)
         ax.set_xlabel("optimizer step")
         ax.legend()

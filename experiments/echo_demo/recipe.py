@@ -286,7 +286,7 @@ def main() -> None:
     ap.add_argument("--grpo-steps", type=int, default=30)
     ap.add_argument("--grpo-group", type=int, default=4, help="samples per prompt")
     ap.add_argument("--grpo-prompts", type=int, default=2, help="prompts per step")
-    ap.add_argument("--grpo-lr", type=float, default=2e-6)
+    ap.add_argument("--grpo-lr", type=float, default=5e-6)
     ap.add_argument("--grpo-max-tokens", type=int, default=160)
     args = ap.parse_args()
 

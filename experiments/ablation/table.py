@@ -1,0 +1,120 @@
+"""The ablation table and bar chart from the arms' evaluation runs on the synthetic test split.
+
+    python experiments/ablation/table.py --tokenizer runs/s0/aligned \
+        --arm "A base (aligned)=runs/s0/eval/aligned" --arm "B SFT grounded=runs/B-s0/eval/sft" \
+        --arm "C SFT interleaved=runs/s0/eval/sft,runs/s1/eval/sft" ... \
+        --out experiments/ablation/table.md --png experiments/ablation/ablation.png
+
+Each ``--arm "NAME=DIR[,DIR...]"`` names an arm and its ``echo eval`` output directories, one per training seed.
+Per arm: accuracy per seed, the mean over seeds with a 95% Wilson interval over all its seeds' answers pooled, and
+the means of extractable answers, spans cited and re-listened per answer, span IoU, output tokens and seconds per
+request (experiments/echo_demo/analyze.py). Needs matplotlib for ``--png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "echo_demo"))
+from analyze import metrics, wilson  # noqa: E402
+
+PAPER_MMAR = {"A": 51.80, "B": 56.77, "C": 52.26, "D": 69.99, "E": 63.15}
+
+
+def arm_row(name: str, dirs: list[Path], tok) -> dict:
+    runs = [metrics(d, tok) for d in dirs]
+    correct = sum(round(m["accuracy"] * m["items"]) for m in runs)
+    items = sum(m["items"] for m in runs)
+    mean = lambda key: (sum(m[key] for m in runs) / len(runs)  # noqa: E731
+                        if all(m[key] is not None for m in runs) else None)
+    return {"arm": name, "seeds": len(runs), "per_seed": [m["accuracy"] for m in runs], "accuracy": correct / items,
+            "ci95": wilson(correct, items), "items_per_seed": runs[0]["items"],
+            **{k: mean(k) for k in ("extractable", "spans_cited_per_answer", "relistens_per_answer", "span_iou",
+                                    "output_length", "seconds_per_request")},
+            "by_task": {t: sum(m["by_task"][t] for m in runs) / len(runs) for t in runs[0]["by_task"]}}
+
+
+def fmt(x, spec: str = ".2f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| arm | seeds | accuracy % (95% CI) | per seed % | extractable % | spans cited / answer | "
+            "re-listens / answer | span IoU | output tokens | s / request (batch 16) | paper (MMAR) |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in rows:
+        lo, hi = r["ci95"]
+        letter = r["arm"].split()[0]
+        lines.append(f"| {r['arm']} | {r['seeds']} | {100 * r['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
+                     f"{', '.join(f'{100 * a:.1f}' for a in r['per_seed'])} | {fmt(100 * r['extractable'], '.1f')} | "
+                     f"{fmt(r['spans_cited_per_answer'])} | {fmt(r['relistens_per_answer'])} | {fmt(r['span_iou'], '.3f')} | "
+                     f"{fmt(r['output_length'], '.1f')} | {fmt(r['seconds_per_request'])} | "
+                     f"{PAPER_MMAR.get(letter, '–')} |")
+    tasks = list(rows[0]["by_task"])
+    lines += ["", "| arm | " + " | ".join(t.removeprefix("scene_") for t in tasks) + " |",
+              "|" + "|".join(["---"] * (len(tasks) + 1)) + "|"]
+    lines += [f"| {r['arm']} | " + " | ".join(f"{100 * r['by_task'][t]:.1f}" for t in tasks) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict], chance: float, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.8))
+    x = range(len(rows))
+    acc = [100 * r["accuracy"] for r in rows]
+    err = [[100 * (r["accuracy"] - r["ci95"][0]) for r in rows], [100 * (r["ci95"][1] - r["accuracy"]) for r in rows]]
+    ax.bar(x, acc, yerr=err, capsize=4, color="tab:blue", alpha=0.8, label="echo-demo, synthetic test split")
+    for i, r in enumerate(rows):
+        ax.scatter([i] * len(r["per_seed"]), [100 * a for a in r["per_seed"]], color="k", s=12, zorder=3)
+    ax.axhline(100 * chance, color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.0f}%)")
+    ax.set_xticks(list(x), [r["arm"] for r in rows], rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Ablation at small scale (bars: pooled accuracy, 95% CI; dots: seeds)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arm", action="append", required=True, help='"NAME=DIR[,DIR...]" (one DIR per seed)')
+    ap.add_argument("--tokenizer", type=Path, help="a model directory whose tokenizer.json counts output tokens")
+    ap.add_argument("--chance", type=float, default=0.25)
+    ap.add_argument("--out", type=Path, help="write the markdown table here (default: print it)")
+    ap.add_argument("--json", type=Path, help="write the rows as JSON here")
+    ap.add_argument("--png", type=Path, help="write the bar chart here")
+    args = ap.parse_args()
+    tok = None
+    if args.tokenizer:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
+    rows = []
+    for spec in args.arm:
+        name, sep, dirs = spec.partition("=")
+        if not sep or not dirs:
+            raise SystemExit(f"--arm {spec!r}: expected NAME=DIR[,DIR...]")
+        paths = [Path(d) for d in dirs.split(",")]
+        missing = [str(p) for p in paths if not (p / "predictions.json").is_file()]
+        if missing:
+            raise SystemExit(f"arm {name!r}: no predictions.json in {', '.join(missing)}")
+        rows.append(arm_row(name.strip(), paths, tok))
+    text = markdown(rows)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    if args.png:
+        chart(rows, args.chance, args.png)
+        print(f"wrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()
