@@ -308,7 +308,7 @@ def test_relisten_latency_vs_context(bench, context):
         t = time.perf_counter()
         seq.token_ids = seq.token_ids[: -seq.relistens[-1].num_audio_tokens - 2]  # undo the splice ...
         seq.mask = seq.mask[: len(seq.token_ids)]
-        seq.audio_embeds = seq.audio_embeds[: -seq.relistens[-1].num_audio_tokens]
+        seq.audio.pop()
         engine.scheduler.post.relisten(engine.scheduler, [(seq, seq.relistens[-1].decision)])  # ... and redo it
         engine.step()
         times.append(time.perf_counter() - t)

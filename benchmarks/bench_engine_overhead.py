@@ -1,5 +1,5 @@
 """Engine overhead per decode step: the wall time of ``Engine.step`` minus the time spent in the model's own calls
-(``embed``, ``forward_flat``, ``compute_logits``), on a tiny random model whose arithmetic costs almost nothing.
+(``embed`` or ``embed_gathered``, ``forward_flat``, ``compute_logits``), on a tiny random model whose arithmetic costs almost nothing.
 That remainder (scheduling, per-step metadata, sampling, stop checks, bookkeeping) is what a GPU run pays on top
 of its roofline, so it is measured at batch 1, 8 and 64, greedy, with fixed lengths (EOS ignored, re-listening
 off), every prompt prefilled before the timed steps. Torch runs one thread, so the step's CPU time is all on the
@@ -60,8 +60,9 @@ def measure(checkpoint: str, batch: int, steps: int) -> dict:
     torch.set_num_threads(1)  # the tiny model's ops gain nothing from threads; one keeps a loaded host's noise down
     model = echo.load(checkpoint)
     spent = [0.0, 0.0]  # wall, thread CPU
-    for name in ("embed", "forward_flat", "compute_logits"):  # instance attributes shadow the methods
-        object.__setattr__(model, name, _timed(getattr(model, name), spent))
+    for name in ("embed", "embed_gathered", "forward_flat", "compute_logits"):  # instance attributes shadow methods
+        if hasattr(model, name):  # embed_gathered: checkouts whose engine gathers the audio rows
+            object.__setattr__(model, name, _timed(getattr(model, name), spent))
     engine = Engine(model, EngineConfig(num_blocks=batch * 8 + 64, max_num_seqs=max(batch, 1),
                                         max_num_batched_tokens=4096, relisten=RelistenPolicy(max_turns=0)))
     clip = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000)).astype(np.float32)

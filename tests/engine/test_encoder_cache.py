@@ -45,15 +45,3 @@ def test_replacing_a_key_keeps_bytes_right():
     cache.put(("h", 0, 1), _emb(4))
     cache.put(("h", 0, 1), _emb(6))
     assert len(cache) == 1 and cache.stats.bytes == 6 * 32
-
-
-def test_gather_packs_hits_into_the_splice_buffer():
-    cache = EncoderCache(max_bytes=1 << 20)
-    keys = [("a", 0, 10), ("b", 5, 9), ("a", 3, 4)]
-    for i, k in enumerate(keys):
-        cache.put(k, _emb(i + 2, fill=float(i + 1)))
-    out = torch.zeros(13, 8)
-    cache.gather(keys, out, [0, 5, 9])
-    assert torch.equal(out[0:2], _emb(2, fill=1.0)) and torch.equal(out[5:8], _emb(3, fill=2.0))
-    assert torch.equal(out[9:13], _emb(4, fill=3.0))
-    assert (out[2:5] == 0).all()

@@ -18,6 +18,7 @@ from ..audio import load as load_audio
 from ..audio.features import min_audio_samples, num_audio_tokens
 from ..config import EngineConfig, SamplingParams
 from ..errors import AudioError, ConfigError, EchoError
+from .sequence import AudioRun
 
 
 def load_clip(audio, features: FeatureConfig, config: EngineConfig) -> tuple[np.ndarray, list[str]]:
@@ -53,6 +54,16 @@ def prompt_ids(model, prompt, num_frames: int, max_model_len: int) -> list[int]:
     if len(ids) >= max_model_len:
         raise EchoError(f"prompt of {len(ids)} tokens does not fit max_model_len={max_model_len}")
     return ids
+
+
+def prompt_audio(ids: list[int], audio_token_id: int, clip) -> AudioRun:
+    """The prompt's audio run: its ``<|AUDIO|>`` tokens (one block, as every chat template writes them) are the
+    whole clip."""
+    first = ids.index(audio_token_id)
+    n = ids.count(audio_token_id)
+    if ids[first: first + n].count(audio_token_id) != n:
+        raise EchoError(f"the prompt's {n} <|AUDIO|> tokens are not one consecutive block (the request's one audio)")
+    return AudioRun(first, n, clip, 0, clip.num_samples)
 
 
 def _prompt_ids(model, prompt, num_frames: int) -> list[int]:

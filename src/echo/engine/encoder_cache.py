@@ -2,7 +2,8 @@
 start_sample, end_sample), least-recently-used eviction under a byte budget, resident on the model's device.
 
 The n samples of a GRPO group re-listen overlapping spans of one clip; a hit skips the mel op, the audio encoder
-and the projector. ``gather`` packs the rows of every hit of a step into the splice buffer in one native call.
+and the projector. The entries are what the engine's step embeds from: ``model.embed_gathered`` copies a step's
+audio rows out of them into the step's embeddings in one native ``gather_rows`` call (engine/step_batch.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..ops.gather_rows import gather_rows
 
 Key = tuple[str, int, int]
 
@@ -113,7 +113,3 @@ class EncoderCache:
                 out[i] = piece
                 self.put(keys[i], piece)
         return [o if o is not None else out[first[k]] for o, k in zip(out, keys)], hit
-
-    def gather(self, keys: Sequence[Key], out: torch.Tensor, dst_rows: Sequence[int]) -> None:
-        """Copy the entries of ``keys`` (all present) into ``out`` at ``dst_rows`` in one call (ops.gather_rows)."""
-        gather_rows([self._entries[k] for k in keys], out, dst_rows)

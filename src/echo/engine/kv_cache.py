@@ -1,7 +1,8 @@
 """Paged K/V tensors for every decoder layer, preallocated, and the attention backend that uses them.
 
 One tensor pair per layer, shape (num_blocks, block_size, num_kv_heads, head_dim) (the layout store_kv and
-paged_attention take). ``PagedKVCache.step(...)`` returns the ``AttentionBackend`` for one flattened forward
+paged_attention take). ``PagedKVCache.for_batch(step_batch)`` (or ``step(...)`` from plain lists) returns the
+``AttentionBackend`` for one flattened forward
 (echo.models.attention): each layer stores its new tokens' K/V by slot mapping (ops.store_kv, Triton on GPU) and
 attends each sequence's new queries over its pages (ops.paged_attention). Prefill chunks, decode tokens and
 spliced re-listen spans are all the same call. Which blocks a sequence owns is the BlockManager's business.
@@ -67,16 +68,20 @@ class PagedKVCache:
              slot_mapping: torch.Tensor) -> "PagedStep":
         """The attention backend of one forward: sequence i's ``query_lens[i]`` new tokens (consecutive in the
         flattened batch) go to ``slot_mapping`` and sit after its ``context_lens[i]`` cached tokens."""
-        return PagedStep(self, block_tables, query_lens, context_lens, slot_mapping.to(self.k.device))
+        plan = plan_paged_attention(block_tables, query_lens, context_lens, self.block_size, self.k.device)
+        return PagedStep(self, block_tables, query_lens, context_lens, slot_mapping.to(self.k.device), plan)
+
+    def for_batch(self, batch) -> "PagedStep":
+        """The attention backend of an engine step (engine/step_batch.StepBatch: its slot mapping and plan)."""
+        return PagedStep(self, batch.block_tables, batch.query_lens, batch.context_lens, batch.slot_mapping,
+                         batch.plan)
 
 
 class PagedStep:
-    def __init__(self, cache: PagedKVCache, block_tables, query_lens, context_lens, slot_mapping):
+    def __init__(self, cache: PagedKVCache, block_tables, query_lens, context_lens, slot_mapping, plan):
         self.cache, self.block_tables = cache, block_tables
         self.query_lens, self.context_lens, self.slot_mapping = query_lens, context_lens, slot_mapping
-        # the gather indices depend on the step only: computed once, used by every layer
-        self.plan = plan_paged_attention(block_tables, query_lens, context_lens, cache.block_size,
-                                         cache.k.device)
+        self.plan = plan  # the gather indices / block-table tensor depend on the step only: used by every layer
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
         k_cache, v_cache = self.cache.k[layer_idx], self.cache.v[layer_idx]

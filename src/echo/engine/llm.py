@@ -26,7 +26,7 @@ from ..audio import FeatureConfig
 from ..audio.features import num_mel_frames
 from ..config import EngineConfig, SamplingParams
 from ..errors import ConfigError, EchoError
-from .admission import load_clip, prompt_ids, request_fields, sampling_params
+from .admission import load_clip, prompt_audio, prompt_ids, request_fields, sampling_params
 from .audio_embed import feature_config_for
 from .block_manager import BlockManager
 from .encoder_cache import EncoderCache, audio_hash
@@ -54,7 +54,7 @@ class Engine:
         self.bm = BlockManager(self.kv.num_blocks, c.block_size)
         self.encoder_cache = EncoderCache(c.encoder_cache_bytes)
         self.scheduler = Scheduler(c, self.bm, self.kv, Postprocessor(model, c, self.features, self.encoder_cache))
-        self.runner = ModelRunner(model, self.kv, self.bm)
+        self.runner = ModelRunner(model, self.kv, self.bm, self.features, self.encoder_cache)
         self._ids, self._next_request = itertools.count(), itertools.count()  # sequence ids, request indices
 
     # ---- requests ------------------------------------------------------------------------------------------------
@@ -65,9 +65,9 @@ class Engine:
         params = sampling_params(params)
         wave, warnings = load_clip(audio, self.features, self.config)
         clip = Clip(torch.from_numpy(wave).to(self.model.device), audio_hash(wave))
-        [embeds], _ = self.scheduler.post.embed([(clip, 0, clip.num_samples)])
         ids = prompt_ids(self.model, prompt, num_mel_frames(clip.num_samples, self.features), self.config.max_model_len)
-        state = RequestState.create(next(self._next_request), ids, params, clip, embeds, warnings, self._ids)
+        audio = prompt_audio(ids, self.model.config.audio_token_id, clip)  # embedded by the step that prefills it
+        state = RequestState.create(next(self._next_request), ids, params, clip, audio, warnings, self._ids)
         self.scheduler.add(state)
         return state.index
 

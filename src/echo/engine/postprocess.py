@@ -1,26 +1,27 @@
 """After the forward and the sampling: the n samples fork their leader's prompt, each sampled token is appended, and
 every sequence is checked for its end (EOS, a stop string, ``max_new_tokens`` / ``max_model_len``, a row that
 could not be sampled) and for a ``</seg>`` (cut a token that straddles the tag; ``relisten.decide`` says relisten,
-skip or stop). The step's re-listens are embedded together (encoder-cache hits, one batched mel + encoder call for
-the misses) and spliced: ``<|audio_bos|> <|AUDIO|>×n <|audio_eos|>`` is appended to the sequence, whose next chunk
-prefills it into its own KV cache while the other sequences keep decoding. The scheduler owns one of these.
+skip or stop). A re-listen is spliced at once: ``<|audio_bos|> <|AUDIO|>×n <|audio_eos|>`` is appended to the
+sequence (n follows from the span's length), whose next chunk prefills it into its own KV cache while the other
+sequences keep decoding; the next step embeds its rows together with every other audio that step lacks
+(runner.py). The scheduler owns one of these.
 """
 
 from __future__ import annotations
 
 from ..audio import FeatureConfig
-from ..audio.features import min_audio_samples
+from ..audio.features import min_audio_samples, num_audio_tokens, num_mel_frames
 from ..config import EngineConfig
 from ..protocol import SEG_CLOSE, find_seg_close, splice_ids
-from .audio_embed import span_embeddings
 from .encoder_cache import EncoderCache
 from .relisten import RelistenDecision, decide
-from .sequence import RelistenRecord, Sequence, Status
+from .sequence import AudioRun, RelistenRecord, Sequence, Status
 
 
 class Postprocessor:
     def __init__(self, model, config: EngineConfig, features: FeatureConfig, encoder_cache: EncoderCache):
-        self.model, self.config, self.features, self.encoder_cache = model, config, features, encoder_cache
+        self.model, self.config, self.features = model, config, features
+        self.encoder_cache = encoder_cache  # read only: whether a spliced span's rows are cached already
 
     def __call__(self, sched, step, sampled) -> None:
         """``sched``: the Scheduler (it finishes sequences); ``step``: its ScheduledStep; ``sampled``: the
@@ -40,11 +41,6 @@ class Postprocessor:
                 relisten.append((seq, decision))
         if relisten:
             self.relisten(sched, relisten)
-
-    def embed(self, spans: list[tuple]) -> tuple[list, list[bool]]:
-        """Audio embeddings of ``(clip, start_sample, end_sample)`` spans through the encoder cache."""
-        return self.encoder_cache.embed(spans, lambda waves, which: span_embeddings(self.model, self.features,
-                                                                                     waves, which))
 
     def _after_sample(self, sched, seq: Sequence) -> RelistenDecision | None:
         p = seq.params
@@ -106,15 +102,18 @@ class Postprocessor:
         return tail[end:]
 
     def relisten(self, sched, items: list[tuple[Sequence, RelistenDecision]]) -> None:
-        """Embed every span re-listened this step and splice each after its sequence's ``</seg>``."""
-        embeds, hits = self.embed([(s.clip, *d.applied_samples) for s, d in items])
+        """Splice every span re-listened this step after its sequence's ``</seg>`` (its rows come next step)."""
         cfg = self.model.config
-        for (seq, _), rows, hit in zip(items, embeds, hits):
-            ids = splice_ids(rows.shape[0], cfg.audio_bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id)
+        for seq, decision in items:
+            start, end = decision.applied_samples
+            n = num_audio_tokens(num_mel_frames(end - start, self.features))
+            ids = splice_ids(n, cfg.audio_bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id)
             record = seq.relistens[-1]
-            record.cache_hit = hit
             if len(seq) + len(ids) >= self.config.max_model_len:
                 sched.finish(seq, "length")
                 continue
-            record.num_audio_tokens, record.position, record.inserted = rows.shape[0], len(seq), True
-            seq.append_splice(ids, rows)
+            record.num_audio_tokens, record.position, record.inserted = n, len(seq), True
+            # known now for streams and servers; the step that embeds the rows confirms it (runner.py)
+            record.cache_hit = (seq.clip.hash, start, end) in self.encoder_cache
+            seq.append_splice(ids, AudioRun(len(seq) + ids.index(cfg.audio_token_id), n, seq.clip, start, end,
+                                            record=record))

@@ -11,7 +11,7 @@ import torch
 
 from ..config import SamplingParams
 from .outputs import GenerationResult, SampleOutput
-from .sequence import Clip, Sequence, Status
+from .sequence import AudioRun, Clip, Sequence, Status
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -24,14 +24,15 @@ class RequestState:
 
     @classmethod
     def create(cls, index: int, prompt_ids: list[int], params: SamplingParams, clip: Clip,
-               audio_embeds: torch.Tensor, warnings: list[str], seq_ids: Iterator[int]) -> "RequestState":
+               audio: AudioRun, warnings: list[str], seq_ids: Iterator[int]) -> "RequestState":
         """A request of ``params.n`` samples (sample i seeded ``seed + i``); samples 1..n-1 will fork sample 0's
-        prompt blocks once it is prefilled instead of prefilling it themselves."""
+        prompt blocks once it is prefilled instead of prefilling it themselves. ``audio`` is the prompt's audio
+        run, shared by the samples (embedded once, by the step that first prefills it)."""
         samples: list[Sequence] = []
         for i in range(params.n):
             gen = None if params.seed is None else torch.Generator(clip.wave.device).manual_seed(params.seed + i)
             samples.append(Sequence(next(seq_ids), index, i, list(prompt_ids), len(prompt_ids), params, clip,
-                                    audio_embeds, generator=gen, leader=samples[0] if samples else None))
+                                    [audio], generator=gen, leader=samples[0] if samples else None))
         return cls(index, samples, prompt_ids, warnings)
 
     @property

@@ -1,6 +1,7 @@
-"""The run of a step: scheduled chunks -> flattened tokens, positions, audio rows and slot mapping -> the model's
-flattened forward over the paged cache -> logits of the chunks that end their sequence -> one token sampled for
-every sequence that samples this step."""
+"""The run of a step: the audio rows the step's chunks still lack, embedded in one call (prompts admitted and
+re-listens spliced since the last step, through the encoder cache) -> the chunks flattened once into a
+``StepBatch`` (step_batch.py) -> the model's flattened forward over the paged cache -> logits of the chunks that
+end their sequence -> one token sampled for every sequence that samples this step."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from typing import Sequence
 
 import torch
 
+from ..audio import FeatureConfig
+from .audio_embed import span_embeddings
 from .block_manager import BlockManager
+from .encoder_cache import EncoderCache
 from .kv_cache import PagedKVCache
 from .sampler import LogitsProcessor, sample
 from .scheduler import Chunk, ScheduledStep
+from .step_batch import StepBatch
 
 
 @dataclasses.dataclass(slots=True)
@@ -26,10 +31,13 @@ class Sampled:
 
 
 class ModelRunner:
-    def __init__(self, model, kv: PagedKVCache, bm: BlockManager):
+    def __init__(self, model, kv: PagedKVCache, bm: BlockManager, features: FeatureConfig,
+                 encoder_cache: EncoderCache):
         self.model, self.kv, self.bm = model, kv, bm
+        self.features, self.encoder_cache = features, encoder_cache
 
     def run(self, step: ScheduledStep, processors: Sequence[LogitsProcessor] = ()) -> Sampled:
+        self.embed_audio(step.chunks)
         logits = run_step(self.model, self.kv, self.bm, step.chunks)
         seqs = step.samples
         if not seqs:
@@ -42,30 +50,33 @@ class ModelRunner:
                                   errors=errors)
         return Sampled(tokens, logprobs, errors)
 
+    def embed_audio(self, chunks: Sequence[Chunk]) -> None:
+        """Fill in the rows of every audio run the chunks cover that has none yet (prompt audio of newly admitted
+        requests, spans re-listened in the last step): one encoder-cache call for all of them, which encodes all
+        its misses in one batched mel + encoder + projector call (DESIGN §1)."""
+        runs = list({id(r): r for c in chunks for r, *_ in c.seq.audio_in(c.start, c.end) if r.rows is None}.values())
+        if not runs:
+            return
+        rows, hits = self.encoder_cache.embed(
+            [(r.clip, r.start, r.end) for r in runs],
+            lambda waves, which: span_embeddings(self.model, self.features, waves, which))
+        for run, piece, hit in zip(runs, rows, hits):
+            if piece.shape[0] != run.num_tokens:
+                raise RuntimeError(f"audio of {run.end - run.start} samples gave {piece.shape[0]} rows for "
+                                   f"{run.num_tokens} <|AUDIO|> tokens")
+            run.rows = piece
+            if run.record is not None:
+                run.record.cache_hit = hit
+
 
 @torch.inference_mode()
 def run_step(model, kv: PagedKVCache, bm: BlockManager, chunks: list[Chunk]) -> torch.Tensor:
-    """Run ``chunks``; returns logits (num sampling chunks, vocab) in the order of ``[c for c in chunks if
-    c.samples]``, and marks the chunks' tokens as cached."""
-    device = model.device
-    audio_id = model.config.audio_token_id
-    ids, positions, slots, audio, last = [], [], [], [], []
-    total = 0
-    for c in chunks:
-        ids.extend(c.seq.token_ids[c.start : c.end])
-        positions.extend(range(c.start, c.end))
-        slots.extend(bm.slots(c.seq.block_table, c.start, c.end))
-        rows = c.seq.audio_rows_for(c.start, c.end, audio_id)
-        if rows.numel():
-            audio.append(rows)
-        total += c.end - c.start
-        if c.samples:
-            last.append(total - 1)
-    ids_t = torch.tensor(ids, device=device)
-    embeds = model.embed(ids_t, torch.cat(audio).to(device) if audio else None)
-    step = kv.step([c.seq.block_table for c in chunks], [c.end - c.start for c in chunks],
-                   [c.start for c in chunks], torch.tensor(slots, device=device))
-    hidden = model.forward_flat(embeds, torch.tensor(positions, device=device), step)
+    """Run ``chunks`` (their sequences' audio rows filled in); returns logits (num sampling chunks, vocab) in the
+    order of ``[c for c in chunks if c.samples]``, and marks the chunks' tokens as cached."""
+    batch = StepBatch.build(chunks, bm, model.device)
+    embeds = model.embed_gathered(batch.ids, batch.audio_sources, batch.audio_dst)
+    hidden = model.forward_flat(embeds, batch.positions, kv.for_batch(batch))
     for c in chunks:
         c.seq.num_cached = c.end
-    return model.compute_logits(hidden[last]) if last else hidden.new_zeros(0, model.config.decoder.vocab_size)
+    rows = batch.sample_rows
+    return model.compute_logits(hidden[rows]) if rows else hidden.new_zeros(0, model.config.decoder.vocab_size)

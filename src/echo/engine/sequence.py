@@ -2,8 +2,10 @@
 
 Token positions are indices into ``token_ids`` (one position stream through text, audio and splices, DESIGN §2).
 ``mask[i]`` is 1 for a sampled token and 0 for prompt and spliced tokens, so GRPO trains on exactly what was
-sampled. ``audio_embeds`` holds one row per ``<|AUDIO|>`` token in ``token_ids``, in order (the prompt's audio,
-then every re-listened span), so any uncached range can be (re)prefilled, e.g. after a preemption.
+sampled. ``audio`` holds one ``AudioRun`` per block of consecutive ``<|AUDIO|>`` tokens (the prompt's audio, then
+every re-listened span): where it starts and the encoder cache's rows for it, so any uncached range can be
+(re)prefilled, e.g. after a preemption. A run's rows are filled in by the step that first runs it (all of a
+step's missing rows in one encoder call: engine/runner.py), not when it is queued or spliced.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-import numpy as np
 import torch
 
 from ..config import SamplingParams
@@ -36,6 +37,21 @@ class Clip:
         return int(self.wave.numel())
 
 
+@dataclasses.dataclass(slots=True, eq=False)
+class AudioRun:
+    """``num_tokens`` consecutive ``<|AUDIO|>`` tokens from ``token_ids[position]``: the embeddings of samples
+    [start, end) of ``clip``; ``rows`` is None until a step embeds them (then the encoder cache's tensor itself,
+    shared by every sample of a request). ``record`` is the re-listen it belongs to (None: the prompt's audio)."""
+
+    position: int
+    num_tokens: int
+    clip: Clip
+    start: int
+    end: int
+    rows: torch.Tensor | None = None
+    record: "RelistenRecord | None" = None
+
+
 @dataclasses.dataclass(slots=True)
 class RelistenRecord:
     """One ``</seg>`` turn: what the model asked for, what the policy did, and how many audio tokens went in."""
@@ -58,7 +74,7 @@ class Sequence:
     num_prompt_tokens: int
     params: SamplingParams
     clip: Clip
-    audio_embeds: torch.Tensor  # (num <|AUDIO|> tokens in token_ids, hidden)
+    audio: list[AudioRun]  # the audio-token runs of token_ids, in order
     mask: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
     block_table: list[int] = dataclasses.field(default_factory=list)
@@ -106,16 +122,16 @@ class Sequence:
         self.mask.extend([0] * len(ids))
         self.num_forced += len(ids)
 
-    def append_splice(self, ids: list[int], rows: torch.Tensor) -> None:
-        """Insert <|audio_bos|> AUDIO×n <|audio_eos|> (mask 0) and their n audio rows."""
+    def append_splice(self, ids: list[int], run: AudioRun) -> None:
+        """Insert <|audio_bos|> AUDIO×n <|audio_eos|> (mask 0); ``run`` describes the n audio tokens."""
         self.token_ids.extend(ids)
         self.mask.extend([0] * len(ids))
-        self.audio_embeds = torch.cat([self.audio_embeds, rows.to(self.audio_embeds.dtype)])
+        self.audio.append(run)
 
-    def audio_rows_for(self, start: int, end: int, audio_token_id: int) -> torch.Tensor:
-        """The audio rows of the <|AUDIO|> tokens in token_ids[start:end]."""
-        inside = self.token_ids[start:end].count(audio_token_id)
-        if not inside:  # a decode token or a text chunk: no need to count what came before
-            return self.audio_embeds[:0]
-        before = np.count_nonzero(np.asarray(self.token_ids[:start]) == audio_token_id)
-        return self.audio_embeds[before : before + inside]
+    def audio_in(self, start: int, end: int):
+        """``(run, first row, last row + 1, token position)`` of each run's part inside token_ids[start:end]; the
+        work is per run, never per token (a sequence has 1 + its re-listens runs)."""
+        for run in self.audio:
+            lo, hi = max(start, run.position), min(end, run.position + run.num_tokens)
+            if lo < hi:
+                yield run, lo - run.position, hi - run.position, lo

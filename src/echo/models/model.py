@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..ops.gather_rows import gather_rows
 from .attention import AttentionBackend, DenseCausalAttention
 from .audio_encoder import num_audio_tokens
 from .config import ModelConfig
@@ -78,6 +79,21 @@ class AudioLanguageModel(nn.Module):
             raise ValueError(f"{n_slots} <|AUDIO|> tokens in input_ids but {n_rows} audio embedding rows")
         if n_rows:
             x = x.masked_scatter(slots[..., None], audio_embeds.to(x.dtype))
+        return x
+
+    def embed_gathered(self, input_ids: torch.Tensor, sources: Sequence[torch.Tensor],
+                       dst_rows: Sequence[int]) -> torch.Tensor:
+        """Flattened token embeddings ``(num_tokens, hidden)`` with each audio row block ``sources[i]`` copied to
+        rows ``dst_rows[i]`` on, in one native ``gather_rows`` call straight from the encoder cache's entries
+        (the engine's path; ``embed`` places one tensor of rows by the token ids). The blocks must cover exactly
+        the ``<|AUDIO|>`` tokens."""
+        x = self.decoder.embed_tokens(input_ids)
+        n_rows = sum(int(src.shape[0]) for src in sources)
+        n_slots = int((input_ids == self.config.audio_token_id).sum())
+        if n_slots != n_rows:
+            raise ValueError(f"{n_slots} <|AUDIO|> tokens in input_ids but {n_rows} audio embedding rows")
+        if n_rows:
+            gather_rows([src.to(x.dtype) for src in sources], x, dst_rows)
         return x
 
     # ---- decoder passes -----------------------------------------------------------------------------------------

@@ -37,20 +37,48 @@ def _slots(table: Sequence[int], n_k: int, block_size: int, device) -> torch.Ten
 
 
 @dataclasses.dataclass(slots=True)
+class DecodePlan:
+    """The Triton path's single-token queries: their rows in q, their block tables as one padded int32 tensor on
+    the device, and their key counts; built once per step (not once per layer)."""
+
+    rows: torch.Tensor
+    tables: torch.Tensor
+    n_keys: torch.Tensor
+
+
+@dataclasses.dataclass(slots=True)
 class AttentionPlan:
     """Index work that depends only on the step, not the layer: built once per step, reused by every layer.
-    One entry per sequence: (first query row, query count, key slots (index or slice), mask or None, causal). (Batching the
-    single-token queries into one padded SDPA call measured slower on the CPU than this loop: the padded gather
+    ``backend`` is the one chosen for the step; ``seqs`` has one entry per sequence the torch path attends
+    (first query row, query count, key slots (index or slice), mask or None, causal) and ``decode`` the
+    single-token queries the Triton kernel takes (those are then absent from ``seqs``). (Batching the torch path's
+    single-token queries into one padded SDPA call measured slower on the CPU than its loop: the padded gather
     costs more than the calls it saves.)"""
 
     seqs: list[tuple[int, int, torch.Tensor | slice, torch.Tensor | None, bool]]
+    backend: str = "torch"
+    decode: DecodePlan | None = None
 
 
 def plan_paged_attention(block_tables: Sequence[Sequence[int]], query_lens: Sequence[int],
-                         context_lens: Sequence[int], block_size: int, device) -> AttentionPlan:
-    seqs, start = [], 0
+                         context_lens: Sequence[int], block_size: int, device, backend: str | None = None
+                         ) -> AttentionPlan:
+    """The step's plan for ``backend`` (None/"auto": as ``paged_attention`` would choose on ``device``). Raises
+    ValueError on lengths that differ or a block table too short for its sequence."""
+    if not len(block_tables) == len(query_lens) == len(context_lens):
+        raise ValueError("paged_attention: block_tables, query_lens and context_lens differ in length")
+    for i, (table, n_q, n_ctx) in enumerate(zip(block_tables, query_lens, context_lens)):
+        if len(table) * block_size < n_ctx + n_q:
+            raise ValueError(f"paged_attention: sequence {i} has {n_ctx + n_q} tokens but {len(table)} blocks")
+    device = torch.device(device)
+    chosen = _backend.resolve("paged_attention", BACKENDS, device, backend)
+    seqs, decode, start = [], [], 0
     for table, n_q, n_ctx in zip(block_tables, query_lens, context_lens):
         n_k = n_ctx + n_q
+        if chosen == "triton" and n_q == 1:
+            decode.append((start, table, n_k))
+            start += n_q
+            continue
         mask, causal = None, False
         if n_q > 1 and n_ctx == 0:  # a whole prompt: plain causal
             causal = True
@@ -59,7 +87,15 @@ def plan_paged_attention(block_tables: Sequence[Sequence[int]], query_lens: Sequ
             mask = pos[None, :] <= (n_ctx + torch.arange(n_q, device=device))[:, None]
         seqs.append((start, n_q, _slots(table, n_k, block_size, device), mask, causal))
         start += n_q
-    return AttentionPlan(seqs)
+    plan = AttentionPlan(seqs, chosen)
+    if decode:
+        width = max(len(t) for _, t, _ in decode)
+        tables = torch.zeros(len(decode), width, dtype=torch.int32)
+        for row, (_, table, _) in enumerate(decode):
+            tables[row, : len(table)] = torch.as_tensor(list(table), dtype=torch.int32)
+        plan.decode = DecodePlan(torch.tensor([r for r, _, _ in decode], device=device), tables.to(device),
+                                 torch.tensor([n for _, _, n in decode], dtype=torch.int32, device=device))
+    return plan
 
 
 def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -68,13 +104,17 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                         ) -> torch.Tensor:
     """Plain-PyTorch reference of :func:`paged_attention`: gather each sequence's pages, then SDPA (4-D operands
     and ``enable_gqa`` keep SDPA on its fused kernels and read each K/V head once for its query-head group)."""
-    block_size, kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
-    if plan is None:
-        plan = plan_paged_attention(block_tables, query_lens, context_lens, block_size, q.device)
+    if plan is None or plan.decode is not None:
+        plan = plan_paged_attention(block_tables, query_lens, context_lens, k_cache.shape[1], q.device, "torch")
+    return _attend_torch(q, k_cache, v_cache, plan.seqs, scale, torch.empty_like(q))
+
+
+def _attend_torch(q, k_cache, v_cache, seqs, scale, out):
+    """The plan's per-sequence attention (gather the pages, then SDPA) into ``out``."""
+    kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     gqa = q.shape[1] != kv_heads
     flat_k, flat_v = k_cache.view(-1, kv_heads, head_dim), v_cache.view(-1, kv_heads, head_dim)
-    out = torch.empty_like(q)
-    for start, n_q, slots, mask, causal in plan.seqs:
+    for start, n_q, slots, mask, causal in seqs:
         if isinstance(slots, slice):
             k, v = flat_k[slots], flat_v[slots]
         else:
@@ -111,41 +151,24 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     if q.shape[1] % k_cache.shape[2] or q.shape[2] != k_cache.shape[3]:
         raise ValueError(f"paged_attention: q heads/dim {tuple(q.shape[1:])} do not fit cache heads/dim "
                          f"{tuple(k_cache.shape[2:])}")
-    for i, (table, n_q, n_ctx) in enumerate(zip(block_tables, query_lens, context_lens)):
-        if len(table) * k_cache.shape[1] < n_ctx + n_q:
-            raise ValueError(f"paged_attention: sequence {i} has {n_ctx + n_q} tokens but {len(table)} blocks")
-    chosen = _backend.resolve("paged_attention", BACKENDS, q.device, backend)
-    if chosen == "triton":
-        return _paged_attention_triton(q, k_cache, v_cache, block_tables, query_lens, context_lens, scale)
+    if plan is None or (backend not in (None, "auto") and backend != plan.backend):
+        plan = plan_paged_attention(block_tables, query_lens, context_lens, k_cache.shape[1], q.device, backend)
+    if plan.backend == "triton":
+        return _paged_attention_triton(q, k_cache, v_cache, plan, scale)
     return paged_attention_ref(q, k_cache, v_cache, block_tables, query_lens, context_lens, scale, plan)
 
 
-def _paged_attention_triton(q, k_cache, v_cache, block_tables, query_lens, context_lens, scale):
+def _paged_attention_triton(q, k_cache, v_cache, plan: AttentionPlan, scale):
+    """Single-token queries through the Triton kernel (their pages read in place); longer chunks (prompts,
+    splices) through SDPA on gathered pages, which uses the fused kernels on a GPU."""
     from ..triton_kernels.paged_attention import paged_decode
 
-    decode = [i for i, n in enumerate(query_lens) if n == 1]
-    others = [i for i, n in enumerate(query_lens) if n != 1]
-    starts = [0]
-    for n in query_lens:
-        starts.append(starts[-1] + n)
     out = torch.empty_like(q)
-    if decode:
-        width = max(len(block_tables[i]) for i in decode)
-        tables = torch.zeros(len(decode), width, dtype=torch.int32)
-        for row, i in enumerate(decode):
-            tables[row, : len(block_tables[i])] = torch.tensor(list(block_tables[i]), dtype=torch.int32)
-        rows = torch.tensor([starts[i] for i in decode], device=q.device)
-        n_keys = torch.tensor([context_lens[i] + 1 for i in decode], dtype=torch.int32, device=q.device)
-        q_rows = q[rows]
-        o = torch.empty_like(q_rows)
-        paged_decode(q_rows, k_cache, v_cache, tables.to(q.device), n_keys, o, scale)
-        out[rows] = o
-    if others:
-        sub = paged_attention_ref(torch.cat([q[starts[i]: starts[i + 1]] for i in others]), k_cache, v_cache,
-                                  [block_tables[i] for i in others], [query_lens[i] for i in others],
-                                  [context_lens[i] for i in others], scale)
-        at = 0
-        for i in others:
-            out[starts[i]: starts[i + 1]] = sub[at: at + query_lens[i]]
-            at += query_lens[i]
+    if plan.decode is not None:
+        d = plan.decode
+        o = torch.empty_like(q[d.rows])
+        paged_decode(q[d.rows], k_cache, v_cache, d.tables, d.n_keys, o, scale)
+        out[d.rows] = o
+    if plan.seqs:
+        _attend_torch(q, k_cache, v_cache, plan.seqs, scale, out)
     return out
