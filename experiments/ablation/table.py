@@ -8,7 +8,9 @@
 Each ``--arm "NAME=DIR[,DIR...]"`` names an arm and its ``echo eval`` output directories, one per training seed.
 Per arm: accuracy per seed, the mean over seeds with a 95% Wilson interval over all its seeds' answers pooled, and
 the means of extractable answers, spans cited and re-listened per answer, span IoU, output tokens and seconds per
-request (experiments/echo_demo/analyze.py). Needs matplotlib for ``--png``.
+request (experiments/echo_demo/analyze.py); with ``--paired NAME``, each arm's first seed against that arm's on the
+same items (exact McNemar test: items only this arm gets right, only the other does, two-sided p). Needs matplotlib
+for ``--png``.
 """
 
 from __future__ import annotations
@@ -37,13 +39,33 @@ def arm_row(name: str, dirs: list[Path], tok) -> dict:
             "by_task": {t: sum(m["by_task"][t] for m in runs) / len(runs) for t in runs[0]["by_task"]}}
 
 
+def correct_by_item(eval_dir: Path) -> dict[str, bool]:
+    from echo.eval.scoring import string_match
+
+    return {r["id"]: string_match(r["answer"], r["model_output"] or "", r["choices"])
+            for r in json.loads((eval_dir / "predictions.json").read_text())}
+
+
+def mcnemar(mine: dict[str, bool], other: dict[str, bool]) -> tuple[int, int, float]:
+    """(items only ``mine`` gets right, items only ``other`` does, exact two-sided p) over their shared items."""
+    import math
+
+    shared = mine.keys() & other.keys()
+    gain = sum(mine[k] and not other[k] for k in shared)
+    loss = sum(other[k] and not mine[k] for k in shared)
+    n = gain + loss
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(gain, loss) + 1)) / 2 ** n) if n else 1.0
+    return gain, loss, p
+
+
 def fmt(x, spec: str = ".2f") -> str:
     return "–" if x is None else format(x, spec)
 
 
 def markdown(rows: list[dict]) -> str:
     head = ("| arm | seeds | accuracy % (95% CI) | per seed % | extractable % | spans cited / answer | "
-            "re-listens / answer | span IoU | output tokens | s / request (batch 16) | paper (MMAR) |")
+            "re-listens / answer | span IoU | output tokens | s / request (batch 16) | paper (MMAR) |"
+            + (" vs {} (only this / only that, p) |".format(rows[0]["paired_with"]) if "paired" in rows[0] else ""))
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in rows:
         lo, hi = r["ci95"]
@@ -52,7 +74,8 @@ def markdown(rows: list[dict]) -> str:
                      f"{', '.join(f'{100 * a:.1f}' for a in r['per_seed'])} | {fmt(100 * r['extractable'], '.1f')} | "
                      f"{fmt(r['spans_cited_per_answer'])} | {fmt(r['relistens_per_answer'])} | {fmt(r['span_iou'], '.3f')} | "
                      f"{fmt(r['output_length'], '.1f')} | {fmt(r['seconds_per_request'])} | "
-                     f"{PAPER_MMAR.get(letter, '–')} |")
+                     f"{PAPER_MMAR.get(letter, '–')} |"
+                     + (f" {r['paired'][0]} / {r['paired'][1]}, p={r['paired'][2]:.3f} |" if "paired" in r else ""))
     tasks = list(rows[0]["by_task"])
     lines += ["", "| arm | " + " | ".join(t.removeprefix("scene_") for t in tasks) + " |",
               "|" + "|".join(["---"] * (len(tasks) + 1)) + "|"]
@@ -87,6 +110,7 @@ def main() -> None:
     ap.add_argument("--arm", action="append", required=True, help='"NAME=DIR[,DIR...]" (one DIR per seed)')
     ap.add_argument("--tokenizer", type=Path, help="a model directory whose tokenizer.json counts output tokens")
     ap.add_argument("--chance", type=float, default=0.25)
+    ap.add_argument("--paired", help="the arm (its NAME) every arm is compared with item by item")
     ap.add_argument("--out", type=Path, help="write the markdown table here (default: print it)")
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--png", type=Path, help="write the bar chart here")
@@ -105,6 +129,14 @@ def main() -> None:
         if missing:
             raise SystemExit(f"arm {name!r}: no predictions.json in {', '.join(missing)}")
         rows.append(arm_row(name.strip(), paths, tok))
+    if args.paired:
+        names = [r["arm"] for r in rows]
+        if args.paired not in names:
+            raise SystemExit(f"--paired {args.paired!r}: no such arm ({names})")
+        ref = correct_by_item(Path(dict(a.partition("=")[::2] for a in args.arm)[args.paired].split(",")[0]))
+        for spec, r in zip(args.arm, rows):
+            r["paired_with"] = args.paired
+            r["paired"] = mcnemar(correct_by_item(Path(spec.partition("=")[2].split(",")[0])), ref)
     text = markdown(rows)
     if args.out:
         args.out.write_text(text)

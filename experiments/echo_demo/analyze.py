@@ -24,7 +24,7 @@ def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
     p = correct / total
     mid = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return mid - half, mid + half
+    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 def iou(a: tuple[float, float], b: tuple[float, float]) -> float:
