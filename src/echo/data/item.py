@@ -55,7 +55,7 @@ class QuestionItem:
             raise DataFormatError(f"missing fields {missing}")
         values = {k: row[k] for k in ROW_FIELDS if k in row and k != "audio"}
         audio = row[audio_key]
-        if base_dir is not None and isinstance(audio, str) and not os.path.isabs(audio):
+        if base_dir is not None and not os.path.isabs(audio):  # a non-string path raises TypeError here
             audio = os.path.join(os.fspath(base_dir), audio)
         if isinstance(values["choices"], list):
             values["choices"] = list(values["choices"])
