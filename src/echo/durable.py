@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 
@@ -18,38 +19,80 @@ def drop_partial_line(path: str | os.PathLike) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A JSONL line that cannot be used: ``kind`` is ``json`` (does not parse), ``object`` (parses to something other
+    than an object; ``detail`` is its type) or ``utf-8`` (undecodable bytes); ``detail`` is the reason."""
+
+    line: int
+    kind: str
+    detail: str
+
+    @property
+    def problem(self) -> str:
+        if self.kind == "object":
+            return f"expected a JSON object, got {self.detail}"
+        return f"not JSON ({self.detail})" if self.kind == "json" else f"not UTF-8 text ({self.detail})"
+
+
+def read_lines(path: str | os.PathLike, *, bad: str = "raise", objects: bool = True,
+               torn_tail: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of the JSONL file ``path``: the one reader of echo's JSONL.
+
+    Args:
+        bad: what a line that is not JSON (or, with ``objects``, not an object) does: ``raise`` an EchoError naming
+            the file and the line, ``report`` it as a (line number, :class:`BadLine`) pair, or ``skip`` it.
+        objects: only JSON objects are good lines (otherwise any JSON value is yielded as it is).
+        torn_tail: a last line without its newline was cut short by a kill: drop it, whatever it holds.
+    """
+    if bad not in ("raise", "report", "skip"):
+        raise ValueError(f"bad must be 'raise', 'report' or 'skip', got {bad!r}")
+    from .errors import EchoError
+
+    with open(path, "rb") as f:  # bytes: a kill can tear a line inside a multi-byte character
+        for n, raw in enumerate(f, 1):
+            if torn_tail and not raw.endswith(b"\n"):
+                return
+            if not raw.strip():
+                continue
+            problem = None
+            try:
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                problem = BadLine(n, "utf-8", exc.reason)
+            except json.JSONDecodeError as exc:
+                problem = BadLine(n, "json", exc.msg)
+            else:
+                if objects and not isinstance(value, dict):
+                    problem = BadLine(n, "object", type(value).__name__)
+            if problem is None:
+                yield n, value
+            elif bad == "raise":
+                raise EchoError(f"{path} line {n}: {problem.problem}")
+            elif bad == "report":
+                yield n, problem
+
+
 def read_object_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, object) of every non-blank line of a JSONL input file; the first line that is not JSON or not
     an object raises EchoError naming the file and the line (inputs are checked strictly, unlike ``read_jsonl``)."""
-    from .errors import EchoError
-
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EchoError(f"{path} line {n}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise EchoError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-            yield n, row
+    return read_lines(path)
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """The complete object lines of ``path`` (none if it does not exist); a partial or non-object line is skipped."""
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # cut short by a kill
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                yield row
+    """The complete object lines of a file this process appends to (none if it does not exist); a line torn by a kill
+    and any other non-object line are skipped."""
+    if os.path.exists(path):
+        yield from (row for _, row in read_lines(path, bad="skip", torn_tail=True))
+
+
+def starts_json_list(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds one JSON list (``[`` first) rather than JSON lines; both layouts are published."""
+    with open(path, "rb") as f:
+        while chunk := f.read(4096):
+            if stripped := chunk.lstrip():
+                return stripped.startswith(b"[")
+    return False
 
 
 def append_row(f, row: Any) -> None:

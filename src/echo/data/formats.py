@@ -17,41 +17,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from ..errors import EchoError
+from ..durable import BadLine, read_lines
 from ..protocol import SPAN_DECIMALS, format_span, read_span, seg_bodies, split_cot  # noqa: F401  (re-exported)
+from .item import DataFormatError, QuestionItem  # noqa: F401  (re-exported)
 
 REQUIRED_FIELDS = ("id", "audio", "question", "choices", "answer", "cot", "spans", "task")
 OPTIONAL_FIELDS = ("difficulty", "duration_s", "meta")
 
 
-class DataFormatError(EchoError):
-    """A dataset file or record that does not follow its layout (named with the file, line or id, and the reason)."""
-
-
-@dataclass(slots=True)
-class EAQARecord:
-    """One EAQA item. ``spans`` are ``[start_s, end_s]`` pairs in seconds; ``audio`` is a path (see module doc)."""
-
-    id: str
-    audio: str
-    question: str
-    choices: list[str]
-    answer: str
-    cot: str
-    spans: list[list[float]]
-    task: str
-    difficulty: str | None = None
-    duration_s: float | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        if not out["meta"]:
-            del out["meta"]
-        return {k: v for k, v in out.items() if v is not None}
+EAQARecord = QuestionItem  # one EAQA line: every EAQA field is one of the question item's
 
 
 def parse_cot(cot: str) -> tuple[list[list[float]], str]:
@@ -179,35 +155,27 @@ def read_eaqa(path: str | os.PathLike, *, strict: bool = True) -> list[EAQARecor
     if not os.path.isfile(path):
         raise DataFormatError(f"{path}: EAQA file not found")
     records, problems, first_line = [], [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"line {lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{where}: invalid JSON ({exc.msg})")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                continue
-            missing = [k for k in REQUIRED_FIELDS if k not in obj]
-            unknown = sorted(set(obj) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)) if strict else []
-            if missing or unknown:
-                problems.append(f"{where}: " + "; ".join(
-                    ([f"missing fields {missing}"] if missing else []) + ([f"unknown fields {unknown}"] if unknown else [])
-                ))
-                continue
-            rec = EAQARecord(**{k: obj[k] for k in REQUIRED_FIELDS + OPTIONAL_FIELDS if k in obj})
-            bad = check_record(rec)
-            if rec.id in first_line:
-                bad.append(f"duplicate id {rec.id!r} (first on line {first_line[rec.id]})")
-            first_line.setdefault(rec.id, lineno)
-            if bad:
-                problems.append(f"{where} (id {rec.id!r}): " + "; ".join(bad))
-                continue
-            records.append(rec)
+    for lineno, obj in read_lines(path, bad="report"):
+        where = f"line {lineno}"
+        if isinstance(obj, BadLine):
+            problems.append(f"{where}: " + (f"invalid JSON ({obj.detail})" if obj.kind == "json" else obj.problem))
+            continue
+        missing = [k for k in REQUIRED_FIELDS if k not in obj]
+        unknown = sorted(set(obj) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)) if strict else []
+        if missing or unknown:
+            problems.append(f"{where}: " + "; ".join(
+                ([f"missing fields {missing}"] if missing else []) + ([f"unknown fields {unknown}"] if unknown else [])
+            ))
+            continue
+        rec = QuestionItem.from_row(obj)
+        bad = check_record(rec)
+        if rec.id in first_line:
+            bad.append(f"duplicate id {rec.id!r} (first on line {first_line[rec.id]})")
+        first_line.setdefault(rec.id, lineno)
+        if bad:
+            problems.append(f"{where} (id {rec.id!r}): " + "; ".join(bad))
+            continue
+        records.append(rec)
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise DataFormatError(f"{path}: {len(problems)} bad lines:\n  " + "\n  ".join(shown))

@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import ConfigError
 from ..protocol import format_cot
 from . import signals
-from .formats import DataFormatError, EAQARecord, write_eaqa
+from .formats import DataFormatError, write_eaqa
+from .item import QuestionItem
 from .speech import SpeechUnavailable, have_espeak
 from .scene_tasks import SCENE_DIFFICULTIES, SCENE_FAMILIES, dataset_manifest, make_scene_task
 from .sounds import SPLITS, find_library
@@ -106,7 +107,7 @@ class SynthConfig:
 
 @dataclass(slots=True)
 class SynthItem:
-    record: EAQARecord
+    record: QuestionItem
     wave: np.ndarray = field(repr=False)  # float32, 16 kHz mono, what goes into the wav
 
 
@@ -126,7 +127,7 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
     wave = signals.finish(signals.add_noise(rng, task.wave, d.snr_db))
     rid = item_id(config, index, families)
     spans = [[float(a), float(b)] for a, b in task.spans]
-    record = EAQARecord(
+    record = QuestionItem(
         id=rid,
         audio=f"{AUDIO_DIR}/{rid}.wav",
         question=task.question,
@@ -212,7 +213,7 @@ def _write_resumable(config: SynthConfig, manifest: dict, out_dir: str, progress
                 return path  # already complete: nothing to redo
     write_atomic(manifest_path, json.dumps({**manifest, "count": None}, indent=2))  # before any item
     drop_partial_line(partial)
-    done = {r["id"]: EAQARecord(**r) for r in read_jsonl(partial) if "id" in r}
+    done = {r["id"]: QuestionItem.from_row(r) for r in read_jsonl(partial) if "id" in r}
     families = tuple(manifest["families"])
     indices = range(config.n)
     if progress:
@@ -244,7 +245,7 @@ def item_id(config: SynthConfig, index: int, families: tuple[str, ...]) -> str:
     return f"synth-s{config.seed}-{split}{index:06d}-{families[index % len(families)]}"
 
 
-def _check_scorable(record: EAQARecord) -> None:
+def _check_scorable(record: QuestionItem) -> None:
     """The official token rule must tell this item's choices apart; a family that breaks this is a bug here."""
     from ..eval.scoring import string_match
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+from ..data.item import QuestionItem
+from ..durable import BadLine, read_lines, starts_json_list
 from ..errors import EchoError
 
 BENCHMARK_NAMES = ("mmar", "mmau-test-mini", "mmau-test", "synthetic")
@@ -43,16 +45,30 @@ class BenchmarkError(EchoError):
     """A benchmark file or its audio that cannot be evaluated; the message lists every offending item and why."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class EvalItem:
-    """One multiple-choice question. ``record`` is the item as published; predictions are written back into a copy."""
+    """One multiple-choice question (``item``, its audio resolved to a local file) and ``record``, the row as
+    published, into a copy of which predictions are written."""
 
-    id: str
-    audio_path: str
-    question: str
-    choices: list[str]
-    answer: str | None
+    item: QuestionItem
     record: dict[str, Any] = field(repr=False)
+
+    def __init__(self, id: str, audio_path: str, question: str, choices: list[str], answer: str | None,
+                 record: dict[str, Any]):
+        self.item = QuestionItem(id, audio_path, question, list(choices), answer)
+        self.record = record
+
+    @classmethod
+    def from_item(cls, item: QuestionItem, record: dict[str, Any]) -> EvalItem:
+        out = cls.__new__(cls)
+        out.item, out.record = item, record
+        return out
+
+    id = property(lambda self: self.item.id)
+    audio_path = property(lambda self: self.item.audio)
+    question = property(lambda self: self.item.question)
+    choices = property(lambda self: self.item.choices)
+    answer = property(lambda self: self.item.answer)
 
 
 @dataclass(slots=True)
@@ -114,14 +130,8 @@ def load_benchmark(
             problems.append(f"{where}: " + "; ".join(bad))
             continue
         seen[row["id"]] = index
-        items.append(EvalItem(
-            id=str(row["id"]),
-            audio_path=resolve_audio(row[_AUDIO_KEY[name]], data_dir),
-            question=row["question"],
-            choices=list(row["choices"]),
-            answer=row.get("answer"),
-            record=row,
-        ))
+        item = QuestionItem.from_row(row, audio_key=_AUDIO_KEY[name])
+        items.append(EvalItem.from_item(replace(item, audio=resolve_audio(item.audio, data_dir)), row))
     _raise_listed(problems, f"{meta_path}: {len(problems)} of {len(rows)} items are not in the {name} layout")
     return Benchmark(name=name, meta_path=meta_path, audio_root=data_dir, items=items)
 
@@ -184,45 +194,32 @@ def _audio_problem(path: str, mode: str) -> str | None:
 
 
 def _load_synthetic(meta_path: str, data_dir: str, strict: bool) -> Benchmark:
-    from ..data.formats import DataFormatError, read_eaqa
+    from ..data.formats import DataFormatError, audio_path, read_eaqa
 
     try:
         records = read_eaqa(meta_path, strict=strict)
     except DataFormatError as exc:
         raise BenchmarkError(str(exc)) from None
     root = os.path.dirname(os.path.abspath(meta_path))
-    items = [
-        EvalItem(
-            id=r.id,
-            audio_path=r.audio if os.path.isabs(r.audio) else os.path.join(root, r.audio),
-            question=r.question,
-            choices=list(r.choices),
-            answer=r.answer,
-            record=r.to_json(),
-        )
-        for r in records
-    ]
+    items = [EvalItem.from_item(replace(r, audio=audio_path(r, root)), r.to_json()) for r in records]
     return Benchmark(name="synthetic", meta_path=meta_path, audio_root=data_dir, items=items)
 
 
 def _read_rows(path: str) -> list[Any]:
     if not os.path.isfile(path):
         raise BenchmarkError(f"{path}: metadata file not found")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):  # a JSON list (MMAU; also MMAR converted to .json by some tools)
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BenchmarkError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-        return rows
-    rows, problems = [], []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
+    if starts_json_list(path):  # a JSON list (MMAU; also MMAR converted to .json by some tools)
+        with open(path, encoding="utf-8") as f:
             try:
-                rows.append(json.loads(line))
+                return json.load(f)
             except json.JSONDecodeError as exc:
-                problems.append(f"line {lineno}: invalid JSON ({exc.msg})")
+                raise BenchmarkError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    rows, problems = [], []
+    for n, row in read_lines(path, bad="report", objects=False):  # non-objects are listed per item by _check_row
+        if isinstance(row, BadLine):
+            problems.append(f"line {n}: invalid JSON ({row.detail})")
+        else:
+            rows.append(row)
     _raise_listed(problems, f"{path}: {len(problems)} lines are not JSON")
     return rows
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
-from ..durable import drop_partial_line, write_atomic
+from ..durable import drop_partial_line, read_jsonl, write_atomic
 from ..errors import ConfigError
 from .answers import extract_answer
 from .datasets import Benchmark, EvalItem, check_audio
@@ -129,16 +129,9 @@ def read_predictions(out_dir: str | os.PathLike) -> dict[str, dict]:
     for name in sorted(os.listdir(out_dir)):
         if not (name.startswith(SHARD_GLOB_PREFIX) and name.endswith(".jsonl")):
             continue
-        with open(os.path.join(out_dir, name), encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break  # a partial last line: that item was not finished
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict) and "id" in rec:
-                    found.setdefault(str(rec["id"]), rec)
+        for rec in read_jsonl(os.path.join(out_dir, name)):  # a partial last line: that item was not finished
+            if "id" in rec:
+                found.setdefault(str(rec["id"]), rec)
     return found
 
 

@@ -28,6 +28,7 @@ from ..audio.features import min_audio_samples, num_audio_tokens, num_mel_frames
 from ..config import RelistenPolicy
 from ..engine.relisten import decide
 from ..protocol import SEG_CLOSE
+from ..data.item import QuestionItem
 from ..durable import read_object_lines
 from ..errors import EchoError
 from ..eval.prompts import build_prompt
@@ -84,7 +85,8 @@ def _record(row: dict, n: int, base: Path, path) -> SFTRecord:
     missing = [k for k in ("audio", "question", "choices", "cot") if k not in row]
     if missing:
         raise EchoError(f"{path} line {n} ({rid}): neither messages nor synthetic layout; missing {missing}")
-    return SFTRecord(rid, str(base / row["audio"]), build_prompt(row["question"], row["choices"]), row["cot"])
+    item = QuestionItem.from_row({**row, "id": rid}, base)
+    return SFTRecord(item.id, item.audio, build_prompt(item.question, item.choices), item.cot)
 
 
 def build_example(record: SFTRecord, processor, fmt: Format = "interleaved", *,

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
 import os
 import re
 from pathlib import Path
 
+from ..data.item import QuestionItem
+from ..durable import BadLine, read_lines
 from ..errors import EchoError
 from ..eval.prompts import build_prompt
 
@@ -31,6 +32,14 @@ class RLRecord:
     answer: str        # the correct choice's text
     data_source: str = "echo"
     extra_info: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_item(cls, item: QuestionItem, user: str) -> RLRecord:
+        """The prompt of a question item: its user text, and an answer given as an option letter mapped to its
+        choice; the item's task is the data source, its meta the extra info."""
+        choices = [str(c) for c in item.choices]
+        return cls(item.id, item.audio, user, choices, _answer_text(item.answer, choices),
+                   str(item.task if item.task is not None else "echo"), dict(item.meta or {}))
 
     def conversation(self) -> list[dict]:
         return [{"role": "user", "content": [{"type": "audio", "audio": self.audio},
@@ -65,15 +74,11 @@ def _parquet_rows(path: Path):
 
 
 def _jsonl_rows(path: Path):
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"line{n}", {"_error": f"line {n} is not JSON ({exc.msg})"}
-                    continue
-                yield str(row.get("id", f"line{n}")) if isinstance(row, dict) else f"line{n}", row
+    for n, row in read_lines(path, bad="report", objects=False):  # a bad line is skipped and reported, not fatal
+        if isinstance(row, BadLine):
+            yield f"line{n}", {"_error": f"line {n} is {row.problem}"}
+        else:
+            yield str(row.get("id", f"line{n}")) if isinstance(row, dict) else f"line{n}", row
 
 
 def _resolve(audio: str, base: Path) -> str:
@@ -104,8 +109,10 @@ def _verl_record(rid: str, row: dict, base: Path) -> RLRecord:
     truth = (row.get("reward_model") or {}).get("ground_truth")
     if truth is None or not str(truth).strip():
         raise EchoError("no reward_model.ground_truth")
-    return RLRecord(rid, _resolve(str(audios[0]), base), text.replace("<audio>", "").strip(), choices,
-                    _answer_text(truth, choices), str(row.get("data_source") or "unknown"), extra)
+    question = text.replace("<audio>", "").strip()  # verl's user turn is the whole prompt already
+    item = QuestionItem(rid, _resolve(str(audios[0]), base), question, choices, truth,
+                        task=str(row.get("data_source") or "unknown"), meta=extra)
+    return RLRecord.from_item(item, question)
 
 
 def _eaqa_record(rid: str, row: dict, base: Path) -> RLRecord:
@@ -114,6 +121,5 @@ def _eaqa_record(rid: str, row: dict, base: Path) -> RLRecord:
     missing = [k for k in ("audio", "question", "choices", "answer") if k not in row]
     if missing:
         raise EchoError(f"neither verl nor EAQA layout; missing {missing}")
-    choices = [str(c) for c in row["choices"]]
-    return RLRecord(rid, _resolve(str(row["audio"]), base), build_prompt(row["question"], choices), choices,
-                    _answer_text(row["answer"], choices), str(row.get("task", "echo")), dict(row.get("meta") or {}))
+    item = QuestionItem.from_row({**row, "id": rid, "audio": str(row["audio"])}, base)
+    return RLRecord.from_item(item, build_prompt(item.question, [str(c) for c in item.choices]))

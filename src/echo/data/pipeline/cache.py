@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ...durable import read_jsonl
+
 
 def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -70,15 +72,8 @@ class RequestCache:
         self._syncing = None
 
     def _read(self, path: Path) -> None:
-        with open(path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    continue  # torn by a kill mid-write; that request will be sent again
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError:
-                    continue
-                self._answers.setdefault(row["key"], row["answer"])
+        for row in read_jsonl(path):  # a line torn by a kill mid-write is skipped: that request is sent again
+            self._answers.setdefault(row["key"], row["answer"])
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -129,8 +124,7 @@ class RequestCache:
         """Every cached row of this stage (all ranks), for reports and tests."""
         rows = []
         for path in sorted(self.dir.glob(f"{self.stage}-rank*.jsonl")):
-            with open(path, "rb") as f:
-                rows += [json.loads(r) for r in f if r.endswith(b"\n") and r.strip()]
+            rows += read_jsonl(path)
         return rows
 
     def close(self) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ...errors import EchoError
 from ...eval.prompts import build_prompt
-from ..formats import EAQARecord, parse_cot, write_eaqa
+from ..formats import parse_cot, write_eaqa
+from ..item import QuestionItem
 from .clips import Clip
 from .store import ChunkStore, write_atomic
 
@@ -64,16 +65,16 @@ def _export(out_dir: Path, export_dir: Path) -> dict:
         meta = {"clip": clip.id, "source": item.get("source", "llm"), "filter": row["reason"]}
         if row["route"] == "sft":
             spans, _ = parse_cot(item["cot"])
-            sft.append(EAQARecord(item["id"], audio, item["question"], list(item["choices"]), item["answer"],
-                                  item["cot"], spans, item.get("family", "echo-pipeline"),
-                                  duration_s=clip.duration_s, meta=meta))
+            sft.append(QuestionItem(item["id"], audio, item["question"], list(item["choices"]), item["answer"],
+                                    item["cot"], spans, item.get("family", "echo-pipeline"),
+                                    duration_s=clip.duration_s, meta=meta))
             messages.append({"id": item["id"], "messages": [
                 {"role": "user", "content": "<audio>" + build_prompt(item["question"], item["choices"])},
                 {"role": "assistant", "content": item["cot"]}], "audios": [audio]})
         elif row["route"] == "rl":
-            rl.append({"id": item["id"], "audio": audio, "question": item["question"], "choices": item["choices"],
-                       "answer": item["answer"], "task": item.get("family", "echo-pipeline"),
-                       "duration_s": clip.duration_s, "meta": meta})
+            rl.append(QuestionItem(item["id"], audio, item["question"], item["choices"], item["answer"],
+                                   task=item.get("family", "echo-pipeline"), duration_s=clip.duration_s,
+                                   meta=meta).to_row())
     write_eaqa(export_dir / "eaqa_sft.jsonl", sft, check_audio=False)
     write_atomic(export_dir / "sft_messages.jsonl", "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in messages))
     write_atomic(export_dir / "eaqa_rl.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rl))

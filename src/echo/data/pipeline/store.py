@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from ...durable import read_object_lines
+
 
 class ChunkStore:
     def __init__(self, root: str | os.PathLike, stage: str, rank: int = 0, world_size: int = 1):
@@ -27,11 +29,8 @@ class ChunkStore:
         ``request_failed``) takes its latest row."""
         seen: dict[str, dict] = {}
         for path in self.chunks():
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        row = json.loads(line)
-                        seen[row["key"]] = row
+            for _, row in read_object_lines(path):  # chunks are renamed in whole: any bad line is corruption
+                seen[row["key"]] = row
         return [seen[k] for k in sorted(seen)]
 
     def done(self, *, redo_reason: str | None = None) -> set[str]:
