@@ -95,6 +95,22 @@ def starts_json_list(path: str | os.PathLike) -> bool:
     return False
 
 
+def read_json_rows(path: str | os.PathLike) -> tuple[Any, list[tuple[int, str]]]:
+    """A published file in either layout: ``(rows, [(line, why) for every line that is not JSON])``. A JSON list is
+    parsed whole (a ``json.JSONDecodeError`` when it does not parse, and whatever it holds as ``rows``); JSON lines
+    are read line by line, values of any type."""
+    if starts_json_list(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f), []
+    rows, bad = [], []
+    for n, row in read_lines(path, bad="report", objects=False):
+        if isinstance(row, BadLine):
+            bad.append((n, row.detail))
+        else:
+            rows.append(row)
+    return rows, bad
+
+
 def append_row(f, row: Any) -> None:
     """Write one JSON line and make it durable before returning (a kill -9 or power loss keeps it)."""
     f.write(json.dumps(row, ensure_ascii=False) + "\n")

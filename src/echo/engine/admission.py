@@ -59,8 +59,10 @@ def prompt_ids(model, prompt, num_frames: int, max_model_len: int) -> list[int]:
 def prompt_audio(ids: list[int], audio_token_id: int, clip) -> AudioRun:
     """The prompt's audio run: its ``<|AUDIO|>`` tokens (one block, as every chat template writes them) are the
     whole clip."""
-    first = ids.index(audio_token_id)
     n = ids.count(audio_token_id)
+    if not n:
+        raise EchoError("the prompt holds no <|AUDIO|> token (the request's audio has nowhere to go)")
+    first = ids.index(audio_token_id)
     if ids[first: first + n].count(audio_token_id) != n:
         raise EchoError(f"the prompt's {n} <|AUDIO|> tokens are not one consecutive block (the request's one audio)")
     return AudioRun(first, n, clip, 0, clip.num_samples)

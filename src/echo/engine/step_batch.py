@@ -31,12 +31,8 @@ class StepBatch:
     audio_dst: list[int]               # ... and the flattened row each block starts at
     plan: AttentionPlan
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.ids.numel())
-
     @classmethod
-    def build(cls, chunks: Sequence, bm: BlockManager, device, backend: str | None = None) -> "StepBatch":
+    def build(cls, chunks: Sequence, bm: BlockManager, device) -> "StepBatch":
         """The batch of ``chunks`` (scheduler.Chunk: tokens [start, end) of a sequence whose audio rows are
         filled in)."""
         ids, positions, slots, tables, q_lens, ctx, rows, sources, dst = [], [], [], [], [], [], [], [], []
@@ -55,6 +51,6 @@ class StepBatch:
             total += c.end - c.start
             if c.samples:
                 rows.append(total - 1)
-        plan = plan_paged_attention(tables, q_lens, ctx, bm.block_size, device, backend)
+        plan = plan_paged_attention(tables, q_lens, ctx, bm.block_size, device)
         return cls(torch.tensor(ids, device=device), torch.tensor(positions, device=device),
                    torch.tensor(slots, device=device), tables, q_lens, ctx, rows, sources, dst, plan)

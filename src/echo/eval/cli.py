@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..config_flags import Flag, add_config_flags
-from ..durable import BadLine, read_lines, starts_json_list
+from ..durable import read_json_rows
 from ..errors import EchoError
 from .datasets import BENCHMARK_NAMES
 
@@ -119,18 +119,12 @@ def _score_file(args: argparse.Namespace) -> int:
 def _read_records(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise EchoError(f"{path}: predictions file not found")
-    if starts_json_list(path):
-        with open(path, encoding="utf-8") as f:
-            try:
-                records = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise EchoError(f"{path}: not JSON or JSONL (line {exc.lineno}: {exc.msg})") from None
-    else:
-        records = []
-        for n, rec in read_lines(path, bad="report", objects=False):
-            if isinstance(rec, BadLine):
-                raise EchoError(f"{path}: not JSON or JSONL (line {n}: {rec.detail})")
-            records.append(rec)
+    try:
+        records, bad = read_json_rows(path)
+    except json.JSONDecodeError as exc:
+        raise EchoError(f"{path}: not JSON or JSONL (line {exc.lineno}: {exc.msg})") from None
+    if bad:
+        raise EchoError(f"{path}: not JSON or JSONL (line {bad[0][0]}: {bad[0][1]})")
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise EchoError(f"{path}: expected a list of JSON objects")
     if not records:

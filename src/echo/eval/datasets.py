@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from ..data.item import QuestionItem
-from ..durable import BadLine, read_lines, starts_json_list
+from ..durable import read_json_rows
 from ..errors import EchoError
 
 BENCHMARK_NAMES = ("mmar", "mmau-test-mini", "mmau-test", "synthetic")
@@ -208,18 +208,11 @@ def _load_synthetic(meta_path: str, data_dir: str, strict: bool) -> Benchmark:
 def _read_rows(path: str) -> list[Any]:
     if not os.path.isfile(path):
         raise BenchmarkError(f"{path}: metadata file not found")
-    if starts_json_list(path):  # a JSON list (MMAU; also MMAR converted to .json by some tools)
-        with open(path, encoding="utf-8") as f:
-            try:
-                return json.load(f)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-    rows, problems = [], []
-    for n, row in read_lines(path, bad="report", objects=False):  # non-objects are listed per item by _check_row
-        if isinstance(row, BadLine):
-            problems.append(f"line {n}: invalid JSON ({row.detail})")
-        else:
-            rows.append(row)
+    try:  # a JSON list (MMAU; also MMAR converted to .json by some tools) or JSON lines (MMAR)
+        rows, bad = read_json_rows(path)  # non-objects are listed per item by _check_row
+    except json.JSONDecodeError as exc:
+        raise BenchmarkError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    problems = [f"line {n}: invalid JSON ({why})" for n, why in bad]
     _raise_listed(problems, f"{path}: {len(problems)} lines are not JSON")
     return rows
 
