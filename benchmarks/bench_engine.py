@@ -36,9 +36,9 @@ NEW_TOKENS = 300
 SEG_STEPS = (40, 100, 160, 220)
 
 
-def _clip(seed: int) -> np.ndarray:
+def _clip(seed: int, seconds: float = CLIP_S) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    t = np.arange(int(CLIP_S * SR)) / SR
+    t = np.arange(int(seconds * SR)) / SR
     return (0.3 * np.sin(2 * np.pi * (200 + 30 * seed) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
 
 
@@ -67,15 +67,21 @@ class Bench:
         specials = {self.proc.tokenizer.token_to_id(t) for t in SPECIALS}
         self.text_ids = [i for i in range(300) if i not in specials]
 
-    def trajectory(self, seed: int) -> list[int]:
-        """new_tokens forced tokens: text, with '<seg>a, b</seg>' (2-5 s spans) at seg_steps, then <|im_end|>."""
+    def trajectory(self, seed: int, short_spans: bool = False, shift: int = 0) -> list[int]:
+        """new_tokens forced tokens: text, with '<seg>a, b</seg>' (2-5 s spans) at seg_steps, then <|im_end|>.
+        ``short_spans``: the same text with every span 0.1 s long, which the engine skips (below the policy's
+        0.2 s minimum): the same sampled tokens without any re-listen. ``shift`` moves every tag that many tokens
+        later, so that the sequences of a batch re-listen in different steps."""
         rng = np.random.default_rng(seed)
         out: list[int] = []
         for step in self.seg_steps:
+            step += shift
             out += rng.choice(self.text_ids, step - len(out)).tolist()
             a = float(rng.integers(0, 24))
-            out += self.proc.tokenizer.encode(f" <seg>{a:.1f}, {a + rng.integers(2, 6):.1f}</seg>",
-                                              add_special_tokens=False).ids
+            b = a + 0.1 if short_spans else a + rng.integers(2, 6)
+            if short_spans:
+                rng.integers(2, 6)  # keep the random stream, so the text is the same
+            out += self.proc.tokenizer.encode(f" <seg>{a:.1f}, {b:.1f}</seg>", add_special_tokens=False).ids
         out += rng.choice(self.text_ids, self.new_tokens - 1 - len(out)).tolist()
         return out + [self.eos]
 
@@ -160,9 +166,12 @@ def bench(tmp_path_factory):
     return _BENCH[0]
 
 
+@pytest.mark.parametrize("clip_s", [30.0, 120.0], ids=["30s", "120s"])
 @pytest.mark.parametrize("batch", [1, 8])
-def test_engine_vs_resubmission_loop(bench, batch, record_property):
-    clips = [_clip(i) for i in range(batch)]
+def test_engine_vs_resubmission_loop(bench, batch, clip_s, record_property):
+    """Both sides on the same scripted trajectories; 120 s clips are the long-audio case (MMAR runs to 300 s):
+    3,000 audio tokens a prompt, which the reference prefills again after every re-listen."""
+    clips = [_clip(i, clip_s) for i in range(batch)]
     trajs = {tuple(bench.prompt(c)): bench.trajectory(i) for i, c in enumerate(clips)}
     step_token, echo_proc = bench.forced(trajs)
     t0 = time.perf_counter()
@@ -175,10 +184,44 @@ def test_engine_vs_resubmission_loop(bench, batch, record_property):
         assert res.samples[0].token_ids == ref  # same tokens, so the times compare like for like
         assert sum(r.decision.action == "relisten" for r in res.samples[0].relistens) == len(bench.seg_steps)
     sampled = sum(sum(r.samples[0].mask) for r in results)
-    line = (f"batch {batch}: echo {echo_s:.1f} s ({sampled / echo_s:.1f} tok/s), reference loop {ref_s:.1f} s "
+    line = (f"batch {batch}, {clip_s:.0f} s clips: echo {echo_s:.1f} s ({sampled / echo_s:.1f} tok/s), reference loop {ref_s:.1f} s "
             f"({sampled / ref_s:.1f} tok/s): {ref_s / echo_s:.2f}x; preemptions {engine.scheduler.num_preemptions}")
     print("\n" + line)
     record_property("result", line)
+
+
+@pytest.mark.parametrize("batch", [1, 8, 32])
+def test_relisten_cost(bench, batch):
+    """What re-listening costs: a generation with 4 re-listens (2-5 s spans) per sequence against the same
+    sampled tokens with spans too short to re-listen, same model, same 30 s clips, interleaved rounds. The tags of
+    sequence i sit 3*i tokens later than sequence 0's, so the splices of a batch fall in different steps."""
+    clips = [_clip(i) for i in range(batch)]
+    prompts = [bench.prompt(c) + [bench.text_ids[i % 50], bench.text_ids[i // 50]] for i, c in enumerate(clips)]
+    procs = {}
+    for short in (False, True):
+        trajs = {tuple(p): bench.trajectory(i, short_spans=short, shift=3 * (i % 20)) for i, p in enumerate(prompts)}
+        procs[short] = bench.forced(trajs)[1]
+    params = SamplingParams(temperature=0, max_new_tokens=bench.new_tokens)
+    wall, cpu = {False: [], True: []}, {False: [], True: []}
+    for _ in range(2 if batch <= 8 else 1):
+        for short in (False, True):
+            engine = Engine(bench.model, EngineConfig(kv_cache_bytes=max(1 << 30, batch << 26),
+                                                      max_num_batched_tokens=2048), logits_processors=[procs[short]])
+            t, c = time.perf_counter(), time.process_time()
+            results = engine.generate([Request(clip, p, params) for clip, p in zip(clips, prompts)])
+            wall[short].append(time.perf_counter() - t)
+            cpu[short].append(time.process_time() - c)
+            samples = [r.samples[0] for r in results]
+            assert all(sum(r.decision.action == "relisten" for r in s.relistens) == (0 if short else 4)
+                       for s in samples)
+            assert engine.scheduler.num_preemptions == 0
+            sampled = sum(sum(s.mask) for s in samples)
+            assert sampled == batch * bench.new_tokens
+    w = {k: min(v) for k, v in wall.items()}
+    c = {k: min(v) for k, v in cpu.items()}
+    print(f"\nre-listen cost at batch {batch} ({torch.get_num_threads()} threads, {bench.new_tokens} tokens, 4 "
+          f"re-listens per sequence): with {w[False]:.1f} s, without {w[True]:.1f} s: {w[False] / w[True]:.2f}x wall; "
+          f"process CPU {c[False]:.1f} s vs {c[True]:.1f} s: {c[False] / c[True]:.2f}x\n  on {describe()}")
 
 
 def _gemm_alone(model, rows: int, repeats: int = 20) -> float:

@@ -80,3 +80,52 @@ def test_echo_store_kv(benchmark, backend, pattern):
         _sync()
 
     benchmark(run)
+
+
+# --- linear (the few-row decode GEMM) ---------------------------------------------------------------------------
+# Every linear of the omni-bench decoder (12 layers of q/k/v/o, gate/up/down; the LM head) on a decode step's rows:
+# 672 MB of float32 weights, far past any cache, so each pass reads them from memory as a decode step does.
+
+def _decoder_linears():
+    from echo.models.presets import preset
+
+    d = preset("omni-bench").decoder
+    qkv = (d.num_heads + 2 * d.num_kv_heads) * d.head_dim
+    shapes = [(qkv, d.hidden_size), (d.hidden_size, d.num_heads * d.head_dim), (d.intermediate_size, d.hidden_size),
+              (d.intermediate_size, d.hidden_size), (d.hidden_size, d.intermediate_size)] * d.num_layers
+    return [torch.randn(shape) for shape in shapes + [(d.vocab_size, d.hidden_size)]]
+
+
+_LINEARS: list[torch.Tensor] = []
+
+
+def _linear_pass(rows: int, fn):
+    if not _LINEARS:
+        _LINEARS.extend(_decoder_linears())
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in _LINEARS}
+
+    def run():
+        with torch.inference_mode():
+            for w in _LINEARS:
+                fn(xs[w.shape[1]], w)
+    return run
+
+
+@pytest.mark.parametrize("rows", [1, 8, 16])
+def test_baseline_torch_linear(benchmark, rows):
+    run = _linear_pass(rows, lambda x, w: torch.nn.functional.linear(x, w))
+    benchmark.group = f"linear-omni-bench-decoder-{rows}-rows"
+    benchmark.extra_info["bytes"] = sum(w.numel() * 4 for w in _LINEARS)
+    benchmark(run)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 16])
+def test_echo_linear(benchmark, rows):
+    from echo.ops.linear import linear
+
+    if _backend.native() is None:
+        pytest.skip("echo._C is not built")
+    run = _linear_pass(rows, lambda x, w: linear(x, w, backend="cpu"))
+    benchmark.group = f"linear-omni-bench-decoder-{rows}-rows"
+    benchmark.extra_info["bytes"] = sum(w.numel() * 4 for w in _LINEARS)
+    benchmark(run)

@@ -107,6 +107,19 @@ void gather_rows(bool on_cuda, uintptr_t segments, uintptr_t row_offset, int64_t
   raise_on_error(status, "gather_rows");
 }
 
+// Positional arguments only: this runs for every linear of a decode step, where keyword parsing would show.
+void linear(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, int64_t rows, int64_t in_features,
+            int64_t out_features, int64_t x_stride, int64_t weight_stride, int64_t y_stride, int num_threads) {
+  echo::LinearLaunch l{ptr<const float>(x), ptr<const float>(weight), ptr<const float>(bias), ptr<float>(y), rows,
+                       in_features, out_features, x_stride, weight_stride, y_stride};
+  echo::EchoStatus status;
+  {
+    py::gil_scoped_release release;
+    status = echo::linear_cpu(l, num_threads);
+  }
+  raise_on_error(status, "linear");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -123,4 +136,5 @@ PYBIND11_MODULE(_C, m) {
         py::arg("segments"), py::arg("row_offset"), py::arg("num_segments"), py::arg("total_rows"),
         py::arg("row_bytes"), py::arg("out"), py::arg("out_stride"), py::arg("unit"), py::arg("num_threads"),
         py::arg("stream"));
+  m.def("linear", &linear, "Small-M float32 linear on the CPU (see csrc/echo_ops.h); pointers as integers");
 }

@@ -47,6 +47,24 @@ struct GatherLaunch {
 EchoStatus gather_rows_cpu(const GatherLaunch& g, int num_threads);
 EchoStatus gather_rows_cuda(const GatherLaunch& g, void* stream);
 
+// Linear on a few rows: y[m, n] = sum_k x[m, k] * weight[n, k] (+ bias[n]) for m < rows, float32. x and y
+// rows have unit stride inside (row strides x_stride / y_stride, in elements); weight is out_features rows of
+// in_features floats, row stride weight_stride. For decode steps (1-16 rows); larger batches go to torch's GEMM.
+struct LinearLaunch {
+  const float* x;
+  const float* weight;
+  const float* bias;  // nullptr: none
+  float* y;
+  int64_t rows;
+  int64_t in_features;
+  int64_t out_features;
+  int64_t x_stride;
+  int64_t weight_stride;
+  int64_t y_stride;
+};
+
+EchoStatus linear_cpu(const LinearLaunch& l, int num_threads);
+
 // Text of the last CUDA error seen by a launcher of this thread ("" if none).
 const char* last_cuda_error();
 

@@ -10,14 +10,9 @@
 
 #include "echo_ops.h"
 #include "parallel.h"
+#include "simd.h"
 
 namespace echo {
-
-template <int N>
-struct VecOf {
-  typedef float Float __attribute__((vector_size(4 * N)));
-  typedef int32_t Int __attribute__((vector_size(4 * N)));
-};
 
 namespace mel {
 

@@ -11,9 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.linear import native_linear, native_ok
 from .attention import AttentionBackend
 from .config import DecoderConfig
 from .rope import apply_rotary
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` whose few-row inference calls (a decode step's tokens, float32 on the CPU) run echo's small-M
+    kernel (ops/linear.py), which streams the weights once; everything else, training included, is ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if native_ok(x, self.weight):
+            return native_linear(x, self.weight, self.bias, 1)  # one thread: see ops/linear.py
+        return F.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -37,9 +48,9 @@ class SwiGLU(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, device=None, dtype=None):
         super().__init__()
         kw = dict(bias=False, device=device, dtype=dtype)
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, **kw)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, **kw)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, **kw)
+        self.gate_proj = Linear(hidden_size, intermediate_size, **kw)
+        self.up_proj = Linear(hidden_size, intermediate_size, **kw)
+        self.down_proj = Linear(intermediate_size, hidden_size, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -54,10 +65,10 @@ class DecoderAttention(nn.Module):
         self.head_dim = cfg.head_dim
         self.scale = cfg.head_dim ** -0.5
         kw = dict(device=device, dtype=dtype)
-        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True, **kw)
-        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True, **kw)
-        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True, **kw)
-        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False, **kw)
+        self.q_proj = Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True, **kw)
+        self.k_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True, **kw)
+        self.v_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True, **kw)
+        self.o_proj = Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False, **kw)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attention: AttentionBackend) -> torch.Tensor:

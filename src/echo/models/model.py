@@ -23,6 +23,7 @@ from .attention import AttentionBackend, DenseCausalAttention
 from .audio_encoder import num_audio_tokens
 from .config import ModelConfig
 from .decoder import Decoder
+from .layers import Linear
 
 
 class AudioLanguageModel(nn.Module):
@@ -32,7 +33,7 @@ class AudioLanguageModel(nn.Module):
         super().__init__()
         self.config = cfg
         self.decoder = Decoder(cfg.decoder, device, dtype)
-        self.lm_head = nn.Linear(cfg.decoder.hidden_size, cfg.decoder.vocab_size, bias=False, device=device,
+        self.lm_head = Linear(cfg.decoder.hidden_size, cfg.decoder.vocab_size, bias=False, device=device,
                                  dtype=dtype)
         self.processor = None  # PromptProcessor, attached by the loader when the checkpoint ships a tokenizer
 

@@ -1,0 +1,81 @@
+"""linear: ``y = x W^T + b`` for the few rows of a decode step, float32 on the CPU.
+
+torch's CPU GEMM is built for many rows; at 1-16 rows (one token per sequence of a decode batch) it neither
+streams the weights at the memory's speed nor keeps the FMA units busy (benchmarks/RESULTS.md). echo._C's kernel
+(csrc/linear_cpu_impl.h) reads every weight row once per call and multiplies it against all the rows at once.
+Backends: ``cpu`` (echo._C) and ``torch`` (the reference, ``F.linear``). ``auto`` takes ``cpu`` for float32 CPU
+tensors of at most ``MAX_ROWS`` rows outside autograd, else ``torch`` (``ECHO_BACKEND=torch`` forces it).
+
+One thread by default: a decode step interleaves these calls with torch's own ops, whose OpenMP workers spin
+between ops, so a second thread of ours fights them for the second core. In the engine on 2 cores, a batch-1 decode
+step took 63.9 ms with two kernel threads, 32.3 ms with one, 44.9 ms with torch's GEMM (benchmarks/RESULTS.md);
+even alone, one thread of this kernel beats torch's two-thread GEMM up to 32 rows.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from . import _backend
+
+BACKENDS = ("cpu", "torch")
+MAX_ROWS = 16  # up to here one kernel thread beats torch's two-thread GEMM by 1.3x or more (bench_kernels.py)
+
+
+def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-PyTorch reference."""
+    return F.linear(x, weight, bias)
+
+
+def native_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``auto`` takes the C++ kernel for this call (cheap: runs once per linear of a decode step)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.numel() <= MAX_ROWS * x.shape[-1]
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and _backend.native() is not None and os.environ.get("ECHO_BACKEND", "auto") in ("auto", "cpu", ""))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+           backend: str | None = None, num_threads: int | None = None) -> torch.Tensor:
+    """``x (*, in_features) @ weight (out_features, in_features)^T + bias``; returns ``(*, out_features)``.
+
+    Raises:
+        ValueError: shapes that do not fit, or (C++ backend) a dtype other than float32, a non-CPU tensor, or
+            tensors that need a gradient (the kernel has no backward).
+    """
+    if x.shape[-1] != weight.shape[-1] or weight.dim() != 2 or (bias is not None and bias.shape != weight.shape[:1]):
+        raise ValueError(f"linear: x {tuple(x.shape)}, weight {tuple(weight.shape)} and bias "
+                         f"{None if bias is None else tuple(bias.shape)} do not fit")
+    if backend in (None, "auto"):
+        chosen = "cpu" if native_ok(x, weight) else "torch"
+    else:
+        chosen = _backend.resolve("linear", BACKENDS, x.device, backend)
+    if chosen == "torch":
+        return linear_ref(x, weight, bias)
+    tensors = [t for t in (x, weight, bias) if t is not None]
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        raise ValueError("linear: the C++ kernel takes float32 CPU tensors, got "
+                         + ", ".join(f"{t.dtype} on {t.device}" for t in tensors))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise ValueError("linear: the C++ kernel has no backward; use backend='torch' under autograd")
+    return native_linear(x, weight, bias, num_threads or 1)
+
+
+def native_linear(x, weight, bias, num_threads: int) -> torch.Tensor:
+    """The C++ kernel without checks (callers checked ``native_ok``): the decode path's per-layer call."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    if bias is not None:
+        bias = bias.contiguous()
+    y = torch.empty(x2.shape[0], weight.shape[0], dtype=x.dtype)
+    _backend.native().linear(x2.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(),
+                             x2.shape[0], x2.shape[1], weight.shape[0], x2.stride(0), weight.stride(0), y.stride(0),
+                             num_threads)
+    return y.view(*lead, weight.shape[0])

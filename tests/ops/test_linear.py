@@ -1,0 +1,77 @@
+"""linear (the few-row decode GEMM): every backend vs F.linear over awkward shapes (rows 0-17 across the kernel's
+8-row blocks, in/out features not multiples of the vector width or of the 3-row weight tiles), with and without
+bias, strided inputs; the decoder's Linear module takes the kernel only where it should."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from echo.models.layers import Linear
+from echo.ops.linear import BACKENDS, MAX_ROWS, linear, linear_ref  # noqa: F401 (BACKENDS: ops/conftest.py)
+from echo.ops import linear as linear_mod
+
+# (rows, in_features, out_features)
+SHAPES = [(0, 16, 8), (1, 1, 1), (1, 7, 5), (2, 17, 3), (3, 64, 65), (5, 100, 37), (8, 576, 64), (9, 33, 130),
+          (13, 1024, 97), (16, 48, 200), (17, 40, 11)]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("rows,k,n", SHAPES, ids=[f"m{m}-k{k}-n{n}" for m, k, n in SHAPES])
+def test_matches_reference(backend, rows, k, n, bias):
+    name, device = backend
+    g = torch.Generator().manual_seed(rows * 1000 + k + n)
+    x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    out = linear(x, w, b, backend=name)
+    ref = linear_ref(x.double(), w.double(), None if b is None else b.double())
+    assert out.shape == (rows, n) and out.dtype == torch.float32
+    # fp32 sums of k products in another order: within a few ulps of the float64 result per term
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5 * k ** 0.5)
+
+
+def test_strided_input_and_lead_dims(backend):
+    name, _ = backend
+    base = torch.randn(3, 2, 70)
+    x = base[:, :, 3:67]  # (3, 2, 64), row stride 70
+    w, b = torch.randn(19, 64), torch.randn(19)
+    torch.testing.assert_close(linear(x, w, b, backend=name), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_split_the_same_answer(threads):
+    if linear_mod._backend.native() is None:
+        pytest.skip("echo._C is not built")
+    x, w = torch.randn(4, 300), torch.randn(1000, 300)
+    one = linear(x, w, backend="cpu", num_threads=1)
+    assert torch.equal(linear(x, w, backend="cpu", num_threads=threads), one)  # each output is one thread's sum
+
+
+def test_bad_input_is_named():
+    x, w = torch.randn(2, 8), torch.randn(4, 9)
+    with pytest.raises(ValueError, match="do not fit"):
+        linear(x, w)
+    with pytest.raises(ValueError, match="do not fit"):
+        linear(torch.randn(2, 9), w, torch.randn(5))
+    if linear_mod._backend.native() is not None:
+        with pytest.raises(ValueError, match="float32 CPU"):
+            linear(torch.randn(2, 9, dtype=torch.float64), w.double(), backend="cpu")
+        with pytest.raises(ValueError, match="no backward"):
+            linear(torch.randn(2, 9, requires_grad=True), w, backend="cpu")
+
+
+def test_module_uses_the_kernel_only_for_few_rows_without_autograd(monkeypatch):
+    calls = []
+    real = linear_mod.native_linear
+    monkeypatch.setattr("echo.models.layers.native_linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    layer = Linear(32, 24)
+    few, many = torch.randn(3, 32), torch.randn(MAX_ROWS + 1, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(few), F.linear(few, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        layer(many)
+    out = layer(few)  # grad enabled and the weight requires it: autograd's path
+    out.sum().backward()
+    assert layer.weight.grad is not None
+    expected = [(3, 32)] if linear_mod._backend.native() is not None else []
+    assert calls == expected
