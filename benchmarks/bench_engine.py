@@ -326,9 +326,9 @@ def test_decode_bf16_vs_fp32(bench, batch):
     print(f"\n{line}\n  on {describe()}")
 
 
-@pytest.mark.parametrize("context", [512, 4096])
+@pytest.mark.parametrize("context", [512, 2048, 8192])
 def test_relisten_latency_vs_context(bench, context):
-    """A 3 s re-listen (mel + encoder + splice prefill of 77 tokens) with 512 or 4096 tokens already cached."""
+    """A 3 s re-listen (mel + encoder + splice prefill of 77 tokens) with 512 to 8192 tokens already cached."""
     model, proc = bench.model, bench.proc
     clip = _clip(1)[: 4 * SR]
     prompt = bench.prompt(clip)
@@ -355,8 +355,15 @@ def test_relisten_latency_vs_context(bench, context):
         engine.scheduler.post.relisten(engine.scheduler, [(seq, seq.relistens[-1].decision)])  # ... and redo it
         engine.step()
         times.append(time.perf_counter() - t)
-    line = f"re-listen of 3 s with {context} tokens of context: {statistics.median(times) * 1e3:.0f} ms"
-    print("\n" + line)
+    # what the splice prefill must compute: its tokens through every linear (the LM head on one row) plus their
+    # attention over the context, which grows with it: the floor under the latency's growth with context
+    d, n = model.config.decoder, seq.relistens[-1].num_audio_tokens + 2
+    head = model.lm_head.weight.numel()
+    linear = roofline.gemm_flops(model, n) - 2 * head * (n - 1)
+    attention = 4 * d.num_layers * d.num_heads * d.head_dim * n * (context + n / 2)
+    line = (f"re-listen of 3 s with {context} tokens of context: {statistics.median(times) * 1e3:.0f} ms; splice "
+            f"prefill of {n} tokens: {linear / 1e9:.1f} GFLOP of linears + {attention / 1e9:.1f} GFLOP of attention")
+    print(f"\n{line}\n  on {describe()}")
 
 
 def test_encoder_cache_hit_rate_for_a_group(bench):
