@@ -41,7 +41,7 @@ def test_strided_input_and_lead_dims(backend):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_threads_split_the_same_answer(threads):
-    if linear_mod._backend.native() is None:
+    if linear_mod._kernel() is None:
         pytest.skip("echo._C is not built")
     x, w = torch.randn(4, 300), torch.randn(1000, 300)
     one = linear(x, w, backend="cpu", num_threads=1)
@@ -54,7 +54,7 @@ def test_bad_input_is_named():
         linear(x, w)
     with pytest.raises(ValueError, match="do not fit"):
         linear(torch.randn(2, 9), w, torch.randn(5))
-    if linear_mod._backend.native() is not None:
+    if linear_mod._kernel() is not None:
         with pytest.raises(ValueError, match="float32 CPU"):
             linear(torch.randn(2, 9, dtype=torch.float64), w.double(), backend="cpu")
         with pytest.raises(ValueError, match="no backward"):
@@ -73,5 +73,5 @@ def test_module_uses_the_kernel_only_for_few_rows_without_autograd(monkeypatch):
     out = layer(few)  # grad enabled and the weight requires it: autograd's path
     out.sum().backward()
     assert layer.weight.grad is not None
-    expected = [(3, 32)] if linear_mod._backend.native() is not None else []
+    expected = [(3, 32)] if linear_mod._kernel() is not None else []
     assert calls == expected
