@@ -184,8 +184,9 @@ def test_engine_vs_resubmission_loop(bench, batch, clip_s, record_property):
         assert res.samples[0].token_ids == ref  # same tokens, so the times compare like for like
         assert sum(r.decision.action == "relisten" for r in res.samples[0].relistens) == len(bench.seg_steps)
     sampled = sum(sum(r.samples[0].mask) for r in results)
-    line = (f"batch {batch}, {clip_s:.0f} s clips: echo {echo_s:.1f} s ({sampled / echo_s:.1f} tok/s), reference loop {ref_s:.1f} s "
-            f"({sampled / ref_s:.1f} tok/s): {ref_s / echo_s:.2f}x; preemptions {engine.scheduler.num_preemptions}")
+    line = (f"batch {batch}, {clip_s:.0f} s clips: echo {echo_s:.1f} s ({sampled / echo_s:.1f} tok/s), reference "
+            f"loop {ref_s:.1f} s ({sampled / ref_s:.1f} tok/s): {ref_s / echo_s:.2f}x; preemptions "
+            f"{engine.scheduler.num_preemptions}")
     print("\n" + line)
     record_property("result", line)
 

@@ -75,3 +75,18 @@ def test_module_uses_the_kernel_only_for_few_rows_without_autograd(monkeypatch):
     assert layer.weight.grad is not None
     expected = [(3, 32)] if linear_mod._kernel() is not None else []
     assert calls == expected
+
+
+def test_echo_backend_reads_as_for_every_op(monkeypatch):
+    """ECHO_BACKEND=torch turns the kernel off; a backend this op lacks (triton) leaves auto's choice, as
+    _backend.resolve does for every op."""
+    if linear_mod._kernel() is None:
+        pytest.skip("echo._C is not built")
+    x, w = torch.randn(2, 8), torch.randn(4, 8)
+    with torch.inference_mode():
+        monkeypatch.setenv("ECHO_BACKEND", "torch")
+        assert not linear_mod.native_ok(x, w)
+        monkeypatch.setenv("ECHO_BACKEND", "triton")
+        assert linear_mod.native_ok(x, w)
+        monkeypatch.delenv("ECHO_BACKEND")
+        assert linear_mod.native_ok(x, w)

@@ -42,7 +42,9 @@ def native_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.numel() <= MAX_ROWS * x.shape[-1]
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and _kernel() is not None and os.environ.get("ECHO_BACKEND", "auto") in ("auto", "cpu", ""))
+            # ECHO_BACKEND as _backend.resolve reads it: only "torch" (this op's other backend) turns the kernel off;
+            # a backend the op lacks means auto
+            and _kernel() is not None and os.environ.get("ECHO_BACKEND") != "torch")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -84,7 +86,6 @@ def native_linear(x, weight, bias, num_threads: int) -> torch.Tensor:
     if bias is not None:
         bias = bias.contiguous()
     y = torch.empty(x2.shape[0], weight.shape[0], dtype=x.dtype)
-    _kernel()(x2.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(),
-                             x2.shape[0], x2.shape[1], weight.shape[0], x2.stride(0), weight.stride(0), y.stride(0),
-                             num_threads)
+    _kernel()(x2.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), x2.shape[0],
+              x2.shape[1], weight.shape[0], x2.stride(0), weight.stride(0), y.stride(0), num_threads)
     return y.view(*lead, weight.shape[0])
