@@ -119,13 +119,16 @@ def test_baseline_torch_linear(benchmark, rows):
     benchmark(run)
 
 
+@pytest.mark.parametrize("threads", ["1-thread", "all-threads"])
 @pytest.mark.parametrize("rows", [1, 8, 16])
-def test_echo_linear(benchmark, rows):
+def test_echo_linear(benchmark, rows, threads):
+    """One thread: the kernel beside torch's ops; all threads: as in the engine's decode steps (few_row_forward)."""
     from echo.ops.linear import linear
 
     if _backend.native() is None:
         pytest.skip("echo._C is not built")
-    run = _linear_pass(rows, lambda x, w: linear(x, w, backend="cpu"))
+    n = 1 if threads == "1-thread" else torch.get_num_threads()
+    run = _linear_pass(rows, lambda x, w: linear(x, w, backend="cpu", num_threads=n))
     benchmark.group = f"linear-omni-bench-decoder-{rows}-rows"
     benchmark.extra_info["bytes"] = sum(w.numel() * 4 for w in _LINEARS)
     benchmark(run)

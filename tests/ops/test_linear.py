@@ -64,7 +64,7 @@ def test_bad_input_is_named():
 def test_module_uses_the_kernel_only_for_few_rows_without_autograd(monkeypatch):
     calls = []
     real = linear_mod.native_linear
-    monkeypatch.setattr("echo.models.layers.native_linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(linear_mod, "native_linear", lambda *a: calls.append((a[0].shape, a[3])) or real(*a))
     layer = Linear(32, 24)
     few, many = torch.randn(3, 32), torch.randn(MAX_ROWS + 1, 32)
     with torch.inference_mode():
@@ -73,8 +73,59 @@ def test_module_uses_the_kernel_only_for_few_rows_without_autograd(monkeypatch):
     out = layer(few)  # grad enabled and the weight requires it: autograd's path
     out.sum().backward()
     assert layer.weight.grad is not None
-    expected = [(3, 32)] if linear_mod._kernel() is not None else []
-    assert calls == expected
+    expected = [((3, 32), 1)] if linear_mod._kernel() is not None else []
+    assert calls == expected  # one kernel thread outside few_row_forward
+
+
+def test_few_row_forward_moves_the_threads_from_torch_to_the_kernel(monkeypatch):
+    """Inside: torch on one thread, Linear's kernel calls on torch's count; restored on exit, also after an error;
+    left alone for too many rows, another dtype or device, or ECHO_BACKEND=torch."""
+    if linear_mod._kernel() is None:
+        pytest.skip("echo._C is not built")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with linear_mod.few_row_forward(MAX_ROWS, torch.device("cpu"), torch.float32):
+            assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (1, 2)
+            layer, x = Linear(32, 24), torch.randn(3, 32)
+            with torch.inference_mode():
+                torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (2, 1)
+        with pytest.raises(RuntimeError, match="inside"):
+            with linear_mod.few_row_forward(1, torch.device("cpu"), torch.float32):
+                raise RuntimeError("inside")
+        assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (2, 1)
+        for rows, device, dtype in [(MAX_ROWS + 1, "cpu", torch.float32), (1, "cpu", torch.bfloat16),
+                                    (1, "meta", torch.float32)]:
+            with linear_mod.few_row_forward(rows, torch.device(device), dtype):
+                assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (2, 1)
+        monkeypatch.setenv("ECHO_BACKEND", "torch")
+        with linear_mod.few_row_forward(1, torch.device("cpu"), torch.float32):
+            assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (2, 1)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_pool_serves_concurrent_callers_and_forked_children():
+    """echo._C's thread pool takes one caller at a time (another runs on its own thread) and a forked child, which
+    has none of the parent's threads, gets a pool of its own: same answers, no hang."""
+    if linear_mod._kernel() is None:
+        pytest.skip("echo._C is not built")
+    import concurrent.futures
+    import multiprocessing
+
+    x, w = torch.randn(8, 300), torch.randn(700, 300)
+    one = linear(x, w, backend="cpu", num_threads=1)
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda _: linear(x, w, backend="cpu", num_threads=3), range(64)))
+    assert all(torch.equal(o, one) for o in outs)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert torch.equal(pool.apply_async(_linear_in_child, (x, w)).get(timeout=60), one)
+
+
+def _linear_in_child(x, w):
+    return linear(x, w, backend="cpu", num_threads=2)
 
 
 def test_echo_backend_reads_as_for_every_op(monkeypatch):

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from ..audio import FeatureConfig
+from ..ops.linear import few_row_forward
 from .audio_embed import span_embeddings
 from .block_manager import BlockManager
 from .encoder_cache import EncoderCache
@@ -74,9 +75,11 @@ def run_step(model, kv: PagedKVCache, bm: BlockManager, chunks: list[Chunk]) -> 
     """Run ``chunks`` (their sequences' audio rows filled in); returns logits (num sampling chunks, vocab) in the
     order of ``[c for c in chunks if c.samples]``, and marks the chunks' tokens as cached."""
     batch = StepBatch.build(chunks, bm, model.device)
-    embeds = model.embed_gathered(batch.ids, batch.audio_sources, batch.audio_dst)
-    hidden = model.forward_flat(embeds, batch.positions, kv.for_batch(batch))
+    with few_row_forward(len(batch.ids), model.device, model.dtype):  # a decode step: the linears take the cores
+        embeds = model.embed_gathered(batch.ids, batch.audio_sources, batch.audio_dst)
+        hidden = model.forward_flat(embeds, batch.positions, kv.for_batch(batch))
+        rows = batch.sample_rows
+        logits = model.compute_logits(hidden[rows]) if rows else None
     for c in chunks:
         c.seq.num_cached = c.end
-    rows = batch.sample_rows
-    return model.compute_logits(hidden[rows]) if rows else hidden.new_zeros(0, model.config.decoder.vocab_size)
+    return logits if rows else hidden.new_zeros(0, model.config.decoder.vocab_size)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.linear import native_linear, native_ok
+from ..ops import linear as _linear
 from .attention import AttentionBackend
 from .config import DecoderConfig
 from .rope import apply_rotary
@@ -22,8 +22,8 @@ class Linear(nn.Linear):
     kernel (ops/linear.py), which streams the weights once; everything else, training included, is ``F.linear``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if native_ok(x, self.weight):
-            return native_linear(x, self.weight, self.bias, 1)  # one thread: see ops/linear.py
+        if _linear.native_ok(x, self.weight):
+            return _linear.native_linear(x, self.weight, self.bias, _linear.kernel_threads())
         return F.linear(x, self.weight, self.bias)
 
 

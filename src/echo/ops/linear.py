@@ -6,14 +6,17 @@ streams the weights at the memory's speed nor keeps the FMA units busy (benchmar
 Backends: ``cpu`` (echo._C) and ``torch`` (the reference, ``F.linear``). ``auto`` takes ``cpu`` for float32 CPU
 tensors of at most ``MAX_ROWS`` rows outside autograd, else ``torch`` (``ECHO_BACKEND=torch`` forces it).
 
-One thread by default: a decode step interleaves these calls with torch's own ops, whose OpenMP workers spin
-between ops, so a second thread of ours fights them for the second core. In the engine on 2 cores, a batch-1 decode
-step took 63.9 ms with two kernel threads, 32.3 ms with one, 44.9 ms with torch's GEMM (benchmarks/RESULTS.md);
-even alone, one thread of this kernel beats torch's two-thread GEMM up to 32 rows.
+Threads: torch's OpenMP workers spin between torch's own ops, and a decode step interleaves those with these
+calls, so kernel threads beyond the caller's fight them for the cores. So the kernel runs one thread, except inside
+``few_row_forward``: the engine's decode steps run torch on one thread there and this kernel on all of torch's
+threads (a persistent pool in echo._C). On 2 cores that took a batch-1 decode step from 29.1 to 23.8 ms and a
+batch-8 one from 62.3 to 55.7 ms; the kernel on two threads beside torch's two took 31.7 / 96.6 ms
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -24,6 +27,7 @@ from . import _backend
 
 BACKENDS = ("cpu", "torch")
 MAX_ROWS = 16  # up to here one kernel thread beats torch's two-thread GEMM by 1.2x or more (bench_kernels.py)
+_threads = 1  # the kernel's threads for models.layers.Linear; few_row_forward raises it while torch runs one
 
 
 def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -45,6 +49,31 @@ def native_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
             # ECHO_BACKEND as _backend.resolve reads it: only "torch" (this op's other backend) turns the kernel off;
             # a backend the op lacks means auto
             and _kernel() is not None and os.environ.get("ECHO_BACKEND") != "torch")
+
+
+def kernel_threads() -> int:
+    """The threads models.layers.Linear gives the kernel now (see few_row_forward)."""
+    return _threads
+
+
+@contextlib.contextmanager
+def few_row_forward(num_rows: int, device: torch.device, dtype: torch.dtype):
+    """Around a model forward of ``num_rows`` tokens: when its linears take the kernel (float32 on the CPU, at most
+    ``MAX_ROWS`` rows), torch runs one thread and the kernel torch's thread count, restored on exit. Process-wide,
+    as ``torch.set_num_threads`` is: torch ops of other Python threads run on one thread meanwhile."""
+    global _threads
+    threads = torch.get_num_threads()
+    if (threads == 1 or _threads != 1 or num_rows > MAX_ROWS or torch.device(device).type != "cpu"
+            or dtype != torch.float32 or _kernel() is None or os.environ.get("ECHO_BACKEND") == "torch"):
+        yield
+        return
+    torch.set_num_threads(1)
+    _threads = threads
+    try:
+        yield
+    finally:
+        _threads = 1
+        torch.set_num_threads(threads)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
