@@ -25,6 +25,7 @@ from echo.engine.relisten import decide, ends_with_seg
 from echo.config import RelistenPolicy
 from echo.models import num_audio_tokens
 from echo.models.prompting import PromptProcessor
+from echo.ops.linear import few_row_forward
 from echo.models.tiny import SPECIALS, config_for, feature_extractor, hf_model_for, make_checkpoint, save_tokenizer_files
 
 import roofline
@@ -227,11 +228,11 @@ def test_relisten_cost(bench, batch):
 
 def _gemm_alone(model, rows: int, repeats: int = 20) -> float:
     """Median time of every decoder linear and the LM head on ``rows`` tokens, nothing else (no attention, no
-    elementwise work): what the decode step's matmuls cost on their own."""
+    elementwise work): what the decode step's matmuls cost on their own, threaded as the engine's step runs them."""
     linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.startswith("audio_tower")]
     inputs = {m.in_features: torch.randn(rows, m.in_features, dtype=model.dtype) for m in linears}
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), few_row_forward(rows, model.device, model.dtype):
         for _ in range(repeats):
             t = time.perf_counter()
             for m in linears:
