@@ -8,7 +8,8 @@ their mean (length-normalised).
         --out runs/s0/eval/aligned-likelihood
 
 Writes ``predictions.json`` (the length-normalised rule's pick as ``model_output``; the analysis scripts read it)
-and ``summary.json`` with the accuracy of both rules.
+and ``summary.json`` with the accuracy of both rules. Each item's record is appended to ``predictions.jsonl`` as it
+is scored, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import echo
 from echo.audio import load as load_audio
 from echo.audio.features import num_mel_frames
+from echo.durable import append_row, drop_partial_line, read_lines, write_atomic
 from echo.engine.audio_embed import feature_config_for, span_embeddings
 from echo.eval.datasets import load_benchmark
 from echo.eval.prompts import build_prompt
@@ -30,18 +33,23 @@ from echo.eval.prompts import build_prompt
 
 @torch.inference_mode()
 def choice_logprobs(model, features, wave: torch.Tensor, text: str, choices: list[str]) -> list[tuple[float, int]]:
-    """(sum of log-probs, token count) of each choice's tokens as the answer's start."""
+    """(sum of log-probs, token count) of each choice's tokens as the answer's start: one right-padded forward of
+    prompt + choice for all choices, logits only at the choices' rows."""
     proc = model.processor
     conv = [{"role": "user", "content": [{"type": "audio", "audio": "<audio>"}, {"type": "text", "text": text}]}]
     prompt = proc(conv, [num_mel_frames(wave.numel(), features)])
     [rows] = span_embeddings(model, features, [wave], [(0, 0, wave.numel())])
+    ids = [proc.tokenizer.encode(choice, add_special_tokens=False).ids for choice in choices]
+    n, longest = len(prompt), max(len(i) for i in ids)
+    embeds = torch.stack([F.pad(model.embed(torch.tensor(prompt + i), rows), (0, 0, 0, longest - len(i)))
+                          for i in ids])
+    mask = torch.tensor([[1] * (n + len(i)) + [0] * (longest - len(i)) for i in ids])
+    at = torch.tensor([[n - 1 + min(k, len(i) - 1) for k in range(longest)] for i in ids])  # pads repeat a row
+    logp = torch.log_softmax(model.logits_at(embeds, mask, at).float(), -1)
     out = []
-    for choice in choices:
-        ids = proc.tokenizer.encode(choice, add_special_tokens=False).ids
-        full = torch.tensor(prompt + ids)
-        logits = model(inputs_embeds=model.embed(full, rows)[None])[0].float()
-        lp = torch.log_softmax(logits[len(prompt) - 1: -1], -1).gather(1, torch.tensor(ids)[:, None])
-        out.append((float(lp.sum()), len(ids)))
+    for c, i in enumerate(ids):
+        lp = logp[c, : len(i)].gather(1, torch.tensor(i)[:, None])
+        out.append((float(lp.sum()), len(i)))
     return out
 
 
@@ -57,22 +65,29 @@ def main() -> None:
     features = feature_config_for(model, args.model)
     bench = load_benchmark("synthetic", str(args.data))
     items = bench.items[: args.limit] if args.limit else bench.items
-    records, right = [], {"sum": 0, "mean": 0}
-    for item in tqdm(items, desc="choices", unit="item"):
-        wave = torch.from_numpy(load_audio(item.audio_path)).to(model.device)
-        scores = choice_logprobs(model, features, wave, build_prompt(item.question, item.choices), item.choices)
-        pick = {"sum": max(range(len(scores)), key=lambda i: scores[i][0]),
-                "mean": max(range(len(scores)), key=lambda i: scores[i][0] / scores[i][1])}
-        for rule, i in pick.items():
-            right[rule] += item.choices[i] == item.answer
-        records.append({**item.record, "model_output": item.choices[pick["mean"]], "response": "",
-                        "no_answer": False, "choice_logprobs": [s for s, _ in scores],
-                        "pick_sum": item.choices[pick["sum"]]})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "predictions.json").write_text(json.dumps(records))
+    partial = args.out / "predictions.jsonl"
+    drop_partial_line(partial)
+    records = [r for _, r in read_lines(partial)] if partial.exists() else []
+    if any(r.get("id") != item.record.get("id") for r, item in zip(records, items)) or len(records) > len(items):
+        raise SystemExit(f"{partial} holds other items than {args.data}'s: remove it or choose another --out")
+    with open(partial, "a", encoding="utf-8") as f:
+        for item in tqdm(items[len(records):], desc="choices", unit="item", initial=len(records), total=len(items)):
+            wave = torch.from_numpy(load_audio(item.audio_path)).to(model.device)
+            scores = choice_logprobs(model, features, wave, build_prompt(item.question, item.choices), item.choices)
+            pick = {"sum": max(range(len(scores)), key=lambda i: scores[i][0]),
+                    "mean": max(range(len(scores)), key=lambda i: scores[i][0] / scores[i][1])}
+            record = {**item.record, "model_output": item.choices[pick["mean"]], "response": "", "no_answer": False,
+                      "choice_logprobs": [s for s, _ in scores], "pick_sum": item.choices[pick["sum"]],
+                      "correct_mean": item.choices[pick["mean"]] == item.answer,
+                      "correct_sum": item.choices[pick["sum"]] == item.answer}
+            append_row(f, record)
+            records.append(record)
+    write_atomic(args.out / "predictions.json", json.dumps(records))
+    right = {rule: sum(r[f"correct_{rule}"] for r in records) for rule in ("sum", "mean")}
     summary = {"items": len(items), "accuracy_mean_logprob": right["mean"] / len(items),
                "accuracy_sum_logprob": right["sum"] / len(items)}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(args.out / "summary.json", json.dumps(summary, indent=1))
     print(json.dumps(summary))
 
 
