@@ -1,5 +1,5 @@
 """linear (the few-row decode GEMM): every backend vs F.linear over awkward shapes (rows 0-17 across the kernel's
-8-row blocks, in/out features not multiples of the vector width or of the 3-row weight tiles), with and without
+4-row blocks, in/out features not multiples of the vector width or of the 3- and 6-row weight tiles), with and without
 bias, strided inputs; the decoder's Linear module takes the kernel only where it should."""
 
 from __future__ import annotations
