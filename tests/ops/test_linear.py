@@ -1,4 +1,4 @@
-"""linear (the few-row decode GEMM): every backend vs F.linear over awkward shapes (rows 0-17 across the kernel's
+"""linear (the few-row decode GEMM): every backend vs F.linear over awkward shapes (rows 0-17, 100 and 256 across the kernel's
 4-row blocks, in/out features not multiples of the vector width or of the 3- and 6-row weight tiles), with and without
 bias, strided inputs; the decoder's Linear module takes the kernel only where it should."""
 
@@ -14,7 +14,7 @@ from echo.ops import linear as linear_mod
 
 # (rows, in_features, out_features)
 SHAPES = [(0, 16, 8), (1, 1, 1), (1, 7, 5), (2, 17, 3), (3, 64, 65), (5, 100, 37), (8, 576, 64), (9, 33, 130),
-          (13, 1024, 97), (16, 48, 200), (17, 40, 11)]
+          (13, 1024, 97), (16, 48, 200), (17, 40, 11), (100, 70, 50), (256, 2816, 13)]
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
@@ -79,23 +79,25 @@ def test_module_uses_the_kernel_only_for_few_rows_without_autograd(monkeypatch):
 
 def test_few_row_forward_moves_the_threads_from_torch_to_the_kernel(monkeypatch):
     """Inside: torch on one thread, Linear's kernel calls on torch's count; restored on exit, also after an error;
-    left alone for too many rows, another dtype or device, or ECHO_BACKEND=torch."""
+    left alone for more than STEP_MAX_ROWS rows, another dtype or device, or ECHO_BACKEND=torch."""
     if linear_mod._kernel() is None:
         pytest.skip("echo._C is not built")
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with linear_mod.few_row_forward(MAX_ROWS, torch.device("cpu"), torch.float32):
-            assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (1, 2)
-            layer, x = Linear(32, 24), torch.randn(3, 32)
-            with torch.inference_mode():
+        layer, x = Linear(32, 24), torch.randn(linear_mod.STEP_MAX_ROWS, 32)
+        with torch.inference_mode():
+            assert not linear_mod.native_ok(x, layer.weight)  # one kernel thread: MAX_ROWS at most
+            with linear_mod.few_row_forward(len(x), torch.device("cpu"), torch.float32):
+                assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (1, 2)
+                assert linear_mod.native_ok(x, layer.weight)
                 torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
         assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (2, 1)
         with pytest.raises(RuntimeError, match="inside"):
             with linear_mod.few_row_forward(1, torch.device("cpu"), torch.float32):
                 raise RuntimeError("inside")
         assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (2, 1)
-        for rows, device, dtype in [(MAX_ROWS + 1, "cpu", torch.float32), (1, "cpu", torch.bfloat16),
+        for rows, device, dtype in [(linear_mod.STEP_MAX_ROWS + 1, "cpu", torch.float32), (1, "cpu", torch.bfloat16),
                                     (1, "meta", torch.float32)]:
             with linear_mod.few_row_forward(rows, torch.device(device), dtype):
                 assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (2, 1)

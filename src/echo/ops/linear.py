@@ -4,7 +4,8 @@ torch's CPU GEMM is built for many rows; at 1-16 rows (one token per sequence of
 streams the weights at the memory's speed nor keeps the FMA units busy (benchmarks/RESULTS.md). echo._C's kernel
 (csrc/linear_cpu_impl.h) reads every weight row once per call and multiplies it against all the rows at once.
 Backends: ``cpu`` (echo._C) and ``torch`` (the reference, ``F.linear``). ``auto`` takes ``cpu`` for float32 CPU
-tensors of at most ``MAX_ROWS`` rows outside autograd, else ``torch`` (``ECHO_BACKEND=torch`` forces it).
+tensors of at most ``MAX_ROWS`` rows (``STEP_MAX_ROWS`` inside ``few_row_forward``) outside autograd, else ``torch``
+(``ECHO_BACKEND=torch`` forces it).
 
 Threads: torch's OpenMP workers spin between torch's own ops, and a decode step interleaves those with these
 calls, so kernel threads beyond the caller's fight them for the cores. So the kernel runs one thread, except inside
@@ -27,6 +28,11 @@ from . import _backend
 
 BACKENDS = ("cpu", "torch")
 MAX_ROWS = 16  # up to here one kernel thread beats torch's two-thread GEMM by 1.2x or more (bench_kernels.py)
+# Inside few_row_forward (the kernel on all threads, torch on one): the kernel on two threads took 0.39-0.44x the
+# time of torch's two-thread GEMM at 16-128 rows on this project's 2-core AMD EPYC, 0.6x at 192-512 (RESULTS.md).
+# 256 covers decode batches and splice steps (a re-listen's 50-125 audio tokens beside a batch's decode rows);
+# prompt prefill chunks stay on torch's blocked GEMM.
+STEP_MAX_ROWS = 256
 _threads = 1  # the kernel's threads for models.layers.Linear; few_row_forward raises it while torch runs one
 
 
@@ -44,7 +50,7 @@ def _kernel():
 def native_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``auto`` takes the C++ kernel for this call (cheap: runs once per linear of a decode step)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.numel() <= MAX_ROWS * x.shape[-1]
+            and x.numel() <= (MAX_ROWS if _threads == 1 else STEP_MAX_ROWS) * x.shape[-1]
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             # ECHO_BACKEND as _backend.resolve reads it: only "torch" (this op's other backend) turns the kernel off;
             # a backend the op lacks means auto
@@ -59,11 +65,11 @@ def kernel_threads() -> int:
 @contextlib.contextmanager
 def few_row_forward(num_rows: int, device: torch.device, dtype: torch.dtype):
     """Around a model forward of ``num_rows`` tokens: when its linears take the kernel (float32 on the CPU, at most
-    ``MAX_ROWS`` rows), torch runs one thread and the kernel torch's thread count, restored on exit. Process-wide,
+    ``STEP_MAX_ROWS`` rows), torch runs one thread and the kernel torch's thread count, restored on exit. Process-wide,
     as ``torch.set_num_threads`` is: torch ops of other Python threads run on one thread meanwhile."""
     global _threads
     threads = torch.get_num_threads()
-    if (threads == 1 or _threads != 1 or num_rows > MAX_ROWS or torch.device(device).type != "cpu"
+    if (threads == 1 or _threads != 1 or num_rows > STEP_MAX_ROWS or torch.device(device).type != "cpu"
             or dtype != torch.float32 or _kernel() is None or os.environ.get("ECHO_BACKEND") == "torch"):
         yield
         return
