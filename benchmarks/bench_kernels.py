@@ -111,7 +111,10 @@ def _linear_pass(rows: int, fn):
     return run
 
 
-@pytest.mark.parametrize("rows", [1, 8, 16])
+LINEAR_ROWS = [1, 8, 16, 64, 256]  # decode batches; 64-256: the engine's decode and splice steps (STEP_MAX_ROWS)
+
+
+@pytest.mark.parametrize("rows", LINEAR_ROWS)
 def test_baseline_torch_linear(benchmark, rows):
     run = _linear_pass(rows, lambda x, w: torch.nn.functional.linear(x, w))
     benchmark.group = f"linear-omni-bench-decoder-{rows}-rows"
@@ -120,7 +123,7 @@ def test_baseline_torch_linear(benchmark, rows):
 
 
 @pytest.mark.parametrize("threads", ["1-thread", "all-threads"])
-@pytest.mark.parametrize("rows", [1, 8, 16])
+@pytest.mark.parametrize("rows", LINEAR_ROWS)
 def test_echo_linear(benchmark, rows, threads):
     """One thread: the kernel beside torch's ops; all threads: as in the engine's decode steps (few_row_forward)."""
     from echo.ops.linear import linear

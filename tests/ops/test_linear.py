@@ -143,3 +143,23 @@ def test_echo_backend_reads_as_for_every_op(monkeypatch):
         assert linear_mod.native_ok(x, w)
         monkeypatch.delenv("ECHO_BACKEND")
         assert linear_mod.native_ok(x, w)
+
+
+def test_torch_threads_back_only_for_large_attention_inside_a_step():
+    if linear_mod._kernel() is None:
+        pytest.skip("echo._C is not built")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        big, small = linear_mod.THREADS_BACK_PAIRS, linear_mod.THREADS_BACK_PAIRS - 1
+        with linear_mod.torch_threads_back(big):  # outside a step: nothing to give back
+            assert torch.get_num_threads() == 2
+        with linear_mod.few_row_forward(8, torch.device("cpu"), torch.float32):
+            with linear_mod.torch_threads_back(small):
+                assert torch.get_num_threads() == 1
+            with linear_mod.torch_threads_back(big):
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -82,6 +82,26 @@ def few_row_forward(num_rows: int, device: torch.device, dtype: torch.dtype):
         torch.set_num_threads(threads)
 
 
+# Query x key pairs from which an attention inside few_row_forward gets torch's threads back: a 3 s re-listen
+# (77 queries) took 166 -> 206 ms at 512 keys with them (their OpenMP workers then spin against the kernel's pool),
+# 244 -> 246 ms at 2048 and 532 -> 425 ms at 8192 (benchmarks/RESULTS.md).
+THREADS_BACK_PAIRS = 1 << 18
+
+
+@contextlib.contextmanager
+def torch_threads_back(pairs: int):
+    """Inside few_row_forward, torch's threads back for an attention of ``pairs`` query x key pairs when that is
+    large enough to pay for waking them (a splice over a long context, whose SDPA is most of its step)."""
+    if _threads == 1 or pairs < THREADS_BACK_PAIRS:
+        yield
+        return
+    torch.set_num_threads(_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            backend: str | None = None, num_threads: int | None = None) -> torch.Tensor:
     """``x (*, in_features) @ weight (out_features, in_features)^T + bias``; returns ``(*, out_features)``.

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
+from .linear import torch_threads_back
 
 BACKENDS = ("triton", "torch")
 
@@ -129,8 +130,9 @@ def _attend_torch(q, k_cache, v_cache, seqs, scale, out):
             out[start] = torch.bmm(scores.softmax(-1).to(v.dtype), v).view(-1, head_dim)
             continue
         qi = q[start : start + n_q].transpose(0, 1)[None]
-        o = F.scaled_dot_product_attention(qi, k[None], v[None], attn_mask=mask, is_causal=causal, scale=scale,
-                                           enable_gqa=gqa)
+        with torch_threads_back(n_q * k.shape[1]):  # a long splice inside a decode-sized step: all cores
+            o = F.scaled_dot_product_attention(qi, k[None], v[None], attn_mask=mask, is_causal=causal, scale=scale,
+                                               enable_gqa=gqa)
         out[start : start + n_q] = o[0].transpose(0, 1)
     return out
 
