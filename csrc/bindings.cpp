@@ -27,6 +27,8 @@ void raise_on_error(echo::EchoStatus status, const char* op) {
       throw std::invalid_argument(std::string(op) + ": invalid argument (checked again in the native op)");
     case echo::kNotCompiled:
       throw std::runtime_error(std::string(op) + ": this build of echo._C has no CUDA kernels");
+    case echo::kNotSupported:
+      throw std::runtime_error(std::string(op) + ": this processor lacks the instructions the op needs");
     case echo::kCudaError:
       throw std::runtime_error(std::string(op) + ": CUDA error: " + echo::last_cuda_error());
   }
@@ -120,6 +122,18 @@ void linear(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, int64_t 
   raise_on_error(status, "linear");
 }
 
+void linear_bf16(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, int64_t rows, int64_t in_features,
+                 int64_t out_features, int64_t x_stride, int64_t weight_stride, int64_t y_stride, int num_threads) {
+  echo::LinearBf16Launch l{ptr<const uint16_t>(x), ptr<const uint16_t>(weight), ptr<const uint16_t>(bias),
+                           ptr<uint16_t>(y), rows, in_features, out_features, x_stride, weight_stride, y_stride};
+  echo::EchoStatus status;
+  {
+    py::gil_scoped_release release;
+    status = echo::linear_bf16_cpu(l, num_threads);
+  }
+  raise_on_error(status, "linear_bf16");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -137,4 +151,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("row_bytes"), py::arg("out"), py::arg("out_stride"), py::arg("unit"), py::arg("num_threads"),
         py::arg("stream"));
   m.def("linear", &linear, "Small-M float32 linear on the CPU (see csrc/echo_ops.h); pointers as integers");
+  m.def("linear_bf16", &linear_bf16, "Small-M bfloat16 linear on the CPU (AVX-512-BF16); pointers as integers");
+  m.def("has_linear_bf16", &echo::linear_bf16_cpu_available, "True when this processor runs linear_bf16");
 }

@@ -17,6 +17,7 @@ enum EchoStatus : int {
   kInvalidArgument = 1,
   kCudaError = 2,       // detail in last_cuda_error()
   kNotCompiled = 3,     // the CUDA path was asked for but this build has none
+  kNotSupported = 4,    // this processor lacks the instructions the op needs
 };
 
 }  // namespace echo

@@ -65,6 +65,24 @@ struct LinearLaunch {
 
 EchoStatus linear_cpu(const LinearLaunch& l, int num_threads);
 
+// The same in bfloat16 (raw bf16 bits: x, weight, bias, y), accumulated in float32 and rounded once to bf16. Only
+// where the processor has AVX-512-BF16 (linear_bf16_cpu_available()); elsewhere it returns kNotSupported.
+struct LinearBf16Launch {
+  const uint16_t* x;
+  const uint16_t* weight;
+  const uint16_t* bias;  // nullptr: none
+  uint16_t* y;
+  int64_t rows;
+  int64_t in_features;
+  int64_t out_features;
+  int64_t x_stride;
+  int64_t weight_stride;
+  int64_t y_stride;
+};
+
+bool linear_bf16_cpu_available();
+EchoStatus linear_bf16_cpu(const LinearBf16Launch& l, int num_threads);
+
 // Text of the last CUDA error seen by a launcher of this thread ("" if none).
 const char* last_cuda_error();
 

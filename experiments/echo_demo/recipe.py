@@ -2,13 +2,14 @@
 evaluation on the test split.
 
     python experiments/echo_demo/recipe.py --work runs/echo-demo [--until data|align|sft|eval] [--eval-aligned]
-        [--grpo] [--grpo-aligned] [--sft-format grounded]
+        [--grpo] [--grpo-aligned] [--sft-format grounded] [--grpo-from echo-demo --seed 1]
 
 Every step is skipped when its output exists and every training run resumes from its own last checkpoint, so
 rerunning the same command after a kill continues where it stopped. Steps and outputs (under ``--work``):
 
 - ``data/{train,val,test}``: ``echo data synth`` scene items of the seven scene_* families, one split each (no
   recording in two splits), easy and medium levels (10-20 s clips);
+- ``base/``: the untrained assembly (``python -m echo convert demo --bare``) that stage 0 starts from;
 - ``align/``: stage 0. Each mixed sound of the train clips, cut out with a margin, paired with its label (the
   transcript for a spoken prompt): short-answer records on which echo's SFT trains the projector only
   (``train_only=("projector",)``); the trained projector is ``parts/projector.safetensors`` and ``aligned/`` the
@@ -20,7 +21,8 @@ rerunning the same command after a kill continues where it stopped. Steps and ou
   model (LoRA cannot move a row of the head); ``parts/lm_head_rows.safetensors``; ``demo-from-parts/`` is echo-demo
   assembled from the packages + ``parts/``, checked to have the trained model's logits;
 - ``grpo/`` (``--grpo``): stage 2, GRPO with re-listening rollouts from ``sft-heads/`` (arm D);
-  ``grpo-aligned/`` (``--grpo-aligned``): GRPO from ``aligned/`` without SFT (arm E);
+  ``grpo-aligned/`` (``--grpo-aligned``): GRPO from ``aligned/`` without SFT (arm E); with ``--grpo-from MODEL``
+  only stage 2, from that SFT model (``echo-demo`` is seed 0's C), evaluated with it as ``eval/sft``;
 - ``eval/<model>``: ``echo eval --benchmark synthetic`` on the test split: ``sft`` (arm C, or B with
   ``--sft-format grounded``, evaluated without re-listening), ``aligned`` with ``--eval-aligned`` (arm A), ``grpo``
   and ``grpo-aligned``.
@@ -108,7 +110,7 @@ def export_tensors(final: Path, prefix: str, dest: Path) -> Path:
 
 
 def stage_align(work: Path, args) -> Path:
-    from echo.models.convert.demo import build, resolve
+    from echo.models.convert.demo import build
     from echo.train.sft import SFTConfig, train_sft
 
     aligned = work / "aligned"
@@ -123,7 +125,10 @@ def stage_align(work: Path, args) -> Path:
     cfg = SFTConfig(format="grounded", lr=args.align_lr, epochs=1, grad_accum=args.grad_accum,
                     save_every=args.save_every, seed=args.seed, train_only=("projector",), max_len=1024)
     t = time.time()
-    result = train_sft(str(resolve("echo-demo")), str(data), str(work / "align" / "sft"), cfg)
+    base = work / "base"  # the untrained assembly: not the echo-demo cache, which holds the shipped trained parts
+    if not (base / "config.json").is_file():
+        build(base, bare=True, force=True)
+    result = train_sft(str(base), str(data), str(work / "align" / "sft"), cfg)
     log(work, "align", seconds=round(time.time() - t), **result)
     export_tensors(work / "align" / "sft" / "final", "multi_modal_projector.", work / "parts" / "projector.safetensors")
     build(aligned, parts=work / "parts", force=True)
@@ -283,6 +288,8 @@ def main() -> None:
     ap.add_argument("--grpo", action="store_true", help="stage 2: GRPO from the SFT model (arm D), then evaluate it")
     ap.add_argument("--grpo-aligned", action="store_true",
                     help="GRPO straight from the aligned model, no SFT (arm E), then evaluate it")
+    ap.add_argument("--grpo-from", help="stage 2 from this SFT model instead of training stages 0-1 here (e.g. "
+                                         "echo-demo: seed 0's C), then evaluate both; --seed sets GRPO's seed only")
     ap.add_argument("--grpo-steps", type=int, default=30)
     ap.add_argument("--grpo-group", type=int, default=4, help="samples per prompt")
     ap.add_argument("--grpo-prompts", type=int, default=2, help="prompts per step")
@@ -293,6 +300,14 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     make_data(args.work, args.n_train, args.n_val, args.n_test, args.data_seed)
     if args.until == "data":
+        return
+    if args.grpo_from:  # arm D from a given C: only GRPO's seed varies
+        from echo.models.convert.demo import resolve
+
+        start = resolve(args.grpo_from)
+        models = {"sft": start, "grpo": stage_grpo(args.work, args, start, "grpo")}
+        for name, model in models.items():
+            print(name, json.dumps(stage_eval(args.work, model, name, args.eval_limit))[:400])
         return
     aligned = stage_align(args.work, args)
     if args.aligned is None:  # the run that trained stage 0 checked it

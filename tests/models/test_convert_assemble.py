@@ -308,3 +308,26 @@ def test_cli_converters_and_their_errors(sources, tmp_path, capsys):
     assert main(["convert", "gguf", str(sources[0]), str(tmp_path / "y")]) == 2
     assert "model.bin: not a GGUF file" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_bare_build_ignores_the_shipped_parts(demo_cache, monkeypatch, capsys):
+    """Training starts from the bare assembly: with parts shipped, ``--model echo-demo`` has them and ``--bare`` not."""
+    from safetensors.torch import load_file, save_file
+
+    from echo.cli import main
+
+    shipped = demo_cache.parent.parent / "shipped"
+    shipped.mkdir()
+    save_file({"multi_modal_projector.linear.weight": torch.full((64, 32), 0.25)},
+              str(shipped / "projector.safetensors"))
+    monkeypatch.setattr(demo_mod, "default_parts", lambda: shipped)
+    key = "multi_modal_projector.linear.weight"
+    trained = load_file(str(demo_mod.resolve("echo-demo") / "model.safetensors"))[key]
+    bare = load_file(str(demo_mod.build(demo_cache.parent / "bare", bare=True, progress=False)
+                         / "model.safetensors"))[key]
+    assert torch.all(trained == 0.25) and not torch.any(bare == 0.25)
+    with pytest.raises(ValueError, match="bare=True assembles without trained parts"):
+        demo_mod.build(demo_cache.parent / "x", parts=shipped, bare=True)
+    assert main(["convert", "demo", str(demo_cache.parent / "bare2"), "--bare"]) == 0
+    assert "untrained parts are random" in capsys.readouterr().out
+    assert torch.equal(load_file(str(demo_cache.parent / "bare2" / "model.safetensors"))[key], bare)

@@ -1,4 +1,5 @@
-"""linear (the few-row decode GEMM): every backend vs F.linear over awkward shapes (rows 0-17, 100 and 256 across the kernel's
+"""linear (the few-row decode GEMM): every backend vs F.linear (and the bfloat16 kernel, where the CPU has
+AVX-512-BF16, vs the exact result) over awkward shapes (rows 0-17, 100 and 256 across the kernel's
 4-row blocks, in/out features not multiples of the vector width or of the 3- and 6-row weight tiles), with and without
 bias, strided inputs; the decoder's Linear module takes the kernel only where it should."""
 
@@ -55,7 +56,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="do not fit"):
         linear(torch.randn(2, 9), w, torch.randn(5))
     if linear_mod._kernel() is not None:
-        with pytest.raises(ValueError, match="float32 CPU"):
+        with pytest.raises(ValueError, match="all float32 or all bfloat16"):
             linear(torch.randn(2, 9, dtype=torch.float64), w.double(), backend="cpu")
         with pytest.raises(ValueError, match="no backward"):
             linear(torch.randn(2, 9, requires_grad=True), w, backend="cpu")
@@ -97,10 +98,13 @@ def test_few_row_forward_moves_the_threads_from_torch_to_the_kernel(monkeypatch)
             with linear_mod.few_row_forward(1, torch.device("cpu"), torch.float32):
                 raise RuntimeError("inside")
         assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (2, 1)
-        for rows, device, dtype in [(linear_mod.STEP_MAX_ROWS + 1, "cpu", torch.float32), (1, "cpu", torch.bfloat16),
+        for rows, device, dtype in [(linear_mod.STEP_MAX_ROWS + 1, "cpu", torch.float32), (1, "cpu", torch.float16),
+                                    (linear_mod.BF16_STEP_MAX_ROWS + 1, "cpu", torch.bfloat16),
                                     (1, "meta", torch.float32)]:
             with linear_mod.few_row_forward(rows, torch.device(device), dtype):
                 assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (2, 1)
+        with linear_mod.few_row_forward(1, torch.device("cpu"), torch.bfloat16):  # where the CPU runs the bf16 kernel
+            assert linear_mod.kernel_threads() == (2 if linear_mod._bf16_kernel() is not None else 1)
         monkeypatch.setenv("ECHO_BACKEND", "torch")
         with linear_mod.few_row_forward(1, torch.device("cpu"), torch.float32):
             assert (torch.get_num_threads(), linear_mod.kernel_threads()) == (2, 1)
@@ -137,6 +141,8 @@ def test_echo_backend_reads_as_for_every_op(monkeypatch):
         pytest.skip("echo._C is not built")
     x, w = torch.randn(2, 8), torch.randn(4, 8)
     with torch.inference_mode():
+        with linear_mod.few_row_forward(1, torch.device("cpu"), torch.bfloat16):  # where the CPU runs the bf16 kernel
+            assert linear_mod.kernel_threads() == (2 if linear_mod._bf16_kernel() is not None else 1)
         monkeypatch.setenv("ECHO_BACKEND", "torch")
         assert not linear_mod.native_ok(x, w)
         monkeypatch.setenv("ECHO_BACKEND", "triton")
@@ -163,3 +169,50 @@ def test_torch_threads_back_only_for_large_attention_inside_a_step():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+needs_bf16 = pytest.mark.skipif(linear_mod._bf16_kernel() is None,
+                                reason="no bfloat16 kernel here (needs AVX-512-BF16 and echo._C built with it)")
+BF16_SHAPES = [(0, 16, 8), (1, 1, 1), (1, 31, 5), (1, 32, 7), (2, 33, 3), (3, 64, 65), (4, 100, 37), (5, 1024, 13),
+               (9, 2816, 19), (17, 40, 11)]
+
+
+@needs_bf16
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("rows,k,n", BF16_SHAPES, ids=[f"m{m}-k{k}-n{n}" for m, k, n in BF16_SHAPES])
+def test_bf16_kernel_rounds_the_float32_sum_once(rows, k, n, bias):
+    g = torch.Generator().manual_seed(rows * 1000 + k + n)
+    x, w = torch.randn(rows, k, generator=g).bfloat16(), torch.randn(n, k, generator=g).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16() if bias else None
+    out = linear(x, w, b, backend="cpu", num_threads=2)
+    exact = linear_ref(x.double(), w.double(), None if b is None else b.double())  # bf16 products are exact
+    assert out.shape == (rows, n) and out.dtype == torch.bfloat16
+    # float32 sums, rounded once to bf16: half a bf16 ulp (2^-8 relative), one ulp where the float32 sum's own error
+    # crosses a rounding boundary
+    torch.testing.assert_close(out.double(), exact, rtol=2 ** -7, atol=1e-6 * k ** 0.5)
+    torch.testing.assert_close(out, F.linear(x, w, b))  # torch's bf16 linear, at bf16's tolerances
+
+
+@needs_bf16
+def test_bf16_threads_strides_and_the_module():
+    base = torch.randn(3, 2, 70).bfloat16()
+    x, w, b = base[:, :, 3:67], torch.randn(1000, 64).bfloat16(), torch.randn(1000).bfloat16()  # row stride 70
+    one = linear(x, w, b, backend="cpu", num_threads=1)
+    assert torch.equal(linear(x, w, b, backend="cpu", num_threads=3), one)
+    exact = x.double() @ w.double().T + b.double()
+    # torch's bf16 linear on this strided 3-D x rounds the product before adding the bias (off by 0.25 here)
+    torch.testing.assert_close(one.double(), exact, rtol=2 ** -7, atol=1e-5)
+    layer = Linear(64, 24).to(torch.bfloat16)
+    few = torch.randn(1, 64).bfloat16()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            assert not linear_mod.native_ok(few, layer.weight)  # outside a step torch's bf16 linear is faster
+            with linear_mod.few_row_forward(1, torch.device("cpu"), torch.bfloat16):
+                assert linear_mod.native_ok(few, layer.weight)
+                torch.testing.assert_close(layer(few), F.linear(few, layer.weight, layer.bias))
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="all float32 or all bfloat16"):
+        linear(torch.randn(2, 64), w, backend="cpu")

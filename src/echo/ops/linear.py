@@ -5,7 +5,8 @@ streams the weights at the memory's speed nor keeps the FMA units busy (benchmar
 (csrc/linear_cpu_impl.h) reads every weight row once per call and multiplies it against all the rows at once.
 Backends: ``cpu`` (echo._C) and ``torch`` (the reference, ``F.linear``). ``auto`` takes ``cpu`` for float32 CPU
 tensors of at most ``MAX_ROWS`` rows (``STEP_MAX_ROWS`` inside ``few_row_forward``) outside autograd, else ``torch``
-(``ECHO_BACKEND=torch`` forces it).
+(``ECHO_BACKEND=torch`` forces it). bfloat16 has a kernel of its own where the CPU has AVX-512-BF16 (half the weight
+bytes; float32 sums rounded once), taken inside ``few_row_forward`` for ``BF16_STEP_MAX_ROWS`` rows.
 
 Threads: torch's OpenMP workers spin between torch's own ops, and a decode step interleaves those with these
 calls, so kernel threads beyond the caller's fight them for the cores. So the kernel runs one thread, except inside
@@ -28,11 +29,28 @@ from . import _backend
 
 BACKENDS = ("cpu", "torch")
 MAX_ROWS = 16  # up to here one kernel thread beats torch's two-thread GEMM by 1.2x or more (bench_kernels.py)
-# Inside few_row_forward (the kernel on all threads, torch on one): the kernel on two threads took 0.39-0.44x the
-# time of torch's two-thread GEMM at 16-128 rows on this project's 2-core AMD EPYC, 0.6x at 192-512 (RESULTS.md).
-# 256 covers decode batches and splice steps (a re-listen's 50-125 audio tokens beside a batch's decode rows);
-# prompt prefill chunks stay on torch's blocked GEMM.
-STEP_MAX_ROWS = 256
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+# Inside few_row_forward (the kernel on all threads, torch on one). torch's CPU sgemm is MKL's, which takes its
+# fastest paths on Intel processors only. On this project's 2-core AMD EPYC the kernel on two threads took 0.39-0.44x
+# the time of torch's two-thread GEMM at 16-128 rows and 0.6x at 192-512, so 256 rows (decode batches and splice
+# steps: a re-listen's 50-125 audio tokens beside a batch's decode rows) take it. On a 2-core Intel Xeon (AVX-512,
+# AMX) it took 0.67x at 8 rows, 0.88x at 32, 1.02x at 48 and 1.10x at 128: there it stops at 40 rows
+# (benchmarks/RESULTS.md). Prompt prefill chunks stay on torch's blocked GEMM.
+STEP_MAX_ROWS = 40 if _cpu_vendor() == "GenuineIntel" else 256
+# bfloat16 (AVX-512-BF16): torch's bf16 linear (oneDNN, AMX) streams the weights at about half the memory's speed
+# at 1-2 rows and is fast from 4 rows up. Measured on the 2-core Intel Xeon: the kernel on two threads took 0.75x
+# of torch's time at 1 row, 0.90x at 2, 1.11x at 4; on one thread 1.35x at 1 row (RESULTS.md).
+BF16_MAX_ROWS = 0
+BF16_STEP_MAX_ROWS = 2
 _threads = 1  # the kernel's threads for models.layers.Linear; few_row_forward raises it while torch runs one
 
 
@@ -47,14 +65,30 @@ def _kernel():
     return getattr(_backend.native(), "linear", None)
 
 
+@functools.cache
+def _bf16_kernel():
+    """echo._C's bfloat16 linear where this processor runs it (AVX-512-BF16), else None."""
+    native = _backend.native()
+    return native.linear_bf16 if getattr(native, "has_linear_bf16", lambda: False)() else None
+
+
+def _kernel_for(dtype: torch.dtype):
+    return _kernel() if dtype == torch.float32 else _bf16_kernel() if dtype == torch.bfloat16 else None
+
+
+def _max_rows(dtype: torch.dtype) -> int:
+    if dtype == torch.bfloat16:
+        return BF16_MAX_ROWS if _threads == 1 else BF16_STEP_MAX_ROWS
+    return MAX_ROWS if _threads == 1 else STEP_MAX_ROWS
+
+
 def native_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``auto`` takes the C++ kernel for this call (cheap: runs once per linear of a decode step)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.numel() <= (MAX_ROWS if _threads == 1 else STEP_MAX_ROWS) * x.shape[-1]
+    return (x.device.type == "cpu" and x.dtype == weight.dtype and x.numel() <= _max_rows(x.dtype) * x.shape[-1]
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             # ECHO_BACKEND as _backend.resolve reads it: only "torch" (this op's other backend) turns the kernel off;
             # a backend the op lacks means auto
-            and _kernel() is not None and os.environ.get("ECHO_BACKEND") != "torch")
+            and _kernel_for(x.dtype) is not None and os.environ.get("ECHO_BACKEND") != "torch")
 
 
 def kernel_threads() -> int:
@@ -65,12 +99,13 @@ def kernel_threads() -> int:
 @contextlib.contextmanager
 def few_row_forward(num_rows: int, device: torch.device, dtype: torch.dtype):
     """Around a model forward of ``num_rows`` tokens: when its linears take the kernel (float32 on the CPU, at most
-    ``STEP_MAX_ROWS`` rows), torch runs one thread and the kernel torch's thread count, restored on exit. Process-wide,
+    ``STEP_MAX_ROWS`` rows; bfloat16 where the CPU has AVX-512-BF16, at most ``BF16_STEP_MAX_ROWS``), torch runs one thread and the kernel torch's thread count, restored on exit. Process-wide,
     as ``torch.set_num_threads`` is: torch ops of other Python threads run on one thread meanwhile."""
     global _threads
     threads = torch.get_num_threads()
-    if (threads == 1 or _threads != 1 or num_rows > STEP_MAX_ROWS or torch.device(device).type != "cpu"
-            or dtype != torch.float32 or _kernel() is None or os.environ.get("ECHO_BACKEND") == "torch"):
+    if (threads == 1 or _threads != 1 or torch.device(device).type != "cpu" or _kernel_for(dtype) is None
+            or num_rows > (BF16_STEP_MAX_ROWS if dtype == torch.bfloat16 else STEP_MAX_ROWS)
+            or os.environ.get("ECHO_BACKEND") == "torch"):
         yield
         return
     torch.set_num_threads(1)
@@ -107,8 +142,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``x (*, in_features) @ weight (out_features, in_features)^T + bias``; returns ``(*, out_features)``.
 
     Raises:
-        ValueError: shapes that do not fit, or (C++ backend) a dtype other than float32, a non-CPU tensor, or
-            tensors that need a gradient (the kernel has no backward).
+        ValueError: shapes that do not fit, or (C++ backend) dtypes other than all float32 or all bfloat16 (bf16
+            only on a CPU with AVX-512-BF16), a non-CPU tensor, or tensors that need a gradient (no backward).
     """
     if x.shape[-1] != weight.shape[-1] or weight.dim() != 2 or (bias is not None and bias.shape != weight.shape[:1]):
         raise ValueError(f"linear: x {tuple(x.shape)}, weight {tuple(weight.shape)} and bias "
@@ -122,9 +157,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if _kernel() is None:
         raise ValueError("linear: this build of echo._C has no linear op (built before it existed); reinstall echo")
     tensors = [t for t in (x, weight, bias) if t is not None]
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
-        raise ValueError("linear: the C++ kernel takes float32 CPU tensors, got "
+    if any(t.dtype not in (torch.float32, torch.bfloat16) or t.dtype != x.dtype or t.device.type != "cpu"
+           for t in tensors):
+        raise ValueError("linear: the C++ kernel takes CPU tensors all float32 or all bfloat16, got "
                          + ", ".join(f"{t.dtype} on {t.device}" for t in tensors))
+    if x.dtype == torch.bfloat16 and _bf16_kernel() is None:
+        raise ValueError("linear: the bfloat16 kernel needs a CPU with AVX-512-BF16 (and an echo._C built with it); "
+                         "this one has none: use backend='torch'")
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         raise ValueError("linear: the C++ kernel has no backward; use backend='torch' under autograd")
     return native_linear(x, weight, bias, num_threads or 1)
@@ -141,6 +180,6 @@ def native_linear(x, weight, bias, num_threads: int) -> torch.Tensor:
     if bias is not None:
         bias = bias.contiguous()
     y = torch.empty(x2.shape[0], weight.shape[0], dtype=x.dtype)
-    _kernel()(x2.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), x2.shape[0],
+    _kernel_for(x.dtype)(x2.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), x2.shape[0],
               x2.shape[1], weight.shape[0], x2.stride(0), weight.stride(0), y.stride(0), num_threads)
     return y.view(*lead, weight.shape[0])

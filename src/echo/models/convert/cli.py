@@ -28,10 +28,12 @@ def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
     t = time.perf_counter()
-    out = demo.build(args.out, parts=args.parts, force=args.force)
-    print(f"assembled echo-demo in {out} ({time.perf_counter() - t:.1f} s); untrained parts are random: "
-          "the projector has not been aligned yet" if args.parts is None and demo.default_parts() is None
-          else f"assembled echo-demo in {out} ({time.perf_counter() - t:.1f} s)")
+    if args.bare and args.parts:
+        raise SystemExit("convert demo: --bare assembles without trained parts; drop --parts or --bare")
+    out = demo.build(args.out, parts=args.parts, force=args.force, bare=args.bare)
+    untrained = args.bare or (args.parts is None and demo.default_parts() is None)
+    print(f"assembled echo-demo in {out} ({time.perf_counter() - t:.1f} s)"
+          + ("; untrained parts are random: the projector has not been aligned yet" if untrained else ""))
     return 0
 
 
@@ -53,6 +55,8 @@ def register(sub) -> None:
                                    "the packages of the demo extra")
     p.add_argument("out", nargs="?", default=None, help="directory to create (default: the echo-demo cache that "
                                                          "--model echo-demo uses)")
-    p.add_argument("--parts", help="directory of trained parts (*.safetensors named as in the checkpoint)")
+    p.add_argument("--parts", help="directory of trained parts (*.safetensors named as in the checkpoint; default: "
+                                   "the parts echo ships)")
+    p.add_argument("--bare", action="store_true", help="no trained parts: the untrained assembly training starts from")
     p.add_argument("--force", action="store_true", help="replace an existing directory (a stale or altered cache)")
     p.set_defaults(func=_demo)

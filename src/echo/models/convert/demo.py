@@ -63,12 +63,16 @@ def sources(parts: Path | None, seed: int = 0) -> dict:
 
 
 def build(out: Path | None = None, parts: str | os.PathLike | None = None, force: bool = False,
-          progress: bool = True) -> Path:
-    """Assemble echo-demo into ``out`` (default the cache directory); returns the directory."""
+          progress: bool = True, bare: bool = False) -> Path:
+    """Assemble echo-demo into ``out`` (default the cache directory) with ``parts`` (default: the shipped ones);
+    ``bare``: no trained parts at all (random projector, new rows from their pieces), where training starts.
+    Returns the directory."""
     from .assembly import assemble
 
+    if bare and parts is not None:
+        raise ValueError("build: bare=True assembles without trained parts; do not pass parts too")
     out = Path(out) if out is not None else cache_dir()
-    parts = Path(parts) if parts is not None else default_parts()
+    parts = None if bare else Path(parts) if parts is not None else default_parts()
     return assemble(package_file("whisper"), package_file("decoder"), out, parts=parts, force=force,
                     progress=progress, sources=sources(parts))
 
