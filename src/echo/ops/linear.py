@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from . import _backend
 
 BACKENDS = ("cpu", "torch")
-MAX_ROWS = 16  # up to here one kernel thread beats torch's two-thread GEMM by 1.2x or more (bench_kernels.py)
 
 
 def _cpu_vendor() -> str:
@@ -39,16 +38,25 @@ def _cpu_vendor() -> str:
         return ""
 
 
-# Inside few_row_forward (the kernel on all threads, torch on one). torch's CPU sgemm is MKL's, which takes its
-# fastest paths on Intel processors only. On this project's 2-core AMD EPYC the kernel on two threads took 0.39-0.44x
-# the time of torch's two-thread GEMM at 16-128 rows and 0.6x at 192-512, so 256 rows (decode batches and splice
-# steps: a re-listen's 50-125 audio tokens beside a batch's decode rows) take it. On a 2-core Intel Xeon (AVX-512,
-# AMX) it took 0.67x at 8 rows, 0.88x at 32, 1.02x at 48 and 1.10x at 128: there it stops at 40 rows
-# (benchmarks/RESULTS.md). Prompt prefill chunks stay on torch's blocked GEMM.
-STEP_MAX_ROWS = 40 if _cpu_vendor() == "GenuineIntel" else 256
+def rows_limits(vendor: str) -> tuple[int, int, int]:
+    """``(MAX_ROWS, STEP_MIN_ROWS, STEP_MAX_ROWS)`` for a CPU vendor, from benchmarks/linear_rows_sweep.py.
+
+    torch's CPU sgemm is MKL's, which takes its fastest paths on Intel processors only. On this project's 2-core AMD
+    EPYC one kernel thread beat torch's two-thread GEMM by 1.2x or more up to 16 rows, and the kernel on two threads
+    (inside few_row_forward) took 0.39-0.44x of torch's time at 16-128 rows and 0.6x at 192-512: 256 rows covers
+    decode batches and splice steps (a re-listen's 50-125 audio tokens beside a batch's decode rows). On a 2-core
+    Intel Xeon (AVX-512, AMX) MKL has a fast path for 1-3 rows (the kernel 0.87-0.93x there), the kernel on two
+    threads wins from 4 rows (1.50x) to 40 (1.08x) and loses from 48, and one kernel thread never wins (0.5-0.8x).
+    Prompt prefill chunks stay on torch's blocked GEMM everywhere."""
+    return (0, 4, 40) if vendor == "GenuineIntel" else (16, 1, 256)
+
+
+# MAX_ROWS: the most rows for which the kernel (one thread) takes a linear outside few_row_forward;
+# STEP_MIN_ROWS..STEP_MAX_ROWS: the forwards that few_row_forward gives to the kernel on all threads.
+MAX_ROWS, STEP_MIN_ROWS, STEP_MAX_ROWS = rows_limits(_cpu_vendor())
 # bfloat16 (AVX-512-BF16): torch's bf16 linear (oneDNN, AMX) streams the weights at about half the memory's speed
-# at 1-2 rows and is fast from 4 rows up. Measured on the 2-core Intel Xeon: the kernel on two threads took 0.75x
-# of torch's time at 1 row, 0.90x at 2, 1.11x at 4; on one thread 1.35x at 1 row (RESULTS.md).
+# at 1-2 rows and is fast from 4 rows up. Measured on the 2-core Intel Xeon: the kernel on two threads took 0.73-0.75x
+# of torch's time at 1 row, 0.90x at 2, 1.11x at 4; on one thread 1.3x at 1 row (RESULTS.md).
 BF16_MAX_ROWS = 0
 BF16_STEP_MAX_ROWS = 2
 _threads = 1  # the kernel's threads for models.layers.Linear; few_row_forward raises it while torch runs one
@@ -105,6 +113,7 @@ def few_row_forward(num_rows: int, device: torch.device, dtype: torch.dtype):
     threads = torch.get_num_threads()
     if (threads == 1 or _threads != 1 or torch.device(device).type != "cpu" or _kernel_for(dtype) is None
             or num_rows > (BF16_STEP_MAX_ROWS if dtype == torch.bfloat16 else STEP_MAX_ROWS)
+            or (dtype == torch.float32 and num_rows < STEP_MIN_ROWS)
             or os.environ.get("ECHO_BACKEND") == "torch"):
         yield
         return

@@ -126,8 +126,11 @@ def _attend_torch(q, k_cache, v_cache, seqs, scale, out):
             # One query on the CPU: two small batched matmuls over each K/V head's query group beat SDPA's kernels,
             # built for many queries (1.4x in float32; 15x in bf16, whose flash kernel at one query costs more
             # than the GEMMs of the whole layer). The softmax runs in float32, as transformers' eager attention.
-            scores = torch.bmm(q[start].view(kv_heads, -1, head_dim), k.transpose(1, 2)).float() * scale
-            out[start] = torch.bmm(scores.softmax(-1).to(v.dtype), v).view(-1, head_dim)
+            # bf16/fp16 K and V are multiplied as float32 copies: torch's bf16 bmm copies its strided operands
+            # anyway and ran 1.7x slower (411 vs 246 us a layer at 800 keys on an Intel Xeon with AMX).
+            qh = q[start].view(kv_heads, -1, head_dim).float()
+            scores = torch.bmm(qh, k.float().transpose(1, 2)) * scale
+            out[start] = torch.bmm(scores.softmax(-1), v.float()).view(-1, head_dim)
             continue
         qi = q[start : start + n_q].transpose(0, 1)[None]
         with torch_threads_back(n_q * k.shape[1]):  # a long splice inside a decode-sized step: all cores
