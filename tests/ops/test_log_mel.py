@@ -207,3 +207,22 @@ def test_extra_frames_match_the_extractors_padding_frames(backend, num_samples):
                                   backend=name, extra_frames=2)
     assert frames.tolist() == [keep]
     assert_close(f"{name} extra frames", full[:, :keep], feats.cpu(), atol=1e-4)
+
+
+def test_cpu_kernel_runs_on_the_pool_with_torch_on_one_thread(monkeypatch):
+    """torch's OpenMP workers would spin on the cores the pool needs: torch runs one thread during the call."""
+    if _backend.native() is None:
+        pytest.skip("echo._C is not built")
+    seen, real = [], _backend.native().log_mel
+    monkeypatch.setattr(_backend.native(), "log_mel",
+                        lambda **kw: seen.append((torch.get_num_threads(), kw["num_threads"])) or real(**kw))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        wave = torch.randn(16000)
+        feats, _ = log_mel_spans(wave, torch.tensor([0]), torch.tensor([16000]), FeatureConfig(), backend="cpu")
+        assert seen == [(1, 2)] and torch.get_num_threads() == 2
+        torch.testing.assert_close(feats, log_mel_spans(wave, torch.tensor([0]), torch.tensor([16000]),
+                                                        FeatureConfig(), backend="torch")[0], rtol=1e-4, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)

@@ -8,6 +8,7 @@ explicitly (argument or ``ECHO_BACKEND``) that the machine lacks raises :class:`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -90,3 +91,20 @@ def resolve(op: str, op_backends: tuple[str, ...], device: torch.device, request
         if _usable(backend, device) is None:
             return backend
     return "torch"
+
+
+@contextlib.contextmanager
+def torch_on_one_thread(active: bool = True):
+    """torch on one thread while an echo._C kernel runs on the pool: torch's OpenMP workers spin after each torch
+    op and take the cores the pool's threads need (a 30 s clip's log-mel on two threads: 1.7-3.9 ms beside torch's
+    two threads, 0.93 ms with torch on one, on a 2-core Intel Xeon; benchmarks/RESULTS.md)."""
+    threads = torch.get_num_threads()
+    if not active or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+

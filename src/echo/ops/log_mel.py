@@ -20,6 +20,7 @@ import torch
 
 from ..errors import ConfigError
 from . import _backend
+from .linear import kernel_threads
 
 if TYPE_CHECKING:
     from ..audio.features import FeatureConfig
@@ -178,17 +179,20 @@ def _log_mel_native(wave, span_start, span_len, cfg, on_cuda: bool, num_threads:
     dev = {name: x.to(device).contiguous() for name, x in
            dict(span_start=span_start, span_len=span_len, out_offset=out_offset, work_offset=work_offset).items()}
     stream = torch.cuda.current_stream(device).cuda_stream if on_cuda else 0
-    _backend.native().log_mel(
-        on_cuda=on_cuda, n_fft=cfg.n_fft, hop=cfg.hop_length, n_mels=cfg.n_mels, max_samples=cfg.max_samples,
-        radices=t["radices"], window=t["window"].data_ptr(), twiddle=t["twiddle"].data_ptr(),
-        rtwiddle=t["rtwiddle"].data_ptr(), mel_first_bin=t["mel_first_bin"].data_ptr(),
-        mel_num_bins=t["mel_num_bins"].data_ptr(), mel_offset=t["mel_offset"].data_ptr(),
-        mel_weights=t["mel_weights"].data_ptr(), wave=wave.data_ptr(), span_start=dev["span_start"].data_ptr(),
-        span_len=dev["span_len"].data_ptr(), out_offset=dev["out_offset"].data_ptr(),
-        work_offset=dev["work_offset"].data_ptr(), num_spans=int(span_len.numel()), total_work=total_work,
-        out_stride=total, out=out.data_ptr(), frame_max=frame_max.data_ptr(),
-        num_threads=num_threads or torch.get_num_threads(), stream=stream,
-    )
+    # CPU: the pool takes torch's threads (inside a decode step, the count few_row_forward gave the kernels)
+    threads = num_threads or max(torch.get_num_threads(), kernel_threads())
+    with _backend.torch_on_one_thread(not on_cuda and threads > 1):
+        _backend.native().log_mel(
+            on_cuda=on_cuda, n_fft=cfg.n_fft, hop=cfg.hop_length, n_mels=cfg.n_mels, max_samples=cfg.max_samples,
+            radices=t["radices"], window=t["window"].data_ptr(), twiddle=t["twiddle"].data_ptr(),
+            rtwiddle=t["rtwiddle"].data_ptr(), mel_first_bin=t["mel_first_bin"].data_ptr(),
+            mel_num_bins=t["mel_num_bins"].data_ptr(), mel_offset=t["mel_offset"].data_ptr(),
+            mel_weights=t["mel_weights"].data_ptr(), wave=wave.data_ptr(), span_start=dev["span_start"].data_ptr(),
+            span_len=dev["span_len"].data_ptr(), out_offset=dev["out_offset"].data_ptr(),
+            work_offset=dev["work_offset"].data_ptr(), num_spans=int(span_len.numel()), total_work=total_work,
+            out_stride=total, out=out.data_ptr(), frame_max=frame_max.data_ptr(),
+            num_threads=threads, stream=stream,
+        )
     return out
 
 
