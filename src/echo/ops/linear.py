@@ -55,10 +55,10 @@ def rows_limits(vendor: str) -> tuple[int, int, int]:
 # STEP_MIN_ROWS..STEP_MAX_ROWS: the forwards that few_row_forward gives to the kernel on all threads.
 MAX_ROWS, STEP_MIN_ROWS, STEP_MAX_ROWS = rows_limits(_cpu_vendor())
 # bfloat16 (AVX-512-BF16): torch's bf16 linear (oneDNN, AMX) streams the weights at about half the memory's speed
-# at 1-2 rows and is fast from 4 rows up. Measured on the 2-core Intel Xeon: the kernel on two threads took 0.73-0.75x
-# of torch's time at 1 row, 0.90x at 2, 1.11x at 4; on one thread 1.3x at 1 row (RESULTS.md).
+# at 1-8 rows. Measured on the 2-core Intel Xeon, the kernel on two threads took 0.68x of torch's time at 1 row,
+# 0.75x at 2, 0.73x at 4 and 1.11x at 8; on one thread 1.2-1.3x at 1-4 rows (RESULTS.md).
 BF16_MAX_ROWS = 0
-BF16_STEP_MAX_ROWS = 2
+BF16_STEP_MAX_ROWS = 4
 _threads = 1  # the kernel's threads for models.layers.Linear; few_row_forward raises it while torch runs one
 
 
