@@ -47,14 +47,17 @@ struct GatherLaunch {
 EchoStatus gather_rows_cpu(const GatherLaunch& g, int num_threads);
 EchoStatus gather_rows_cuda(const GatherLaunch& g, void* stream);
 
-// Linear on a few rows: y[m, n] = sum_k x[m, k] * weight[n, k] (+ bias[n]) for m < rows, float32. x and y
-// rows have unit stride inside (row strides x_stride / y_stride, in elements); weight is out_features rows of
-// in_features floats, row stride weight_stride. For decode steps (1-16 rows); larger batches go to torch's GEMM.
-struct LinearLaunch {
-  const float* x;
-  const float* weight;
-  const float* bias;  // nullptr: none
-  float* y;
+// Linear on a few rows: y[m, n] = sum_k x[m, k] * weight[n, k] (+ bias[n]) for m < rows. x and y rows have unit
+// stride inside (row strides x_stride / y_stride, in elements); weight is out_features rows of in_features
+// elements, row stride weight_stride. For decode steps; larger batches go to torch's GEMM. T: float, or uint16_t
+// for raw bfloat16 bits (accumulated in float32, rounded once to bf16; only where the processor has AVX-512-BF16,
+// linear_bf16_cpu_available(), elsewhere kNotSupported).
+template <typename T>
+struct LinearArgs {
+  const T* x;
+  const T* weight;
+  const T* bias;  // nullptr: none
+  T* y;
   int64_t rows;
   int64_t in_features;
   int64_t out_features;
@@ -62,24 +65,10 @@ struct LinearLaunch {
   int64_t weight_stride;
   int64_t y_stride;
 };
+using LinearLaunch = LinearArgs<float>;
+using LinearBf16Launch = LinearArgs<uint16_t>;
 
 EchoStatus linear_cpu(const LinearLaunch& l, int num_threads);
-
-// The same in bfloat16 (raw bf16 bits: x, weight, bias, y), accumulated in float32 and rounded once to bf16. Only
-// where the processor has AVX-512-BF16 (linear_bf16_cpu_available()); elsewhere it returns kNotSupported.
-struct LinearBf16Launch {
-  const uint16_t* x;
-  const uint16_t* weight;
-  const uint16_t* bias;  // nullptr: none
-  uint16_t* y;
-  int64_t rows;
-  int64_t in_features;
-  int64_t out_features;
-  int64_t x_stride;
-  int64_t weight_stride;
-  int64_t y_stride;
-};
-
 bool linear_bf16_cpu_available();
 EchoStatus linear_bf16_cpu(const LinearBf16Launch& l, int num_threads);
 

@@ -7,11 +7,9 @@
 // the output is rounded once to bf16 (nearest even), bias added before, as torch rounds its bf16 linear.
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstring>
 
-#include "echo_ops.h"
-#include "parallel.h"
+#include "linear_cpu_impl.h"  // linear_schedule
 
 namespace echo {
 namespace {
@@ -92,19 +90,9 @@ void columns(const LinearBf16Launch& l, int64_t m0, int mb, int64_t n0, int64_t 
 
 // 4 x rows x 6 weight rows: 24 accumulators + 6 weight vectors + 1 x vector, as the float32 AVX-512 build.
 EchoStatus linear_bf16_cpu_avx512(const LinearBf16Launch& l, int num_threads) {
-  constexpr int MB = 4, R = 6;
-  if (l.rows < 0 || l.in_features <= 0 || l.out_features <= 0) return kInvalidArgument;
-  const int64_t groups = (l.out_features + R - 1) / R;
-  const int64_t grain = std::max<int64_t>(1, groups / (std::max(num_threads, 1) * 8));
-  parallel_for(groups, grain, num_threads, [&](int64_t g0, int64_t g1) {
-    const int64_t n0 = g0 * R, n1 = std::min(l.out_features, g1 * R);
-    constexpr int64_t kColumnsPerPass = R * 16;  // W rows kept in L2 while every block of x rows passes over them
-    for (int64_t c = n0; c < n1; c += kColumnsPerPass)
-      for (int64_t m0 = 0; m0 < l.rows; m0 += MB)
-        columns<MB, R>(l, m0, static_cast<int>(std::min<int64_t>(MB, l.rows - m0)), c,
-                       std::min(n1, c + kColumnsPerPass));
+  return linear_schedule<4, 6>(l, num_threads, [&](int64_t m0, int mb, int64_t n0, int64_t n1) {
+    columns<4, 6>(l, m0, mb, n0, n1);
   });
-  return kOk;
 }
 
 }  // namespace echo

@@ -78,11 +78,12 @@ void linear_columns(const LinearLaunch& l, int64_t m0, int mb, int64_t n0, int64
   for (; n < n1; ++n) linear_tile<N, MB, 1>(l, m0, n);
 }
 
-template <int N, int MB, int R>
-EchoStatus linear_cpu_lanes(const LinearLaunch& l, int num_threads) {
+// The threads split the output columns (the weight's rows) into contiguous chunks, each read once per call; within
+// a chunk, the x rows go MB at a time while the chunk's W rows are still in cache. columns(m0, mb, n0, n1) computes
+// rows m0 .. m0+mb of output columns [n0, n1). Shared by the float32 and bf16 kernels.
+template <int MB, int R, typename Launch, typename Columns>
+EchoStatus linear_schedule(const Launch& l, int num_threads, Columns&& columns) {
   if (l.rows < 0 || l.in_features <= 0 || l.out_features <= 0) return kInvalidArgument;
-  // Threads split the output columns (the weight's rows) into contiguous chunks, each read once per call; within
-  // a chunk, the x rows go MB at a time while the chunk's W rows are still in cache.
   const int64_t groups = (l.out_features + R - 1) / R;
   const int64_t grain = std::max<int64_t>(1, groups / (std::max(num_threads, 1) * 8));
   parallel_for(groups, grain, num_threads, [&](int64_t g0, int64_t g1) {
@@ -90,10 +91,16 @@ EchoStatus linear_cpu_lanes(const LinearLaunch& l, int num_threads) {
     constexpr int64_t kColumnsPerPass = R * 16;  // W rows kept in L2 while every block of x rows passes over them
     for (int64_t c = n0; c < n1; c += kColumnsPerPass)
       for (int64_t m0 = 0; m0 < l.rows; m0 += MB)
-        linear_columns<N, MB, R>(l, m0, static_cast<int>(std::min<int64_t>(MB, l.rows - m0)), c,
-                                 std::min(n1, c + kColumnsPerPass));
+        columns(m0, static_cast<int>(std::min<int64_t>(MB, l.rows - m0)), c, std::min(n1, c + kColumnsPerPass));
   });
   return kOk;
+}
+
+template <int N, int MB, int R>
+EchoStatus linear_cpu_lanes(const LinearLaunch& l, int num_threads) {
+  return linear_schedule<MB, R>(l, num_threads, [&](int64_t m0, int mb, int64_t n0, int64_t n1) {
+    linear_columns<N, MB, R>(l, m0, mb, n0, n1);
+  });
 }
 
 EchoStatus linear_cpu_avx2(const LinearLaunch& l, int num_threads);
