@@ -106,9 +106,10 @@ def kernel_threads() -> int:
 
 @contextlib.contextmanager
 def few_row_forward(num_rows: int, device: torch.device, dtype: torch.dtype):
-    """Around a model forward of ``num_rows`` tokens: when its linears take the kernel (float32 on the CPU, at most
-    ``STEP_MAX_ROWS`` rows; bfloat16 where the CPU has AVX-512-BF16, at most ``BF16_STEP_MAX_ROWS``), torch runs one thread and the kernel torch's thread count, restored on exit. Process-wide,
-    as ``torch.set_num_threads`` is: torch ops of other Python threads run on one thread meanwhile."""
+    """Around a model forward of ``num_rows`` tokens: when its linears take the kernel (float32 on the CPU,
+    ``STEP_MIN_ROWS`` to ``STEP_MAX_ROWS`` rows; bfloat16 where the CPU has AVX-512-BF16, at most
+    ``BF16_STEP_MAX_ROWS``), torch runs one thread and the kernel torch's thread count, restored on exit.
+    Process-wide, as ``torch.set_num_threads`` is: torch ops of other Python threads run on one thread meanwhile."""
     global _threads
     threads = torch.get_num_threads()
     if (threads == 1 or _threads != 1 or torch.device(device).type != "cpu" or _kernel_for(dtype) is None
@@ -189,6 +190,7 @@ def native_linear(x, weight, bias, num_threads: int) -> torch.Tensor:
     if bias is not None:
         bias = bias.contiguous()
     y = torch.empty(x2.shape[0], weight.shape[0], dtype=x.dtype)
-    _kernel_for(x.dtype)(x2.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), x2.shape[0],
-              x2.shape[1], weight.shape[0], x2.stride(0), weight.stride(0), y.stride(0), num_threads)
+    _kernel_for(x.dtype)(x2.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(),
+                         x2.shape[0], x2.shape[1], weight.shape[0], x2.stride(0), weight.stride(0), y.stride(0),
+                         num_threads)
     return y.view(*lead, weight.shape[0])
