@@ -118,8 +118,7 @@ def stage_align(work: Path, args) -> Path:
         return aligned
     if args.aligned is not None:  # another run's stage 0: this run's arms differ only after it
         aligned.symlink_to(args.aligned.resolve(), target_is_directory=True)
-        (work / "parts").mkdir(exist_ok=True)
-        shutil.copy2(args.aligned.parent / "parts" / "projector.safetensors", work / "parts")
+        export_tensors(args.aligned, "multi_modal_projector.", work / "parts" / "projector.safetensors")
         return aligned
     data = make_align_data(work, work / "data" / "train" / "synthetic.jsonl")
     cfg = SFTConfig(format="grounded", lr=args.align_lr, epochs=1, grad_accum=args.grad_accum,
