@@ -298,21 +298,26 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     make_data(args.work, args.n_train, args.n_val, args.n_test, args.data_seed)
+    models = train(args)
+    for name, model in (models or {}).items():
+        relisten = not (name == "sft" and args.sft_format == "grounded")
+        print(name, json.dumps(stage_eval(args.work, model, name, args.eval_limit, relisten))[:400])
+
+
+def train(args) -> dict[str, Path] | None:
+    """The training stages ``args`` ask for; the models to evaluate by name, or None when ``--until`` stops first."""
     if args.until == "data":
-        return
+        return None
     if args.grpo_from:  # arm D from a given C: only GRPO's seed varies
         from echo.models.convert.demo import resolve
 
         start = resolve(args.grpo_from)
-        models = {"sft": start, "grpo": stage_grpo(args.work, args, start, "grpo")}
-        for name, model in models.items():
-            print(name, json.dumps(stage_eval(args.work, model, name, args.eval_limit))[:400])
-        return
+        return {"sft": start, "grpo": stage_grpo(args.work, args, start, "grpo")}
     aligned = stage_align(args.work, args)
     if args.aligned is None:  # the run that trained stage 0 checked it
         check_hearing(args.work, aligned)
     if args.until == "align":
-        return
+        return None
     models = {"aligned": aligned} if args.eval_aligned else {}
     if args.grpo_aligned:
         models["grpo-aligned"] = stage_grpo(args.work, args, aligned, "grpo-aligned")
@@ -321,13 +326,10 @@ def main() -> None:
         models["sft"] = stage_heads(args.work, args)
         stage_parts(args.work)
         if args.until == "sft":
-            return
+            return None
         if args.grpo:
             models["grpo"] = stage_grpo(args.work, args, models["sft"], "grpo")
-    for name, model in models.items():
-        relisten = not (name == "sft" and args.sft_format == "grounded")
-        print(name, json.dumps(stage_eval(args.work, model, name, args.eval_limit, relisten))[:400])
-
+    return models
 
 if __name__ == "__main__":
     main()

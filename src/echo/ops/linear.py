@@ -84,10 +84,15 @@ def _kernel_for(dtype: torch.dtype):
     return _kernel() if dtype == torch.float32 else _bf16_kernel() if dtype == torch.bfloat16 else None
 
 
+def _step_rows(dtype: torch.dtype) -> range:
+    """The row counts of a forward that few_row_forward gives to the kernel on all threads."""
+    return range(1, BF16_STEP_MAX_ROWS + 1) if dtype == torch.bfloat16 else range(STEP_MIN_ROWS, STEP_MAX_ROWS + 1)
+
+
 def _max_rows(dtype: torch.dtype) -> int:
-    if dtype == torch.bfloat16:
-        return BF16_MAX_ROWS if _threads == 1 else BF16_STEP_MAX_ROWS
-    return MAX_ROWS if _threads == 1 else STEP_MAX_ROWS
+    if _threads != 1:
+        return _step_rows(dtype).stop - 1
+    return BF16_MAX_ROWS if dtype == torch.bfloat16 else MAX_ROWS
 
 
 def native_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -113,18 +118,15 @@ def few_row_forward(num_rows: int, device: torch.device, dtype: torch.dtype):
     global _threads
     threads = torch.get_num_threads()
     if (threads == 1 or _threads != 1 or torch.device(device).type != "cpu" or _kernel_for(dtype) is None
-            or num_rows > (BF16_STEP_MAX_ROWS if dtype == torch.bfloat16 else STEP_MAX_ROWS)
-            or (dtype == torch.float32 and num_rows < STEP_MIN_ROWS)
-            or os.environ.get("ECHO_BACKEND") == "torch"):
+            or num_rows not in _step_rows(dtype) or os.environ.get("ECHO_BACKEND") == "torch"):
         yield
         return
-    torch.set_num_threads(1)
-    _threads = threads
-    try:
-        yield
-    finally:
-        _threads = 1
-        torch.set_num_threads(threads)
+    with _backend.torch_on_one_thread():
+        _threads = threads
+        try:
+            yield
+        finally:
+            _threads = 1
 
 
 # Query x key pairs from which an attention inside few_row_forward gets torch's threads back: a 3 s re-listen

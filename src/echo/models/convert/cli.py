@@ -28,8 +28,6 @@ def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
     t = time.perf_counter()
-    if args.bare and args.parts:
-        raise SystemExit("convert demo: --bare assembles without trained parts; drop --parts or --bare")
     out = demo.build(args.out, parts=args.parts, force=args.force, bare=args.bare)
     untrained = args.bare or (args.parts is None and demo.default_parts() is None)
     print(f"assembled echo-demo in {out} ({time.perf_counter() - t:.1f} s)"
@@ -55,8 +53,10 @@ def register(sub) -> None:
                                    "the packages of the demo extra")
     p.add_argument("out", nargs="?", default=None, help="directory to create (default: the echo-demo cache that "
                                                          "--model echo-demo uses)")
-    p.add_argument("--parts", help="directory of trained parts (*.safetensors named as in the checkpoint; default: "
-                                   "the parts echo ships)")
-    p.add_argument("--bare", action="store_true", help="no trained parts: the untrained assembly training starts from")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--parts", help="directory of trained parts (*.safetensors named as in the checkpoint; "
+                                       "default: the parts echo ships)")
+    which.add_argument("--bare", action="store_true",
+                       help="no trained parts: the untrained assembly training starts from")
     p.add_argument("--force", action="store_true", help="replace an existing directory (a stale or altered cache)")
     p.set_defaults(func=_demo)
