@@ -81,6 +81,17 @@ def test_echo_clip(benchmark, backend):
 
 
 @pytest.mark.benchmark(group="clip-30s")
+@pytest.mark.parametrize("backend", ECHO_BACKENDS)
+def test_echo_op_clip(benchmark, backend):
+    """The op the engine calls (``log_mel_spans``: framing to normalisation), without ``log_mel``'s input checks
+    (the non-finite-sample scan of the clip)."""
+    benchmark.extra_info["audio_s"] = 30.0
+    wave = torch.from_numpy(CLIP30)
+    start, length = torch.tensor([0]), torch.tensor([wave.numel()])
+    benchmark(lambda: log_mel_spans(wave, start, length, CFG30, backend=backend))
+
+
+@pytest.mark.benchmark(group="clip-30s")
 @pytest.mark.skipif(not GPU, reason="needs CUDA and echo._C built with CUDA")
 def test_echo_cuda_clip(benchmark):
     benchmark.extra_info["audio_s"] = 30.0

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
+#include <utility>
 #include <vector>
 
 #include "echo_ops.h"
@@ -35,6 +37,84 @@ struct Lanes<VecOf<8>::Float> : VecLanes<8> {};
 template <>
 struct Lanes<VecOf<16>::Float> : VecLanes<16> {};
 
+// Two-input lane shuffles with indices known at compile time (0..N-1 from a, N..2N-1 from b).
+#if defined(__clang__)
+#define ECHO_SHUFFLE(N, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define ECHO_SHUFFLE(N, a, b, ...) __builtin_shuffle(a, b, typename VecOf<N>::Int{__VA_ARGS__})
+#endif
+
+template <int N, int Base, int... I>  // a[Base], b[Base], a[Base + 1], b[Base + 1], ...
+inline typename VecOf<N>::Float zip(typename VecOf<N>::Float a, typename VecOf<N>::Float b,
+                                    std::integer_sequence<int, I...>) {
+  return ECHO_SHUFFLE(N, a, b, (Base + I / 2 + (I % 2) * N)...);
+}
+template <int N, int Base, int... I>  // (a|b)[Base], (a|b)[Base + 2], ...: the even or odd samples of a pair
+inline typename VecOf<N>::Float every_other(typename VecOf<N>::Float a, typename VecOf<N>::Float b,
+                                            std::integer_sequence<int, I...>) {
+  return ECHO_SHUFFLE(N, a, b, (Base + 2 * I)...);
+}
+
+// In-register transpose of N vectors of N lanes: log2(N) rounds of zipping row i with row i + N/2.
+template <int N>
+inline void transpose(typename VecOf<N>::Float* r) {
+  using V = typename VecOf<N>::Float;
+  constexpr auto seq = std::make_integer_sequence<int, N>{};
+  for (int round = N; round > 1; round /= 2) {
+    V t[N];
+    for (int i = 0; i < N / 2; ++i) {
+      t[2 * i] = zip<N, 0>(r[i], r[i + N / 2], seq);
+      t[2 * i + 1] = zip<N, N / 2>(r[i], r[i + N / 2], seq);
+    }
+    for (int i = 0; i < N; ++i) r[i] = t[i];
+  }
+}
+
+// load_frames for a group whose N frames all lie inside the span (no padding), the common case. load_frames
+// writes one float at a time with a stride of N lanes (half the kernel's time on a 30 s clip); here each frame
+// is read N samples pairs at a time, split into even/odd (re/im) and windowed in registers, and N frames x N
+// samples blocks are transposed in registers. Returns false (nothing written) when a frame needs padding.
+template <int N>
+bool load_interior_frames(const float* x, int64_t len, int64_t t0, const MelParams& p, typename VecOf<N>::Float* zr,
+                          typename VecOf<N>::Float* zi) {
+  using V = typename VecOf<N>::Float;
+  const int64_t first = t0 * p.hop - p.n_fft / 2, last = (t0 + N - 1) * p.hop - p.n_fft / 2;
+  if (first < 0 || last + p.n_fft > len) return false;
+  constexpr auto seq = std::make_integer_sequence<int, N>{};
+  const int m = p.n_fft / 2;
+  int k0 = 0;
+  for (; k0 + N <= m; k0 += N) {
+    V w0, w1, re[N], im[N];
+    memcpy(&w0, p.window + 2 * k0, sizeof(V));
+    memcpy(&w1, p.window + 2 * k0 + N, sizeof(V));
+    const V w_even = every_other<N, 0>(w0, w1, seq), w_odd = every_other<N, 1>(w0, w1, seq);
+    for (int l = 0; l < N; ++l) {
+      const float* f = x + first + l * p.hop + 2 * k0;
+      V a, b;
+      memcpy(&a, f, sizeof(V));
+      memcpy(&b, f + N, sizeof(V));
+      re[l] = every_other<N, 0>(a, b, seq) * w_even;
+      im[l] = every_other<N, 1>(a, b, seq) * w_odd;
+    }
+    transpose<N>(re);
+    transpose<N>(im);
+    for (int k = 0; k < N; ++k) {
+      zr[k0 + k] = re[k];
+      zi[k0 + k] = im[k];
+    }
+  }
+  float* fr = reinterpret_cast<float*>(zr);  // the m % N samples left, one at a time
+  float* fi = reinterpret_cast<float*>(zi);
+  for (int l = 0; l < N; ++l) {
+    const float* f = x + first + l * p.hop;
+    for (int k = k0; k < m; ++k) {
+      fr[k * N + l] = f[2 * k] * p.window[2 * k];
+      fi[k * N + l] = f[2 * k + 1] * p.window[2 * k + 1];
+    }
+  }
+  return true;
+}
+
 }  // namespace mel
 
 template <int N>
@@ -56,7 +136,8 @@ EchoStatus log_mel_cpu_lanes(const mel::MelParams& p, const MelLaunch& l, int nu
     for (int64_t i = begin; i < end; ++i) {
       const int64_t s = groups[i].span, t0 = groups[i].t0;
       const int64_t len = std::min(l.span_len[s], p.max_samples);
-      mel::load_frames(l.wave + l.span_start[s], len, t0, p, zr, zi);
+      if (!mel::load_interior_frames<N>(l.wave + l.span_start[s], len, t0, p, zr, zi))
+        mel::load_frames(l.wave + l.span_start[s], len, t0, p, zr, zi);
       mel::fft(zr, zi, br, bi, p);
       mel::split_power(zr, zi, p, power);
       const int lanes = static_cast<int>(std::min<int64_t>(N, l.work_offset[s + 1] - l.work_offset[s] - t0));
@@ -66,7 +147,8 @@ EchoStatus log_mel_cpu_lanes(const mel::MelParams& p, const MelLaunch& l, int nu
       for (int f = 0; f < p.n_mels; ++f) {
         const V v = mel::mel_log10(power, f, p);
         fmax = fmax > v ? fmax : v;
-        for (int j = 0; j < valid; ++j) col[f * l.out_stride + j] = v[j];
+        if (valid == N) memcpy(col + f * l.out_stride, &v, sizeof(V));  // the N frames are adjacent columns
+        else for (int j = 0; j < valid; ++j) col[f * l.out_stride + j] = v[j];
       }
       for (int j = 0; j < lanes; ++j) l.frame_max[l.work_offset[s] + t0 + j] = fmax[j];
     }

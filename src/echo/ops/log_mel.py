@@ -67,16 +67,16 @@ def mel_filters(n_mels: int, n_fft: int, sampling_rate: int, f_max: float = 8000
     return bank * (2.0 / (filter_hz[2:] - filter_hz[:-2]))[None, :]
 
 
-def frame_counts(span_len: torch.Tensor, cfg: FeatureConfig, extra_frames: int = 0
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(returned, computed) frames per span. ceil(min(len, max) / hop) + extra_frames (capped at the max) frames
-    are returned; computed >= returned also covers the frames whose windows touch a real sample, since they take
-    part in the span's max."""
+def frame_counts(span_len: np.ndarray | torch.Tensor, cfg: FeatureConfig, extra_frames: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(returned, computed) frames per span, int64 numpy arrays. ceil(min(len, max) / hop) + extra_frames (capped at
+    the max) frames are returned; computed >= returned also covers the frames whose windows touch a real sample,
+    since they take part in the span's max. (numpy: on a few spans its ops cost a tenth of torch's.)"""
     max_frames = cfg.max_samples // cfg.hop_length
-    n = span_len.clamp(max=cfg.max_samples)
-    valid = ((n + cfg.hop_length - 1) // cfg.hop_length + extra_frames).clamp(max=max_frames)
-    signal = ((n - 1 + cfg.n_fft // 2) // cfg.hop_length + 1).clamp(max=max_frames)
-    return valid, torch.maximum(valid, signal)
+    n = np.minimum(_as_int64(span_len), cfg.max_samples)
+    valid = np.minimum((n + cfg.hop_length - 1) // cfg.hop_length + extra_frames, max_frames)
+    signal = np.minimum((n - 1 + cfg.n_fft // 2) // cfg.hop_length + 1, max_frames)
+    return valid, np.maximum(valid, signal)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ def log_mel_ref(wave: torch.Tensor, span_start: torch.Tensor, span_len: torch.Te
     """
     filters = torch.from_numpy(mel_filters(cfg.n_mels, cfg.n_fft, cfg.sampling_rate)).to(wave.device, torch.float32)
     window = torch.hann_window(cfg.n_fft, device=wave.device)
-    valid, _ = frame_counts(span_len.cpu(), cfg, extra_frames)
+    valid, _ = frame_counts(span_len, cfg, extra_frames)
     max_frames = cfg.max_samples // cfg.hop_length
     out = []
     for start, length, keep in zip(span_start.tolist(), span_len.tolist(), valid.tolist()):
@@ -165,18 +165,16 @@ def _tables(n_mels: int, n_fft: int, sampling_rate: int, device: torch.device) -
     }
 
 
-def _log_mel_native(wave, span_start, span_len, cfg, on_cuda: bool, num_threads: int | None,
-                    extra_frames: int) -> torch.Tensor:
+def _log_mel_native(wave, span_start: np.ndarray, span_len: np.ndarray, valid: np.ndarray, signal: np.ndarray, cfg,
+                    on_cuda: bool, num_threads: int | None) -> torch.Tensor:
     device = wave.device
-    valid, signal = frame_counts(span_len.cpu(), cfg, extra_frames)
-    zero = torch.zeros(1, dtype=torch.int64)
-    out_offset = torch.cat([zero, valid.cumsum(0)])
-    work_offset = torch.cat([zero, signal.cumsum(0)])
+    out_offset = np.concatenate([[0], np.cumsum(valid)])
+    work_offset = np.concatenate([[0], np.cumsum(signal)])
     total, total_work = int(out_offset[-1]), int(work_offset[-1])
     out = torch.empty(cfg.n_mels, total, dtype=torch.float32, device=device)
     frame_max = torch.empty(max(total_work, 1), dtype=torch.float32, device=device)
     t = _tables(cfg.n_mels, cfg.n_fft, cfg.sampling_rate, device)
-    dev = {name: x.to(device).contiguous() for name, x in
+    dev = {name: torch.from_numpy(x).to(device) for name, x in
            dict(span_start=span_start, span_len=span_len, out_offset=out_offset, work_offset=work_offset).items()}
     stream = torch.cuda.current_stream(device).cuda_stream if on_cuda else 0
     # CPU: the pool takes torch's threads (inside a decode step, the count few_row_forward gave the kernels)
@@ -189,7 +187,7 @@ def _log_mel_native(wave, span_start, span_len, cfg, on_cuda: bool, num_threads:
             mel_num_bins=t["mel_num_bins"].data_ptr(), mel_offset=t["mel_offset"].data_ptr(),
             mel_weights=t["mel_weights"].data_ptr(), wave=wave.data_ptr(), span_start=dev["span_start"].data_ptr(),
             span_len=dev["span_len"].data_ptr(), out_offset=dev["out_offset"].data_ptr(),
-            work_offset=dev["work_offset"].data_ptr(), num_spans=int(span_len.numel()), total_work=total_work,
+            work_offset=dev["work_offset"].data_ptr(), num_spans=int(span_len.size), total_work=total_work,
             out_stride=total, out=out.data_ptr(), frame_max=frame_max.data_ptr(),
             num_threads=threads, stream=stream,
         )
@@ -215,8 +213,8 @@ def log_mel_spans(
 
     Args:
         wave: (num_samples,) float32, contiguous: one or more 16 kHz clips laid end to end. Spans index into it.
-        span_start: (num_spans,) int64, first sample of each span in ``wave``.
-        span_len: (num_spans,) int64, samples in each span (>= 1); longer than ``cfg.max_samples`` is truncated.
+        span_start: (num_spans,) integers (CPU tensor, array or list), first sample of each span in ``wave``.
+        span_len: (num_spans,) integers, samples in each span (>= 1); longer than ``cfg.max_samples`` is truncated.
         cfg: the checkpoint's feature configuration (n_mels, n_fft, hop_length, max_samples).
         backend: "auto"/None, "cuda", "cpu" or "torch" (see ops._backend; ECHO_BACKEND overrides "auto").
         num_threads: CPU threads for the C++ kernel (default: torch.get_num_threads()).
@@ -228,20 +226,27 @@ def log_mel_spans(
             [offset[s], offset[s] + num_frames[s]) with offset the exclusive cumsum of num_frames.
         num_frames: (num_spans,) int64 on the CPU, ceil(min(len, max_samples) / hop_length) (+ extra_frames) each.
     """
-    span_start = torch.as_tensor(span_start, dtype=torch.int64).reshape(-1)
-    span_len = torch.as_tensor(span_len, dtype=torch.int64).reshape(-1)
+    span_start, span_len = _as_int64(span_start), _as_int64(span_len)
     _check(wave, span_start, span_len, cfg)
     chosen = _backend.resolve("log_mel", BACKENDS, wave.device, backend)
     if extra_frames < 0:
         raise ValueError(f"log_mel: extra_frames must be >= 0, got {extra_frames}")
+    valid, signal = frame_counts(span_len, cfg, extra_frames)
     if chosen == "torch":
-        feats = log_mel_ref(wave, span_start, span_len, cfg, extra_frames)
+        feats = log_mel_ref(wave, torch.from_numpy(span_start), torch.from_numpy(span_len), cfg, extra_frames)
     else:
-        feats = _log_mel_native(wave, span_start, span_len, cfg, chosen == "cuda", num_threads, extra_frames)
-    return feats, frame_counts(span_len.cpu(), cfg, extra_frames)[0]
+        feats = _log_mel_native(wave, span_start, span_len, valid, signal, cfg, chosen == "cuda", num_threads)
+    return feats, torch.from_numpy(valid)
 
 
-def _check(wave: torch.Tensor, span_start: torch.Tensor, span_len: torch.Tensor, cfg: FeatureConfig) -> None:
+def _as_int64(x) -> np.ndarray:
+    """Span starts or lengths (list, numpy array or tensor on any device) as a contiguous 1-D int64 numpy array."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.int64).reshape(-1))
+
+
+def _check(wave: torch.Tensor, span_start: np.ndarray, span_len: np.ndarray, cfg: FeatureConfig) -> None:
     if not isinstance(wave, torch.Tensor) or wave.dtype != torch.float32 or wave.dim() != 1:
         raise ValueError(f"log_mel: wave must be a 1-D float32 tensor, got {getattr(wave, 'dtype', type(wave))} "
                          f"of shape {tuple(getattr(wave, 'shape', ()))}")
@@ -249,11 +254,11 @@ def _check(wave: torch.Tensor, span_start: torch.Tensor, span_len: torch.Tensor,
         raise ValueError("log_mel: wave must be contiguous")
     if span_start.shape != span_len.shape:
         raise ValueError(f"log_mel: span_start {tuple(span_start.shape)} and span_len {tuple(span_len.shape)} differ")
-    if span_len.numel() and int(span_len.min()) < 1:
+    if span_len.size and int(span_len.min()) < 1:
         raise ValueError(f"log_mel: span {int(span_len.argmin())} has {int(span_len.min())} samples; need >= 1")
-    if span_start.numel() and int(span_start.min()) < 0:
+    if span_start.size and int(span_start.min()) < 0:
         raise ValueError(f"log_mel: span {int(span_start.argmin())} starts before the waveform")
-    if span_start.numel() and int((span_start + span_len).max()) > wave.numel():
+    if span_start.size and int((span_start + span_len).max()) > wave.numel():
         bad = int((span_start + span_len).argmax())
         raise ValueError(f"log_mel: span {bad} ends at sample {int(span_start[bad] + span_len[bad])}, past the "
                          f"waveform's {wave.numel()} samples")
