@@ -66,3 +66,22 @@ def test_greedy_rows_of_a_batch_equal_each_row_sampled_alone():
         assert (tokens[i], errors[i]) == (token, alone_errors[0]) and token != 4
         assert (math.isnan(lp) and math.isnan(lps[i])) or math.isclose(lps[i], lp, rel_tol=0, abs_tol=1e-6)
     assert tokens[2] is None and "NaN" in errors[2] and tokens[1] == int(torch.argmax(logits[1]))
+
+
+def test_sampled_rows_with_mixed_settings_equal_each_row_sampled_alone():
+    """The batched pick (one pass over all rows, with per-row temperature, top-k and top-p) gives each row the
+    token and log-prob it gets alone from the same generator state."""
+    torch.manual_seed(2)
+    logits = torch.randn(9, 300) * 2
+    settings = [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.3, 7, 1.0), (1.0, 0, 0.6), (0.8, 20, 0.9), (2.0, 299, 0.99),
+                (1.0, 1, 1.0), (0.05, 0, 0.5), (1.0, 300, 1.0)]
+    params = [SamplingParams(temperature=t, top_k=k, top_p=p) for t, k, p in settings]
+    for seed in range(5):
+        gens = lambda: [torch.Generator().manual_seed(seed * 100 + i) for i in range(9)]  # noqa: E731
+        tokens, lps = sample(logits, params, gens(), [[]] * 9)
+        for i, gen in enumerate(gens()):
+            [token], [lp] = sample(logits[i:i + 1], params[i:i + 1], [gen], [[]])
+            assert tokens[i] == token and math.isclose(lps[i], lp, rel_tol=0, abs_tol=1e-6)
+        assert tokens[6] == int(torch.argmax(logits[6]))  # top-k 1 is greedy
+        top7 = set(torch.topk(logits[2], 7).indices.tolist())
+        assert tokens[2] in top7

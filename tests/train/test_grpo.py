@@ -148,7 +148,8 @@ def test_a_few_grpo_steps_raise_the_mean_reward(workdir):
     result = train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "learn"), cfg,
                         RewardFn([("accuracy", accuracy_reward, 1.0)]), [_script(tok)])
     rewards = [h["reward"] for h in result["history"]]
-    assert rewards[0] <= 0.25 and sum(rewards[-2:]) / 2 >= 0.85, rewards  # chance is 1 in 4
+    # chance is 1 in 4: the first step's 16 samples score at most 7/16 (P(X >= 8) = 0.03 at chance), the last high
+    assert rewards[0] <= 7 / 16 and sum(rewards[-2:]) / 2 >= 0.85, rewards
     h = result["history"][0]
     assert h["relistens_per_trajectory"] == 2.0 and h["encoder_cache_hit_rate"] > 0.5  # 8 samples, same spans
     assert h["kl"] == pytest.approx(0.0, abs=1e-6) and result["history"][-1]["kl"] > 0

@@ -12,8 +12,10 @@ the other rows are sampled as usual, so one sequence's garbage never fails the s
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from ..config import SamplingParams
@@ -33,15 +35,19 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
         logits = logits.index_fill(-1, torch.tensor(list(never), device=logits.device), float("-inf"))
     # one reduction (one device sync) checks every row of the model's logits: a row's max is NaN if any logit is
     # NaN, +inf if any is +inf, -inf if none is finite
-    broken = ~torch.isfinite(logits.amax(-1))
-    bad_rows = broken.tolist()
-    greedy = _greedy_rows(logits, params, bad_rows) if not processors else {}
+    bad_rows = (~torch.isfinite(logits.amax(-1))).tolist()
+    temperature = [p.temperature if p.temperature > 0 else 1.0 for p in params]
+    scaled = logits if all(t == 1.0 for t in temperature) else logits / torch.tensor(temperature,
+                                                                                      device=logits.device)[:, None]
+    policy = torch.log_softmax(scaled, dim=-1)  # every row's in one op
+    batched = _batched_rows(logits, policy, params, generators, bad_rows) if not processors else {}
     tokens, logprobs = [], []
     for i, (row, p, gen, hist, bad) in enumerate(zip(logits, params, generators, histories, bad_rows)):
         try:
             if bad:
                 _check(row, "the model's logits", row.numel())
-            token, logprob = greedy[i] if i in greedy else _sample_row(row, p, gen, hist, processors, never)
+            token, logprob = batched[i] if i in batched else _sample_row(row, policy[i], p, gen, hist, processors,
+                                                                         never)
             reason = None
         except _Unsampleable as exc:
             token, logprob, reason = None, float("nan"), str(exc)
@@ -52,16 +58,69 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
     return tokens, logprobs
 
 
-def _greedy_rows(logits: torch.Tensor, params: Sequence[SamplingParams], bad: list[bool]) -> dict[int, tuple]:
-    """Row index -> (token, log-prob) for the sound greedy rows, in one argmax and one log_softmax over all of them
-    (what ``_sample_row`` gives each alone, without a per-row loop of small ops)."""
-    rows = [i for i, (p, b) in enumerate(zip(params, bad)) if p.temperature == 0 and not b]
-    if not rows:
-        return {}
-    x = logits[torch.tensor(rows, device=logits.device)] if len(rows) < len(logits) else logits
-    token = torch.argmax(x, dim=-1)
-    logprob = torch.log_softmax(x, dim=-1).gather(-1, token[:, None])[:, 0]
-    return dict(zip(rows, zip(token.tolist(), logprob.tolist())))
+def _batched_rows(logits: torch.Tensor, policy: torch.Tensor, params: Sequence[SamplingParams],
+                  generators: Sequence[torch.Generator | None], bad: list[bool]) -> dict[int, tuple[int, float]]:
+    """Row index -> (token, log-prob) for every sound row when no logits processor runs: greedy rows by one argmax,
+    sampled rows by one pass of batched ops (temperature, top-k, top-p, softmax, cumsum), each drawing a single
+    uniform from its own generator for an inverse-CDF pick. What ``_sample_row`` gives a row alone, without a
+    per-row loop of ops over the vocabulary (8 sampled rows of 32k: 5.6 -> 0.6 ms on one thread)."""
+    out: dict[int, tuple[int, float]] = {}
+    greedy = [i for i, (p, b) in enumerate(zip(params, bad)) if p.temperature == 0 and not b]
+    sampled = [i for i, (p, b) in enumerate(zip(params, bad)) if p.temperature > 0 and not b]
+    for rows, pick in ((greedy, None), (sampled, _inverse_cdf)):
+        if not rows:
+            continue
+        index = torch.tensor(rows, device=logits.device)
+        x = logits[index] if len(rows) < len(logits) else logits
+        if pick is None:
+            token = torch.argmax(x, dim=-1)
+        else:
+            token = pick(x, [params[i] for i in rows], [generators[i] for i in rows])
+        lp = policy[index, token]
+        out.update(zip(rows, zip(token.tolist(), lp.tolist())))
+    return out
+
+
+def _inverse_cdf(x: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+                 ) -> torch.Tensor:
+    """Tokens for rows of finite-max logits ``x`` (rows, vocab) sampled at each row's temperature, top-k and top-p.
+    In-place fills on the fresh ``x / temperature`` (torch's out-of-place masked_fill with a broadcast mask costs
+    5x more on the CPU), and top-k / top-p thresholds from numpy's partition / sort of values on the CPU (torch's
+    (8, 32k) sort takes 13 ms on one thread, numpy's 0.55 ms)."""
+    rows, vocab = x.shape
+    x = x / torch.tensor([p.temperature for p in params], device=x.device)[:, None]  # a fresh tensor, filled in place
+    overflow = x.amax(-1) == float("inf")  # a tiny temperature overflowed: its limit, greedy
+    ks = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+    if min(ks) < vocab:
+        x.masked_fill_(x < _kth_largest(x, ks)[:, None], float("-inf"))  # k = vocab: the row's minimum, no-op
+    top_p = torch.tensor([p.top_p for p in params], device=x.device)
+    probs = torch.softmax(x, dim=-1)
+    if bool((top_p < 1.0).any()):  # keep the most probable tokens until their mass reaches top_p (ties at the cut too)
+        if x.device.type == "cpu":
+            desc = torch.from_numpy(np.ascontiguousarray(np.sort(probs.numpy(), axis=-1)[:, ::-1]))
+        else:
+            desc = torch.sort(probs, dim=-1, descending=True).values
+        kept = ((desc.cumsum(-1) - desc) <= top_p[:, None]).sum(-1, keepdim=True)  # >= 1: the first has 0 before it
+        cut = torch.where(top_p[:, None] < 1.0, desc.gather(-1, kept - 1), torch.zeros_like(top_p[:, None]))
+        x.masked_fill_(probs < cut, float("-inf"))
+        probs = torch.softmax(x, dim=-1)
+    cdf = probs.cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g, device=x.device) if g is not None
+                     else torch.rand((), device=x.device) for g in generators])
+    # the first token whose cdf passes u * total. u < 1, but u * total may round up to total: below it, the pick is
+    # the last token with mass at most (the cdf is flat over zero-mass tokens, never past them)
+    total = cdf[:, -1]
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    token = torch.searchsorted(cdf, target[:, None], right=True)[:, 0]
+    return torch.where(overflow, torch.argmax(x, dim=-1), token) if bool(overflow.any()) else token
+
+
+def _kth_largest(x: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """Each row's ks[row]-th largest value (ks[row] = vocab gives the minimum)."""
+    if x.device.type != "cpu":
+        return torch.topk(x, max(ks), dim=-1).values.gather(-1, torch.tensor(ks, device=x.device)[:, None] - 1)[:, 0]
+    a, vocab = x.numpy(), x.shape[1]
+    return torch.tensor([float(np.partition(a[i], vocab - k)[vocab - k]) for i, k in enumerate(ks)])
 
 
 class _Unsampleable(Exception):
@@ -72,9 +131,10 @@ def _check(x, what: str, vocab: int) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.shape != (vocab,) or not x.dtype.is_floating_point:
         raise _Unsampleable(f"{what} must be a float tensor of shape ({vocab},), got "
                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else f'{x.dtype} {tuple(x.shape)}'}")
-    if bool(torch.isnan(x).any()) or bool(torch.isposinf(x).any()):
+    top = float(x.amax())  # NaN if any is NaN, +inf if any is +inf, -inf if none is finite: one reduction
+    if math.isnan(top) or top == math.inf:
         raise _Unsampleable(f"{what} hold NaN or +inf")
-    if not bool(torch.isfinite(x).any()):
+    if top == -math.inf:
         raise _Unsampleable(f"{what} leave no token with a finite logit")
     return x
 
@@ -84,10 +144,9 @@ def _greedy(x, policy) -> tuple[int, float]:
     return token, float(policy[token])
 
 
-def _sample_row(row, p: SamplingParams, gen, hist, processors, never) -> tuple[int, float]:
+def _sample_row(row, policy, p: SamplingParams, gen, hist, processors, never) -> tuple[int, float]:
+    """One row through the logits processors, then the same pick as the batched rows."""
     vocab = row.numel()
-    temperature = p.temperature if p.temperature > 0 else 1.0
-    policy = torch.log_softmax(row / temperature, dim=-1)
     x = row
     for proc in processors:
         try:
@@ -101,16 +160,5 @@ def _sample_row(row, p: SamplingParams, gen, hist, processors, never) -> tuple[i
         _check(x, "the logits processor's logits", vocab)
     if p.temperature == 0:
         return _greedy(x, policy)
-    x = x / p.temperature
-    if bool(torch.isposinf(x).any()):  # a tiny temperature overflowed: its limit, greedy
-        return _greedy(x, policy)
-    if p.top_k > 0 and p.top_k < x.numel():
-        kth = torch.topk(x, p.top_k).values[-1]
-        x = x.masked_fill(x < kth, float("-inf"))
-    if p.top_p < 1.0:
-        sorted_x, order = torch.sort(x, descending=True)
-        probs = torch.softmax(sorted_x, dim=-1)
-        drop = probs.cumsum(-1) - probs > p.top_p  # keep the smallest prefix reaching top_p
-        x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    token = int(torch.multinomial(torch.softmax(x, dim=-1), 1, generator=gen))
+    token = int(_inverse_cdf(x[None], [p], [gen])[0])
     return token, float(policy[token])
