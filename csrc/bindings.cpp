@@ -134,6 +134,23 @@ void linear_bf16(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, int
   raise_on_error(status, "linear_bf16");
 }
 
+// Positional arguments only: this runs for every layer of a decode step.
+void decode_attention(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t q_row, uintptr_t key_offset,
+                      uintptr_t slots, int64_t num_seqs, int64_t num_heads, int64_t kv_heads, int64_t head_dim,
+                      int64_t q_stride, int64_t out_stride, int64_t kv_stride, float scale, int num_threads) {
+  echo::DecodeAttentionLaunch a{ptr<const float>(q),       ptr<const float>(k),          ptr<const float>(v),
+                                ptr<float>(out),           ptr<const int64_t>(q_row),    ptr<const int64_t>(key_offset),
+                                ptr<const int64_t>(slots), num_seqs,                     num_heads,
+                                kv_heads,                  head_dim,                     q_stride,
+                                out_stride,                kv_stride,                    scale};
+  echo::EchoStatus status;
+  {
+    py::gil_scoped_release release;
+    status = echo::decode_attention_cpu(a, num_threads);
+  }
+  raise_on_error(status, "decode_attention");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -152,5 +169,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("stream"));
   m.def("linear", &linear, "Small-M float32 linear on the CPU (see csrc/echo_ops.h); pointers as integers");
   m.def("linear_bf16", &linear_bf16, "Small-M bfloat16 linear on the CPU (AVX-512-BF16); pointers as integers");
+  m.def("decode_attention", &decode_attention,
+        "Single-query float32 attention over the paged KV cache on the CPU (see csrc/echo_ops.h); pointers as integers");
   m.def("has_linear_bf16", &echo::linear_bf16_cpu_available, "True when this processor runs linear_bf16");
 }

@@ -37,13 +37,6 @@ struct Lanes<VecOf<8>::Float> : VecLanes<8> {};
 template <>
 struct Lanes<VecOf<16>::Float> : VecLanes<16> {};
 
-// Two-input lane shuffles with indices known at compile time (0..N-1 from a, N..2N-1 from b).
-#if defined(__clang__)
-#define ECHO_SHUFFLE(N, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-#define ECHO_SHUFFLE(N, a, b, ...) __builtin_shuffle(a, b, typename VecOf<N>::Int{__VA_ARGS__})
-#endif
-
 template <int N, int Base, int... I>  // a[Base], b[Base], a[Base + 1], b[Base + 1], ...
 inline typename VecOf<N>::Float zip(typename VecOf<N>::Float a, typename VecOf<N>::Float b,
                                     std::integer_sequence<int, I...>) {

@@ -12,4 +12,11 @@ struct VecOf {
   typedef int32_t Int __attribute__((vector_size(4 * N)));
 };
 
+// Two-input lane shuffles with indices known at compile time (0..N-1 from a, N..2N-1 from b).
+#if defined(__clang__)
+#define ECHO_SHUFFLE(N, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define ECHO_SHUFFLE(N, a, b, ...) __builtin_shuffle(a, b, typename VecOf<N>::Int{__VA_ARGS__})
+#endif
+
 }  // namespace echo

@@ -30,7 +30,7 @@ CASES = {
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (8, 2)], ids=["mha", "gqa2", "gqa4"])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("dim", [16, 24], ids=["d16", "d24"])
+@pytest.mark.parametrize("dim", [16, 20, 24], ids=["d16", "d20", "d24"])  # 20, 24: the C++ 4- and 8-lane builds
 @pytest.mark.parametrize("layout", ["scattered", "consecutive"])
 def test_matches_dense_causal(backend, case, heads, kv_heads, dim, layout):
     name, device = backend
@@ -79,3 +79,31 @@ def test_half_precision_decode(backend):
     out = paged_attention(q.to(device), kc.to(device), vc.to(device), tables, [1, 1, 1], ctx, 32**-0.5, backend=name)
     assert out.dtype == torch.float16
     assert_close(f"{name} fp16 decode", ref, out.float().cpu(), atol=2e-3)
+
+
+@pytest.mark.parametrize("heads,kv_heads,dim", [(28, 4, 128), (9, 3, 64), (6, 6, 40), (5, 1, 20), (16, 4, 256)],
+                         ids=["g7-d128", "g3-d64", "mha-d40", "g5-d20", "g4-d256"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_decode_kernel_matches_the_torch_path(heads, kv_heads, dim, threads):
+    """The C++ single-query kernel (every SIMD build: head_dim 128/64/256 take 16 lanes, 40 takes 8, 20 takes 4)
+    over long scattered contexts, alone and beside a splice chunk, on one and two threads."""
+    from echo.ops import _backend
+
+    if "cpu" not in _backend.available(BACKENDS, "cpu"):
+        pytest.skip("echo._C is not built")
+    torch.manual_seed(heads * dim)
+    block, blocks = 16, 160
+    k_cache, v_cache = torch.randn(blocks, block, kv_heads, dim), torch.randn(blocks, block, kv_heads, dim)
+    ctx = [700, 1, 333, 64, 150]
+    q_lens = [1, 1, 1, 1, 30]  # the last one a splice chunk, taken by the torch path
+    free = torch.randperm(blocks).tolist()
+    tables = [[free.pop() for _ in range(-(-(c + n) // block))] for c, n in zip(ctx, q_lens)]
+    q = torch.randn(sum(q_lens), heads, dim)
+    ref = paged_attention(q, k_cache, v_cache, tables, q_lens, ctx, dim**-0.5, backend="torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = paged_attention(q, k_cache, v_cache, tables, q_lens, ctx, dim**-0.5, backend="cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert_close(f"cpu decode {heads}/{kv_heads}x{dim}", ref, out, atol=2e-6)

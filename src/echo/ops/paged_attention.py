@@ -6,9 +6,11 @@ values are the first ``context_lens[i] + query_lens[i]`` slots of its ``block_ta
 (num_blocks, block_size, num_kv_heads, head_dim), the new tokens' K/V already stored by ``store_kv``. Query j of
 sequence i sees keys 0 .. context_lens[i] + j (causal). Grouped-query heads are handled by repetition.
 
-Backends: ``torch`` (reference: gather the pages, then SDPA; runs anywhere, any block layout) and ``triton``
+Backends: ``torch`` (reference: gather the pages, then SDPA; runs anywhere, any block layout), ``triton``
 (echo.triton_kernels.paged_attention: single-token queries read their pages in place with an online softmax;
-multi-token chunks still go through SDPA on gathered pages, which uses the fused kernels on a GPU). A kernel of
+multi-token chunks still go through SDPA on gathered pages, which uses the fused kernels on a GPU) and ``cpu``
+(echo._C: float32 single-token queries of all sequences in one call per layer, read in place on the thread pool;
+multi-token chunks and other dtypes as ``torch``). A kernel of
 our own rather than a library: the cache layout and the re-listen splice (any chunk length at any context) are
 ours, and flashinfer/vLLM wheels are not installable here.
 """
@@ -18,13 +20,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import _backend
-from .linear import torch_threads_back
+from .linear import kernel_threads, torch_threads_back
 
-BACKENDS = ("triton", "torch")
+BACKENDS = ("triton", "cpu", "torch")
+MAX_GROUP = 16  # csrc/attention_cpu_impl.h: query heads per K/V head
+MAX_HEAD_DIM = 256
 
 
 def _slots(table: Sequence[int], n_k: int, block_size: int, device) -> torch.Tensor | slice:
@@ -48,17 +53,34 @@ class DecodePlan:
 
 
 @dataclasses.dataclass(slots=True)
+class CpuDecodePlan:
+    """The C++ path's single-token queries: their rows in q, and every key's cache slot, sequence after sequence
+    (``key_offset`` delimits them); int64, built once per step."""
+
+    q_row: torch.Tensor
+    key_offset: torch.Tensor
+    slots: torch.Tensor
+
+    def torch_seqs(self) -> list:
+        """The same queries as entries of ``AttentionPlan.seqs`` (for K/V the C++ path does not take)."""
+        off = self.key_offset.tolist()
+        return [(row, 1, self.slots[off[i]:off[i + 1]], None, False) for i, row in enumerate(self.q_row.tolist())]
+
+
+@dataclasses.dataclass(slots=True)
 class AttentionPlan:
     """Index work that depends only on the step, not the layer: built once per step, reused by every layer.
     ``backend`` is the one chosen for the step; ``seqs`` has one entry per sequence the torch path attends
     (first query row, query count, key slots (index or slice), mask or None, causal) and ``decode`` the
-    single-token queries the Triton kernel takes (those are then absent from ``seqs``). (Batching the torch path's
+    single-token queries the Triton kernel takes and ``cpu_decode`` those the C++ kernel takes (those are then
+    absent from ``seqs``). (Batching the torch path's
     single-token queries into one padded SDPA call measured slower on the CPU than its loop: the padded gather
     costs more than the calls it saves.)"""
 
     seqs: list[tuple[int, int, torch.Tensor | slice, torch.Tensor | None, bool]]
     backend: str = "torch"
     decode: DecodePlan | None = None
+    cpu_decode: CpuDecodePlan | None = None
 
 
 def plan_paged_attention(block_tables: Sequence[Sequence[int]], query_lens: Sequence[int],
@@ -76,7 +98,7 @@ def plan_paged_attention(block_tables: Sequence[Sequence[int]], query_lens: Sequ
     seqs, decode, start = [], [], 0
     for table, n_q, n_ctx in zip(block_tables, query_lens, context_lens):
         n_k = n_ctx + n_q
-        if chosen == "triton" and n_q == 1:
+        if chosen in ("triton", "cpu") and n_q == 1:
             decode.append((start, table, n_k))
             start += n_q
             continue
@@ -89,7 +111,13 @@ def plan_paged_attention(block_tables: Sequence[Sequence[int]], query_lens: Sequ
         seqs.append((start, n_q, _slots(table, n_k, block_size, device), mask, causal))
         start += n_q
     plan = AttentionPlan(seqs, chosen)
-    if decode:
+    if decode and chosen == "cpu":
+        slots = [(np.asarray(t[: -(-n // block_size)], dtype=np.int64)[:, None] * block_size
+                  + np.arange(block_size)).ravel()[:n] for _, t, n in decode]
+        plan.cpu_decode = CpuDecodePlan(torch.tensor([r for r, _, _ in decode], dtype=torch.int64),
+                                        torch.from_numpy(np.cumsum([0] + [n for _, _, n in decode])),
+                                        torch.from_numpy(np.concatenate(slots)))
+    elif decode:
         width = max(len(t) for _, t, _ in decode)
         tables = torch.zeros(len(decode), width, dtype=torch.int32)
         for row, (_, table, _) in enumerate(decode):
@@ -105,7 +133,7 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                         ) -> torch.Tensor:
     """Plain-PyTorch reference of :func:`paged_attention`: gather each sequence's pages, then SDPA (4-D operands
     and ``enable_gqa`` keep SDPA on its fused kernels and read each K/V head once for its query-head group)."""
-    if plan is None or plan.decode is not None:
+    if plan is None or plan.backend != "torch":
         plan = plan_paged_attention(block_tables, query_lens, context_lens, k_cache.shape[1], q.device, "torch")
     return _attend_torch(q, k_cache, v_cache, plan.seqs, scale, torch.empty_like(q))
 
@@ -160,6 +188,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         plan = plan_paged_attention(block_tables, query_lens, context_lens, k_cache.shape[1], q.device, backend)
     if plan.backend == "triton":
         return _paged_attention_triton(q, k_cache, v_cache, plan, scale)
+    if plan.backend == "cpu":
+        return _paged_attention_cpu(q, k_cache, v_cache, plan, scale)
     return paged_attention_ref(q, k_cache, v_cache, block_tables, query_lens, context_lens, scale, plan)
 
 
@@ -174,6 +204,29 @@ def _paged_attention_triton(q, k_cache, v_cache, plan: AttentionPlan, scale):
         o = torch.empty_like(q[d.rows])
         paged_decode(q[d.rows], k_cache, v_cache, d.tables, d.n_keys, o, scale)
         out[d.rows] = o
+    if plan.seqs:
+        _attend_torch(q, k_cache, v_cache, plan.seqs, scale, out)
+    return out
+
+
+def _paged_attention_cpu(q, k_cache, v_cache, plan: AttentionPlan, scale):
+    """Single-token float32 queries through echo._C in one call (pages read in place, on the thread pool); longer
+    chunks, and K/V of other dtypes or shapes, through the torch path."""
+    out = torch.empty_like(q)
+    d = plan.cpu_decode
+    if d is not None:
+        heads, kv_heads, head_dim = q.shape[1], k_cache.shape[2], k_cache.shape[3]
+        if (q.dtype == k_cache.dtype == v_cache.dtype == torch.float32 and head_dim % 4 == 0
+                and head_dim <= MAX_HEAD_DIM and heads // kv_heads <= MAX_GROUP and k_cache.is_contiguous()
+                and v_cache.is_contiguous() and q.stride()[1:] == (head_dim, 1) and out.stride()[1:] == (head_dim, 1)):
+            threads = max(torch.get_num_threads(), kernel_threads())
+            with _backend.torch_on_one_thread(threads > 1):
+                _backend.native().decode_attention(
+                    q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), d.q_row.data_ptr(),
+                    d.key_offset.data_ptr(), d.slots.data_ptr(), d.q_row.numel(), heads, kv_heads, head_dim,
+                    q.stride(0), out.stride(0), kv_heads * head_dim, float(scale), threads)
+        else:
+            _attend_torch(q, k_cache, v_cache, d.torch_seqs(), scale, out)
     if plan.seqs:
         _attend_torch(q, k_cache, v_cache, plan.seqs, scale, out)
     return out

@@ -1,0 +1,10 @@
+// The 8-lane AVX2 build of the single-query paged attention launcher (compiled with -mavx2 -mfma).
+#include "attention_cpu_impl.h"
+
+namespace echo {
+
+EchoStatus decode_attention_cpu_avx2(const DecodeAttentionLaunch& a, int num_threads) {
+  return decode_attention_cpu_lanes<8>(a, num_threads);
+}
+
+}  // namespace echo

@@ -1,0 +1,10 @@
+// The 16-lane AVX-512F build of the single-query paged attention launcher (compiled with -mavx512f -mfma).
+#include "attention_cpu_impl.h"
+
+namespace echo {
+
+EchoStatus decode_attention_cpu_avx512(const DecodeAttentionLaunch& a, int num_threads) {
+  return decode_attention_cpu_lanes<16>(a, num_threads);
+}
+
+}  // namespace echo
