@@ -84,13 +84,16 @@ def test_half_precision_decode(backend):
 @pytest.mark.parametrize("heads,kv_heads,dim", [(28, 4, 128), (9, 3, 64), (6, 6, 40), (5, 1, 20), (16, 4, 256)],
                          ids=["g7-d128", "g3-d64", "mha-d40", "g5-d20", "g4-d256"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_cpu_decode_kernel_matches_the_torch_path(heads, kv_heads, dim, threads):
+def test_cpu_decode_kernel_matches_the_torch_path(heads, kv_heads, dim, threads, monkeypatch):
     """The C++ single-query kernel (every SIMD build: head_dim 128/64/256 take 16 lanes, 40 takes 8, 20 takes 4)
-    over long scattered contexts, alone and beside a splice chunk, on one and two threads."""
+    over long scattered contexts, beside a splice chunk, on one thread and on the pool's two (as inside a decode
+    step's few_row_forward)."""
     from echo.ops import _backend
+    from echo.ops import paged_attention as pa
 
     if "cpu" not in _backend.available(BACKENDS, "cpu"):
         pytest.skip("echo._C is not built")
+    monkeypatch.setattr(pa, "kernel_threads", lambda: threads)
     torch.manual_seed(heads * dim)
     block, blocks = 16, 160
     k_cache, v_cache = torch.randn(blocks, block, kv_heads, dim), torch.randn(blocks, block, kv_heads, dim)
@@ -100,10 +103,5 @@ def test_cpu_decode_kernel_matches_the_torch_path(heads, kv_heads, dim, threads)
     tables = [[free.pop() for _ in range(-(-(c + n) // block))] for c, n in zip(ctx, q_lens)]
     q = torch.randn(sum(q_lens), heads, dim)
     ref = paged_attention(q, k_cache, v_cache, tables, q_lens, ctx, dim**-0.5, backend="torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = paged_attention(q, k_cache, v_cache, tables, q_lens, ctx, dim**-0.5, backend="cpu")
-    finally:
-        torch.set_num_threads(before)
+    out = paged_attention(q, k_cache, v_cache, tables, q_lens, ctx, dim**-0.5, backend="cpu")
     assert_close(f"cpu decode {heads}/{kv_heads}x{dim}", ref, out, atol=2e-6)
