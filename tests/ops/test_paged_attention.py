@@ -94,6 +94,8 @@ def test_cpu_decode_kernel_matches_the_torch_path(heads, kv_heads, dim, threads,
     if "cpu" not in _backend.available(BACKENDS, "cpu"):
         pytest.skip("echo._C is not built")
     monkeypatch.setattr(pa, "kernel_threads", lambda: threads)
+    calls, kernel = [], _backend.native().decode_attention
+    monkeypatch.setattr(_backend.native(), "decode_attention", lambda *a: calls.append(a[-1]) or kernel(*a))
     torch.manual_seed(heads * dim)
     block, blocks = 16, 160
     k_cache, v_cache = torch.randn(blocks, block, kv_heads, dim), torch.randn(blocks, block, kv_heads, dim)
@@ -103,5 +105,11 @@ def test_cpu_decode_kernel_matches_the_torch_path(heads, kv_heads, dim, threads,
     tables = [[free.pop() for _ in range(-(-(c + n) // block))] for c, n in zip(ctx, q_lens)]
     q = torch.randn(sum(q_lens), heads, dim)
     ref = paged_attention(q, k_cache, v_cache, tables, q_lens, ctx, dim**-0.5, backend="torch")
-    out = paged_attention(q, k_cache, v_cache, tables, q_lens, ctx, dim**-0.5, backend="cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # one: the kernel takes the call on one thread; two: on the pool's two
+    try:
+        out = paged_attention(q, k_cache, v_cache, tables, q_lens, ctx, dim**-0.5, backend="cpu")
+    finally:
+        torch.set_num_threads(before)
     assert_close(f"cpu decode {heads}/{kv_heads}x{dim}", ref, out, atol=2e-6)
+    assert calls == [threads]  # the four single-token queries went to the kernel, in one call

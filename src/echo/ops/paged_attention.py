@@ -55,16 +55,13 @@ class DecodePlan:
 @dataclasses.dataclass(slots=True)
 class CpuDecodePlan:
     """The C++ path's single-token queries: their rows in q, and every key's cache slot, sequence after sequence
-    (``key_offset`` delimits them); int64, built once per step."""
+    (``key_offset`` delimits them); int64, built once per step. ``seqs``: the same queries as entries of
+    ``AttentionPlan.seqs``, for the calls the kernel does not take."""
 
     q_row: torch.Tensor
     key_offset: torch.Tensor
     slots: torch.Tensor
-
-    def torch_seqs(self) -> list:
-        """The same queries as entries of ``AttentionPlan.seqs`` (for K/V the C++ path does not take)."""
-        off = self.key_offset.tolist()
-        return [(row, 1, self.slots[off[i]:off[i + 1]], None, False) for i, row in enumerate(self.q_row.tolist())]
+    seqs: list
 
 
 @dataclasses.dataclass(slots=True)
@@ -116,7 +113,8 @@ def plan_paged_attention(block_tables: Sequence[Sequence[int]], query_lens: Sequ
                   + np.arange(block_size)).ravel()[:n] for _, t, n in decode]
         plan.cpu_decode = CpuDecodePlan(torch.tensor([r for r, _, _ in decode], dtype=torch.int64),
                                         torch.from_numpy(np.cumsum([0] + [n for _, _, n in decode])),
-                                        torch.from_numpy(np.concatenate(slots)))
+                                        torch.from_numpy(np.concatenate(slots)),
+                                        [(r, 1, _slots(t, n, block_size, device), None, False) for r, t, n in decode])
     elif decode:
         width = max(len(t) for _, t, _ in decode)
         tables = torch.zeros(len(decode), width, dtype=torch.int32)
@@ -216,18 +214,20 @@ def _paged_attention_cpu(q, k_cache, v_cache, plan: AttentionPlan, scale):
     d = plan.cpu_decode
     if d is not None:
         heads, kv_heads, head_dim = q.shape[1], k_cache.shape[2], k_cache.shape[3]
+        # Inside few_row_forward the kernel gets the pool's threads (torch is on one thread there). Outside it,
+        # torch's threaded bmm: taking torch's threads away around each layer's call and giving them back cost more
+        # than the kernel saved (batch-1 steps on a 2-core Intel Xeon: 12.1 -> 14.6 s for 300 tokens).
+        threads = kernel_threads()
         if (q.dtype == k_cache.dtype == v_cache.dtype == torch.float32 and head_dim % 4 == 0
+                and (threads > 1 or torch.get_num_threads() == 1)
                 and head_dim <= MAX_HEAD_DIM and heads // kv_heads <= MAX_GROUP and k_cache.is_contiguous()
                 and v_cache.is_contiguous() and q.stride()[1:] == (head_dim, 1) and out.stride()[1:] == (head_dim, 1)):
-            # The pool's threads inside few_row_forward (torch is on one thread there); outside it one thread:
-            # taking torch's threads away around each layer's call and giving them back cost more than a second
-            # thread gave (batch-1 steps on a 2-core Intel Xeon: 12.1 -> 14.6 s for 300 tokens).
             _backend.native().decode_attention(
                 q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), d.q_row.data_ptr(),
                 d.key_offset.data_ptr(), d.slots.data_ptr(), d.q_row.numel(), heads, kv_heads, head_dim,
-                q.stride(0), out.stride(0), kv_heads * head_dim, float(scale), kernel_threads())
+                q.stride(0), out.stride(0), kv_heads * head_dim, float(scale), threads)
         else:
-            _attend_torch(q, k_cache, v_cache, d.torch_seqs(), scale, out)
+            _attend_torch(q, k_cache, v_cache, d.seqs, scale, out)
     if plan.seqs:
         _attend_torch(q, k_cache, v_cache, plan.seqs, scale, out)
     return out
