@@ -10,9 +10,9 @@ Backends: ``torch`` (reference: gather the pages, then SDPA; runs anywhere, any 
 (echo.triton_kernels.paged_attention: single-token queries read their pages in place with an online softmax;
 multi-token chunks still go through SDPA on gathered pages, which uses the fused kernels on a GPU) and ``cpu``
 (echo._C: float32 single-token queries of all sequences in one call per layer, read in place on the thread pool;
-multi-token chunks and other dtypes as ``torch``). A kernel of
-our own rather than a library: the cache layout and the re-listen splice (any chunk length at any context) are
-ours, and flashinfer/vLLM wheels are not installable here.
+multi-token chunks and other dtypes as ``torch``). Kernels of our own rather than a library: the cache layout and
+the re-listen splice (any chunk length at any context) are ours, and flashinfer/vLLM wheels are not installable
+here.
 """
 
 from __future__ import annotations
@@ -70,9 +70,8 @@ class AttentionPlan:
     ``backend`` is the one chosen for the step; ``seqs`` has one entry per sequence the torch path attends
     (first query row, query count, key slots (index or slice), mask or None, causal) and ``decode`` the
     single-token queries the Triton kernel takes and ``cpu_decode`` those the C++ kernel takes (those are then
-    absent from ``seqs``). (Batching the torch path's
-    single-token queries into one padded SDPA call measured slower on the CPU than its loop: the padded gather
-    costs more than the calls it saves.)"""
+    absent from ``seqs``). (Batching the torch path's single-token queries into one padded SDPA call measured
+    slower on the CPU than its loop: the padded gather costs more than the calls it saves.)"""
 
     seqs: list[tuple[int, int, torch.Tensor | slice, torch.Tensor | None, bool]]
     backend: str = "torch"
