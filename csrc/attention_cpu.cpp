@@ -4,7 +4,10 @@
 
 namespace echo {
 
-EchoStatus decode_attention_cpu(const DecodeAttentionLaunch& a, int num_threads) {
+namespace {
+
+template <typename T>
+EchoStatus dispatch(const DecodeAttentionArgs<T>& a, int num_threads) {
 #if defined(ECHO_HAVE_AVX2_BUILD)
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   if (avx512 && a.head_dim % 16 == 0) return decode_attention_cpu_avx512(a, num_threads);
@@ -12,6 +15,13 @@ EchoStatus decode_attention_cpu(const DecodeAttentionLaunch& a, int num_threads)
   if (avx2 && a.head_dim % 8 == 0) return decode_attention_cpu_avx2(a, num_threads);
 #endif
   return decode_attention_cpu_lanes<4>(a, num_threads);
+}
+
+}  // namespace
+
+EchoStatus decode_attention_cpu(const DecodeAttentionLaunch& a, int num_threads) { return dispatch(a, num_threads); }
+EchoStatus decode_attention_bf16_cpu(const DecodeAttentionBf16Launch& a, int num_threads) {
+  return dispatch(a, num_threads);
 }
 
 }  // namespace echo

@@ -3,8 +3,11 @@
 
 namespace echo {
 
-EchoStatus decode_attention_cpu_avx2(const DecodeAttentionLaunch& a, int num_threads) {
+template <typename T>
+EchoStatus decode_attention_cpu_avx2(const DecodeAttentionArgs<T>& a, int num_threads) {
   return decode_attention_cpu_lanes<8>(a, num_threads);
 }
+template EchoStatus decode_attention_cpu_avx2(const DecodeAttentionArgs<float>&, int);
+template EchoStatus decode_attention_cpu_avx2(const DecodeAttentionArgs<uint16_t>&, int);
 
 }  // namespace echo

@@ -1,5 +1,6 @@
 // The CPU launcher body for single-query (decode) attention over the paged KV cache, templated on the SIMD width
-// like the other CPU launchers: attention_cpu.cpp instantiates 4 lanes and picks at run time the 16-lane AVX-512
+// like the other CPU launchers, and on the element type (float, or uint16_t for raw bfloat16 bits, widened to
+// float32 on load; scores, softmax and sums are float32 in both): attention_cpu.cpp instantiates 4 lanes and picks at run time the 16-lane AVX-512
 // build or the 8-lane AVX2 one. One work item is one (sequence, K/V head): its query heads are scored against every
 // key (one pass over K), softmaxed in float32, and the values summed (one pass over V), so each item reads its keys
 // and values once, from their cache slots, without a gather. Items run on echo's thread pool: at batch 8 the
@@ -22,8 +23,38 @@ constexpr int kMaxGroup = 16;   // query heads per K/V head
 constexpr int kMaxHeadDim = 256;
 constexpr int kAhead = 16;      // rows prefetched ahead (a head's rows: 256-512 B at a 1-4 KB stride; 2-48 tried)
 
-inline void prefetch_row(const float* row, int64_t len) {
-  for (int64_t i = 0; i < len; i += 16) __builtin_prefetch(row + i);  // 64-byte lines
+template <typename T>
+inline void prefetch_row(const T* row, int64_t len) {
+  for (int64_t i = 0; i < len; i += 64 / sizeof(T)) __builtin_prefetch(row + i);  // 64-byte lines
+}
+
+// N consecutive elements as float32 lanes: float as is, bfloat16 (raw bits) shifted into a float's high half.
+template <int N>
+inline typename VecOf<N>::Float load(const float* p) {
+  typename VecOf<N>::Float v;
+  memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <int N>
+inline typename VecOf<N>::Float load(const uint16_t* p) {
+  typedef uint16_t Half __attribute__((vector_size(2 * N)));
+  Half h;
+  memcpy(&h, p, sizeof(h));
+  return (typename VecOf<N>::Float)(__builtin_convertvector(h, typename VecOf<N>::Int) << 16);
+}
+
+inline float to_float(float x) { return x; }
+inline float to_float(uint16_t x) {
+  const uint32_t bits = static_cast<uint32_t>(x) << 16;
+  float f;
+  memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+inline void store(float* out, float x) { *out = x; }
+inline void store(uint16_t* out, float x) {  // round to nearest even, as torch's float -> bfloat16
+  uint32_t bits;
+  memcpy(&bits, &x, sizeof(bits));
+  *out = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
 template <int N, int W, int... I>  // lane i of a, paired with lane i ^ W
@@ -84,8 +115,8 @@ inline typename VecOf<N>::Float exp_nonpositive(typename VecOf<N>::Float x) {
 
 }  // namespace attention
 
-template <int N>
-EchoStatus decode_attention_cpu_lanes(const DecodeAttentionLaunch& a, int num_threads) {
+template <int N, typename T>
+EchoStatus decode_attention_cpu_lanes(const DecodeAttentionArgs<T>& a, int num_threads) {
   using V = typename VecOf<N>::Float;
   const int64_t head_dim = a.head_dim, group = a.num_heads / std::max<int64_t>(a.kv_heads, 1);
   const int chunks = static_cast<int>(head_dim / N);
@@ -100,10 +131,10 @@ EchoStatus decode_attention_cpu_lanes(const DecodeAttentionLaunch& a, int num_th
       const int64_t s = item / a.kv_heads, h = item % a.kv_heads;
       const int64_t n = a.key_offset[s + 1] - a.key_offset[s];
       const int64_t* slots = a.slots + a.key_offset[s];
-      const float* q = a.q + a.q_row[s] * a.q_stride + h * group * head_dim;
-      float* out = a.out + a.q_row[s] * a.out_stride + h * group * head_dim;
+      const T* q = a.q + a.q_row[s] * a.q_stride + h * group * head_dim;
+      T* out = a.out + a.q_row[s] * a.out_stride + h * group * head_dim;
       if (n <= 0) {
-        std::fill(out, out + group * head_dim, 0.0f);
+        for (int64_t i = 0; i < group * head_dim; ++i) attention::store(out + i, 0.0f);
         continue;
       }
       scores.resize(static_cast<size_t>(group * n));
@@ -112,12 +143,11 @@ EchoStatus decode_attention_cpu_lanes(const DecodeAttentionLaunch& a, int num_th
       V qv[attention::kMaxGroup][kMaxChunks];
       for (int64_t g = 0; g < group; ++g)
         for (int c = 0; c < chunks; ++c) {
-          memcpy(&qv[g][c], q + g * head_dim + c * N, sizeof(V));
-          qv[g][c] *= a.scale;
+          qv[g][c] = attention::load<N>(q + g * head_dim + c * N) * a.scale;
         }
       int64_t j = 0;
       for (; j + N <= n; j += N) {  // N keys at a time: N dot products per head, reduced together
-        const float* rows[N];
+        const T* rows[N];
         for (int r = 0; r < N; ++r) {
           rows[r] = a.k + slots[j + r] * a.kv_stride + h * head_dim;
           if (j + r + attention::kAhead < n)
@@ -126,22 +156,17 @@ EchoStatus decode_attention_cpu_lanes(const DecodeAttentionLaunch& a, int num_th
         for (int64_t g = 0; g < group; ++g) {
           V acc[N];
           for (int r = 0; r < N; ++r) {
-            V kv;
-            memcpy(&kv, rows[r], sizeof(V));
-            acc[r] = qv[g][0] * kv;
-            for (int c = 1; c < chunks; ++c) {
-              memcpy(&kv, rows[r] + c * N, sizeof(V));
-              acc[r] += qv[g][c] * kv;
-            }
+            acc[r] = qv[g][0] * attention::load<N>(rows[r]);
+            for (int c = 1; c < chunks; ++c) acc[r] += qv[g][c] * attention::load<N>(rows[r] + c * N);
           }
           const V dots = attention::sum_lanes_of_each<N>(acc);
           memcpy(scores.data() + g * n + j, &dots, sizeof(V));
         }
       }
       for (; j < n; ++j) {  // the last n % N keys one at a time
-        const float* k = a.k + slots[j] * a.kv_stride + h * head_dim;
+        const T* k = a.k + slots[j] * a.kv_stride + h * head_dim;
         V kv[kMaxChunks];
-        for (int c = 0; c < chunks; ++c) memcpy(&kv[c], k + c * N, sizeof(V));
+        for (int c = 0; c < chunks; ++c) kv[c] = attention::load<N>(k + c * N);
         for (int64_t g = 0; g < group; ++g) {
           V acc = qv[g][0] * kv[0];
           for (int c = 1; c < chunks; ++c) acc += qv[g][c] * kv[c];
@@ -180,10 +205,11 @@ EchoStatus decode_attention_cpu_lanes(const DecodeAttentionLaunch& a, int num_th
       for (int64_t g = 0; g < group; ++g)
         for (int c = 0; c < chunks; ++c) acc[g][c] = V{};
       for (int64_t j = 0; j < n; ++j) {
-        const float* v = a.v + slots[j] * a.kv_stride + h * head_dim;
-        if (j + attention::kAhead < n) attention::prefetch_row(a.v + slots[j + attention::kAhead] * a.kv_stride + h * head_dim, head_dim);
+        const T* v = a.v + slots[j] * a.kv_stride + h * head_dim;
+        if (j + attention::kAhead < n)
+          attention::prefetch_row(a.v + slots[j + attention::kAhead] * a.kv_stride + h * head_dim, head_dim);
         V vv[kMaxChunks];
-        for (int c = 0; c < chunks; ++c) memcpy(&vv[c], v + c * N, sizeof(V));
+        for (int c = 0; c < chunks; ++c) vv[c] = attention::load<N>(v + c * N);
         for (int64_t g = 0; g < group; ++g) {
           const float p = scores[g * n + j];
           for (int c = 0; c < chunks; ++c) acc[g][c] += p * vv[c];
@@ -192,14 +218,20 @@ EchoStatus decode_attention_cpu_lanes(const DecodeAttentionLaunch& a, int num_th
       for (int64_t g = 0; g < group; ++g)
         for (int c = 0; c < chunks; ++c) {
           const V o = acc[g][c] * inv_sum[g];
-          memcpy(out + g * head_dim + c * N, &o, sizeof(V));
+          if constexpr (sizeof(T) == sizeof(float)) {
+            memcpy(out + g * head_dim + c * N, &o, sizeof(V));
+          } else {
+            for (int l = 0; l < N; ++l) attention::store(out + g * head_dim + c * N + l, o[l]);
+          }
         }
     }
   });
   return kOk;
 }
 
-EchoStatus decode_attention_cpu_avx2(const DecodeAttentionLaunch& a, int num_threads);
-EchoStatus decode_attention_cpu_avx512(const DecodeAttentionLaunch& a, int num_threads);
+template <typename T>
+EchoStatus decode_attention_cpu_avx2(const DecodeAttentionArgs<T>& a, int num_threads);
+template <typename T>
+EchoStatus decode_attention_cpu_avx512(const DecodeAttentionArgs<T>& a, int num_threads);
 
 }  // namespace echo

@@ -134,19 +134,33 @@ void linear_bf16(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t y, int
   raise_on_error(status, "linear_bf16");
 }
 
-// Positional arguments only: this runs for every layer of a decode step.
+template <typename T>
+echo::DecodeAttentionArgs<T> attention_args(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t q_row,
+                                            uintptr_t key_offset, uintptr_t slots, int64_t num_seqs,
+                                            int64_t num_heads, int64_t kv_heads, int64_t head_dim, int64_t q_stride,
+                                            int64_t out_stride, int64_t kv_stride, float scale) {
+  return {ptr<const T>(q),       ptr<const T>(k),     ptr<const T>(v),         ptr<T>(out),
+          ptr<const int64_t>(q_row), ptr<const int64_t>(key_offset), ptr<const int64_t>(slots), num_seqs,
+          num_heads,             kv_heads,            head_dim,                q_stride,
+          out_stride,            kv_stride,           scale};
+}
+
+// Positional arguments only: this runs for every layer of a decode step. bf16: q, k, v and out hold bfloat16.
 void decode_attention(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t q_row, uintptr_t key_offset,
                       uintptr_t slots, int64_t num_seqs, int64_t num_heads, int64_t kv_heads, int64_t head_dim,
-                      int64_t q_stride, int64_t out_stride, int64_t kv_stride, float scale, int num_threads) {
-  echo::DecodeAttentionLaunch a{ptr<const float>(q),       ptr<const float>(k),          ptr<const float>(v),
-                                ptr<float>(out),           ptr<const int64_t>(q_row),    ptr<const int64_t>(key_offset),
-                                ptr<const int64_t>(slots), num_seqs,                     num_heads,
-                                kv_heads,                  head_dim,                     q_stride,
-                                out_stride,                kv_stride,                    scale};
+                      int64_t q_stride, int64_t out_stride, int64_t kv_stride, float scale, bool bf16,
+                      int num_threads) {
   echo::EchoStatus status;
   {
     py::gil_scoped_release release;
-    status = echo::decode_attention_cpu(a, num_threads);
+    status = bf16 ? echo::decode_attention_bf16_cpu(
+                        attention_args<uint16_t>(q, k, v, out, q_row, key_offset, slots, num_seqs, num_heads,
+                                                 kv_heads, head_dim, q_stride, out_stride, kv_stride, scale),
+                        num_threads)
+                  : echo::decode_attention_cpu(
+                        attention_args<float>(q, k, v, out, q_row, key_offset, slots, num_seqs, num_heads,
+                                              kv_heads, head_dim, q_stride, out_stride, kv_stride, scale),
+                        num_threads);
   }
   raise_on_error(status, "decode_attention");
 }

@@ -72,17 +72,19 @@ EchoStatus linear_cpu(const LinearLaunch& l, int num_threads);
 bool linear_bf16_cpu_available();
 EchoStatus linear_bf16_cpu(const LinearBf16Launch& l, int num_threads);
 
-// Single-query attention of num_seqs sequences over a paged float32 K/V cache, one call per layer. Sequence s has
-// one query row q[q_row[s]] (num_heads x head_dim, row stride q_stride elements) and attends keys
-// slots[key_offset[s] .. key_offset[s+1]); k and v are [slot][kv_heads][head_dim] (slot stride kv_stride elements).
-// Query head i reads K/V head i / (num_heads / kv_heads). Writes out[q_row[s]] (row stride out_stride). float32
-// scores, softmax and sums. kNotSupported for shapes the CPU launchers do not take (head_dim not a multiple of the
-// vector width, more than 16 query heads per K/V head); the caller then keeps its torch path.
-struct DecodeAttentionLaunch {
-  const float* q;
-  const float* k;
-  const float* v;
-  float* out;
+// Single-query attention of num_seqs sequences over a paged K/V cache, one call per layer. Sequence s has one query
+// row q[q_row[s]] (num_heads x head_dim, row stride q_stride elements) and attends keys slots[key_offset[s] ..
+// key_offset[s+1]); k and v are [slot][kv_heads][head_dim] (slot stride kv_stride elements). Query head i reads
+// K/V head i / (num_heads / kv_heads). Writes out[q_row[s]] (row stride out_stride). T: float, or uint16_t for raw
+// bfloat16 bits (widened on load, the output rounded once); scores, softmax and sums are float32. kNotSupported
+// for shapes the CPU launchers do not take (head_dim not a multiple of 4 or above 256, more than 16 query heads
+// per K/V head); the caller keeps its torch path for those.
+template <typename T>
+struct DecodeAttentionArgs {
+  const T* q;
+  const T* k;
+  const T* v;
+  T* out;
   const int64_t* q_row;       // [num_seqs]
   const int64_t* key_offset;  // [num_seqs + 1]
   const int64_t* slots;       // [key_offset[num_seqs]]
@@ -95,8 +97,11 @@ struct DecodeAttentionLaunch {
   int64_t kv_stride;
   float scale;
 };
+using DecodeAttentionLaunch = DecodeAttentionArgs<float>;
+using DecodeAttentionBf16Launch = DecodeAttentionArgs<uint16_t>;
 
 EchoStatus decode_attention_cpu(const DecodeAttentionLaunch& a, int num_threads);
+EchoStatus decode_attention_bf16_cpu(const DecodeAttentionBf16Launch& a, int num_threads);
 
 // Text of the last CUDA error seen by a launcher of this thread ("" if none).
 const char* last_cuda_error();

@@ -84,10 +84,11 @@ def test_half_precision_decode(backend):
 @pytest.mark.parametrize("heads,kv_heads,dim", [(28, 4, 128), (9, 3, 64), (6, 6, 40), (5, 1, 20), (16, 4, 256)],
                          ids=["g7-d128", "g3-d64", "mha-d40", "g5-d20", "g4-d256"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_cpu_decode_kernel_matches_the_torch_path(heads, kv_heads, dim, threads, monkeypatch):
-    """The C++ single-query kernel (every SIMD build: head_dim 128/64/256 take 16 lanes, 40 takes 8, 20 takes 4)
-    over long scattered contexts, beside a splice chunk, on one thread and on the pool's two (as inside a decode
-    step's few_row_forward)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cpu_decode_kernel_matches_the_torch_path(heads, kv_heads, dim, threads, dtype, monkeypatch):
+    """The C++ single-query kernel (every SIMD build: head_dim 128/64/256 take 16 lanes, 40 takes 8, 20 takes 4), in
+    float32 and bfloat16, over long scattered contexts, beside a splice chunk, on one thread and on the pool's two
+    (as inside a decode step's few_row_forward)."""
     from echo.ops import _backend
     from echo.ops import paged_attention as pa
 
@@ -98,12 +99,13 @@ def test_cpu_decode_kernel_matches_the_torch_path(heads, kv_heads, dim, threads,
     monkeypatch.setattr(_backend.native(), "decode_attention", lambda *a: calls.append(a[-1]) or kernel(*a))
     torch.manual_seed(heads * dim)
     block, blocks = 16, 160
-    k_cache, v_cache = torch.randn(blocks, block, kv_heads, dim), torch.randn(blocks, block, kv_heads, dim)
+    k_cache = torch.randn(blocks, block, kv_heads, dim).to(dtype)
+    v_cache = torch.randn(blocks, block, kv_heads, dim).to(dtype)
     ctx = [700, 1, 333, 64, 150]
     q_lens = [1, 1, 1, 1, 30]  # the last one a splice chunk, taken by the torch path
     free = torch.randperm(blocks).tolist()
     tables = [[free.pop() for _ in range(-(-(c + n) // block))] for c, n in zip(ctx, q_lens)]
-    q = torch.randn(sum(q_lens), heads, dim)
+    q = torch.randn(sum(q_lens), heads, dim).to(dtype)
     ref = paged_attention(q, k_cache, v_cache, tables, q_lens, ctx, dim**-0.5, backend="torch")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # one: the kernel takes the call on one thread; two: on the pool's two
@@ -111,5 +113,9 @@ def test_cpu_decode_kernel_matches_the_torch_path(heads, kv_heads, dim, threads,
         out = paged_attention(q, k_cache, v_cache, tables, q_lens, ctx, dim**-0.5, backend="cpu")
     finally:
         torch.set_num_threads(before)
-    assert_close(f"cpu decode {heads}/{kv_heads}x{dim}", ref, out, atol=2e-6)
+    assert out.dtype == dtype
+    if dtype == torch.float32:
+        assert_close(f"cpu decode {heads}/{kv_heads}x{dim}", ref, out, atol=2e-6)
+    else:  # both paths compute in float32 from the same bf16 inputs and round once: at most one bf16 ulp apart
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=1e-6)
     assert calls == [threads]  # the four single-token queries went to the kernel, in one call

@@ -9,8 +9,8 @@ sequence i sees keys 0 .. context_lens[i] + j (causal). Grouped-query heads are 
 Backends: ``torch`` (reference: gather the pages, then SDPA; runs anywhere, any block layout), ``triton``
 (echo.triton_kernels.paged_attention: single-token queries read their pages in place with an online softmax;
 multi-token chunks still go through SDPA on gathered pages, which uses the fused kernels on a GPU) and ``cpu``
-(echo._C: float32 single-token queries of all sequences in one call per layer, read in place on the thread pool;
-multi-token chunks and other dtypes as ``torch``). Kernels of our own rather than a library: the cache layout and
+(echo._C: float32/bfloat16 single-token queries of all sequences in one call per layer, read in place on the
+thread pool; multi-token chunks and other dtypes as ``torch``). Kernels of our own rather than a library: the cache layout and
 the re-listen splice (any chunk length at any context) are ours, and flashinfer/vLLM wheels are not installable
 here.
 """
@@ -207,24 +207,27 @@ def _paged_attention_triton(q, k_cache, v_cache, plan: AttentionPlan, scale):
 
 
 def _paged_attention_cpu(q, k_cache, v_cache, plan: AttentionPlan, scale):
-    """Single-token float32 queries through echo._C in one call (pages read in place, on the thread pool); longer
-    chunks, and K/V of other dtypes or shapes, through the torch path."""
+    """Single-token float32 or bfloat16 queries through echo._C in one call (pages read in place, on the thread
+    pool); longer chunks, and K/V of other dtypes or shapes, through the torch path."""
     out = torch.empty_like(q)
     d = plan.cpu_decode
     if d is not None:
         heads, kv_heads, head_dim = q.shape[1], k_cache.shape[2], k_cache.shape[3]
-        # Inside few_row_forward the kernel gets the pool's threads (torch is on one thread there). Outside it,
-        # torch's threaded bmm: taking torch's threads away around each layer's call and giving them back cost more
-        # than the kernel saved (batch-1 steps on a 2-core Intel Xeon: 12.1 -> 14.6 s for 300 tokens).
+        # Inside few_row_forward the kernel gets the pool's threads (torch is on one thread there). Outside it, a
+        # float32 step keeps torch's threaded bmm: taking torch's threads away around each layer's call and giving
+        # them back cost more than the kernel saved (batch-1 steps on a 2-core Intel Xeon: 12.1 -> 14.6 s for 300
+        # tokens). bf16 takes the kernel on one thread there: torch's path copies K/V to float32 first and was
+        # slower on two threads than the kernel on one (benchmarks/RESULTS.md).
         threads = kernel_threads()
-        if (q.dtype == k_cache.dtype == v_cache.dtype == torch.float32 and head_dim % 4 == 0
-                and (threads > 1 or torch.get_num_threads() == 1)
+        bf16 = q.dtype == torch.bfloat16
+        if (q.dtype == k_cache.dtype == v_cache.dtype and q.dtype in (torch.float32, torch.bfloat16)
+                and head_dim % 4 == 0 and (threads > 1 or bf16 or torch.get_num_threads() == 1)
                 and head_dim <= MAX_HEAD_DIM and heads // kv_heads <= MAX_GROUP and k_cache.is_contiguous()
                 and v_cache.is_contiguous() and q.stride()[1:] == (head_dim, 1) and out.stride()[1:] == (head_dim, 1)):
             _backend.native().decode_attention(
                 q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), d.q_row.data_ptr(),
                 d.key_offset.data_ptr(), d.slots.data_ptr(), d.q_row.numel(), heads, kv_heads, head_dim,
-                q.stride(0), out.stride(0), kv_heads * head_dim, float(scale), threads)
+                q.stride(0), out.stride(0), kv_heads * head_dim, float(scale), bf16, threads)
         else:
             _attend_torch(q, k_cache, v_cache, d.seqs, scale, out)
     if plan.seqs:
