@@ -1,10 +1,10 @@
 // The CPU launcher body for single-query (decode) attention over the paged KV cache, templated on the SIMD width
-// like the other CPU launchers, and on the element type (float, or uint16_t for raw bfloat16 bits, widened to
-// float32 on load; scores, softmax and sums are float32 in both): attention_cpu.cpp instantiates 4 lanes and picks at run time the 16-lane AVX-512
-// build or the 8-lane AVX2 one. One work item is one (sequence, K/V head): its query heads are scored against every
-// key (one pass over K), softmaxed in float32, and the values summed (one pass over V), so each item reads its keys
-// and values once, from their cache slots, without a gather. Items run on echo's thread pool: at batch 8 the
-// attention of a decode step reads ~150 MB of K/V, which one core streams at half the machine's bandwidth.
+// like the other CPU launchers (attention_cpu.cpp instantiates 4 lanes and picks at run time the 16-lane AVX-512
+// build or the 8-lane AVX2 one) and on the element type: float, or uint16_t for raw bfloat16 bits, widened to
+// float32 on load. One work item is one (sequence, K/V head): its query heads are scored against every key (one
+// pass over K), softmaxed in float32, and the values summed (one pass over V), so each item reads its keys and
+// values once, from their cache slots, without a gather. Items run on echo's thread pool: at batch 8 the attention
+// of a decode step reads ~150 MB of K/V, which one core streams at half the machine's bandwidth.
 #pragma once
 
 #include <algorithm>
@@ -142,9 +142,7 @@ EchoStatus decode_attention_cpu_lanes(const DecodeAttentionArgs<T>& a, int num_t
       // Scores: N key rows at a time, dotted with every query head of the group (rows re-read from L1 per head).
       V qv[attention::kMaxGroup][kMaxChunks];
       for (int64_t g = 0; g < group; ++g)
-        for (int c = 0; c < chunks; ++c) {
-          qv[g][c] = attention::load<N>(q + g * head_dim + c * N) * a.scale;
-        }
+        for (int c = 0; c < chunks; ++c) qv[g][c] = attention::load<N>(q + g * head_dim + c * N) * a.scale;
       int64_t j = 0;
       for (; j + N <= n; j += N) {  // N keys at a time: N dot products per head, reduced together
         const T* rows[N];

@@ -184,6 +184,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear", &linear, "Small-M float32 linear on the CPU (see csrc/echo_ops.h); pointers as integers");
   m.def("linear_bf16", &linear_bf16, "Small-M bfloat16 linear on the CPU (AVX-512-BF16); pointers as integers");
   m.def("decode_attention", &decode_attention,
-        "Single-query float32 attention over the paged KV cache on the CPU (see csrc/echo_ops.h); pointers as integers");
+        "Single-query float32/bf16 attention over the paged KV cache on the CPU (see csrc/echo_ops.h); pointers as "
+        "integers");
   m.def("has_linear_bf16", &echo::linear_bf16_cpu_available, "True when this processor runs linear_bf16");
 }

@@ -10,9 +10,9 @@ Backends: ``torch`` (reference: gather the pages, then SDPA; runs anywhere, any 
 (echo.triton_kernels.paged_attention: single-token queries read their pages in place with an online softmax;
 multi-token chunks still go through SDPA on gathered pages, which uses the fused kernels on a GPU) and ``cpu``
 (echo._C: float32/bfloat16 single-token queries of all sequences in one call per layer, read in place on the
-thread pool; multi-token chunks and other dtypes as ``torch``). Kernels of our own rather than a library: the cache layout and
-the re-listen splice (any chunk length at any context) are ours, and flashinfer/vLLM wheels are not installable
-here.
+thread pool; multi-token chunks and other dtypes as ``torch``). Kernels of our own rather than a library: the
+cache layout and the re-listen splice (any chunk length at any context) are ours, and flashinfer/vLLM wheels are
+not installable here.
 """
 
 from __future__ import annotations
