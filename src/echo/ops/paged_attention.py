@@ -38,8 +38,13 @@ def _slots(table: Sequence[int], n_k: int, block_size: int, device) -> torch.Ten
     used = list(table[: -(-n_k // block_size)])
     if used[-1] - used[0] == len(used) - 1 and used == list(range(used[0], used[0] + len(used))):
         return slice(used[0] * block_size, used[0] * block_size + n_k)
-    blocks = torch.as_tensor(used, dtype=torch.long, device=device)
-    return (blocks[:, None] * block_size + torch.arange(block_size, device=device)).flatten()[:n_k]
+    return torch.from_numpy(_slot_index(used, n_k, block_size)).to(device)
+
+
+def _slot_index(table: Sequence[int], n_k: int, block_size: int) -> np.ndarray:
+    """Cache slots of a sequence's first n_k positions as an int64 array."""
+    blocks = np.asarray(table[: -(-n_k // block_size)], dtype=np.int64)
+    return (blocks[:, None] * block_size + np.arange(block_size)).ravel()[:n_k]
 
 
 @dataclasses.dataclass(slots=True)
@@ -108,11 +113,10 @@ def plan_paged_attention(block_tables: Sequence[Sequence[int]], query_lens: Sequ
         start += n_q
     plan = AttentionPlan(seqs, chosen)
     if decode and chosen == "cpu":
-        slots = [(np.asarray(t[: -(-n // block_size)], dtype=np.int64)[:, None] * block_size
-                  + np.arange(block_size)).ravel()[:n] for _, t, n in decode]
         plan.cpu_decode = CpuDecodePlan(torch.tensor([r for r, _, _ in decode], dtype=torch.int64),
                                         torch.from_numpy(np.cumsum([0] + [n for _, _, n in decode])),
-                                        torch.from_numpy(np.concatenate(slots)),
+                                        torch.from_numpy(np.concatenate([_slot_index(t, n, block_size)
+                                                                         for _, t, n in decode])),
                                         [(r, 1, _slots(t, n, block_size, device), None, False) for r, t, n in decode])
     elif decode:
         width = max(len(t) for _, t, _ in decode)
