@@ -1,5 +1,6 @@
 """One line naming the machine a figure was measured on: CPU model, cores, the ISA flags that decide which kernels
-run (AVX2, AVX-512, AVX-512-BF16, AMX), torch/numpy versions and threads, the GPU, the load average and the commit.
+run (AVX2, AVX-512, AVX-512-BF16, AMX), torch/numpy versions and threads, the GPU, the load average, the share of
+CPU time the hypervisor took (steal) since the previous line, and the commit.
 
 Every benchmark prints it beside its figures (benchmarks/conftest.py puts it in the header and the summary).
 """
@@ -41,6 +42,31 @@ def load_average() -> str:
         return "?"
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat, or None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (fields[7], sum(fields)) if len(fields) == 8 else None
+
+
+_last_times = _cpu_times()
+
+
+def steal_since_last() -> str:
+    """The share of CPU time the hypervisor gave to other guests since the previous call (or since this module was
+    imported): on a shared virtual machine, time a benchmark waited without running. A few percent already makes
+    its wall times move between runs, so a figure measured under steal is read with that in mind."""
+    global _last_times
+    now = _cpu_times()
+    before, _last_times = _last_times, now
+    if now is None or before is None or now[1] <= before[1]:
+        return "?"
+    return f"{100 * (now[0] - before[0]) / (now[1] - before[1]):.0f}%"
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -50,7 +76,8 @@ def _commit() -> str:
 
 
 def describe() -> str:
-    """The machine line: call it next to the figures (the load average is read now)."""
+    """The machine line: call it next to the figures (the load average is read now; the steal share covers the
+    time since the previous machine line, so printed after a figure it covers that figure's measurement)."""
     import numpy
     import torch
 
@@ -61,7 +88,7 @@ def describe() -> str:
         gpu = f"{p.name} ({p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})"
     return (f"{model}, {os.cpu_count()} cores [{' '.join(flags) or 'no listed ISA flags'}]; torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), numpy {numpy.__version__}; {gpu}; load average {load_average()}; "
-            f"commit {_commit()}")
+            f"CPU stolen {steal_since_last()}; commit {_commit()}")
 
 
 if __name__ == "__main__":

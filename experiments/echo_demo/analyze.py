@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from echo.eval.scoring import string_match
-from echo.protocol import parse_span, seg_bodies
+from echo.protocol import parse_span, seg_bodies, span_iou
 
 
 def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -25,12 +25,6 @@ def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
     mid = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return max(0.0, mid - half), min(1.0, mid + half)
-
-
-def iou(a: tuple[float, float], b: tuple[float, float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else 0.0
 
 
 def metrics(eval_dir: Path, tokenizer=None) -> dict:
@@ -43,7 +37,7 @@ def metrics(eval_dir: Path, tokenizer=None) -> dict:
         spans = [s for s in (parse_span(b) for b in seg_bodies(r["response"])) if s is not None]
         cited.append(len(spans))
         truth = [tuple(s) for s in r.get("spans") or []]
-        ious += [max((iou(s, t) for t in truth), default=0.0) for s in spans]
+        ious += [max((span_iou(s, t) for t in truth), default=0.0) for s in spans]
         lengths.append(len(tokenizer.encode(r["response"]).ids) if tokenizer else len(r["response"].split()))
     n = len(records)
     lo, hi = wilson(correct, n)

@@ -2,7 +2,7 @@
 evaluation on the test split.
 
     python experiments/echo_demo/recipe.py --work runs/echo-demo [--until data|align|sft|eval] [--eval-aligned]
-        [--grpo] [--grpo-aligned] [--sft-format grounded] [--grpo-from echo-demo --seed 1]
+        [--grpo] [--grpo-aligned] [--sft-format grounded] [--grpo-from echo-demo --seed 1] [--grpo-reward NAME=W ...]
 
 Every step is skipped when its output exists and every training run resumes from its own last checkpoint, so
 rerunning the same command after a kill continues where it stopped. Steps and outputs (under ``--work``):
@@ -230,9 +230,11 @@ def stage_parts(work: Path) -> Path:
 def stage_grpo(work: Path, args, start: Path, name: str) -> Path:
     """Stage 2: GRPO with interleaved rollouts through echo's engine (re-listening on), on the train split, from
     ``start`` (the SFT model: arm D; the aligned model: arm E). Full fine-tune of the decoder and projector (the
-    audio encoder stays frozen), no reference model (kl_coef 0), echo's default reward terms."""
+    audio encoder stays frozen), no reference model (kl_coef 0), echo's default reward terms unless
+    ``--grpo-reward`` names others."""
     from echo.train.grpo import GRPOConfig, train_grpo
     from echo.train.grpo_loss import PolicyLossConfig
+    from echo.train.rewards import DEFAULT_TERMS, RewardFn, parse_terms
 
     final = work / name / "final"
     if (final / "config.json").is_file():
@@ -240,8 +242,9 @@ def stage_grpo(work: Path, args, start: Path, name: str) -> Path:
     cfg = GRPOConfig(group_size=args.grpo_group, prompts_per_step=args.grpo_prompts, steps=args.grpo_steps,
                      lr=args.grpo_lr, max_new_tokens=args.grpo_max_tokens, micro_batch=args.grpo_group,
                      save_every=args.save_every, seed=args.seed, loss=PolicyLossConfig(kl_coef=0.0))
+    reward = RewardFn(parse_terms(args.grpo_reward) if args.grpo_reward else DEFAULT_TERMS)
     t = time.time()
-    result = train_grpo(str(start), str(work / "data" / "train" / "synthetic.jsonl"), str(work / name), cfg)
+    result = train_grpo(str(start), str(work / "data" / "train" / "synthetic.jsonl"), str(work / name), cfg, reward)
     log(work, name, seconds=round(time.time() - t), steps=result["steps"], records=result["records"])
     return final
 
@@ -294,6 +297,8 @@ def main() -> None:
     ap.add_argument("--grpo-prompts", type=int, default=2, help="prompts per step")
     ap.add_argument("--grpo-lr", type=float, default=5e-6)
     ap.add_argument("--grpo-max-tokens", type=int, default=160)
+    ap.add_argument("--grpo-reward", action="append", metavar="NAME=WEIGHT",
+                    help="stage 2's reward terms as `echo train grpo --reward` takes them (repeat; default: echo's)")
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -312,7 +317,7 @@ def train(args) -> dict[str, Path] | None:
         from echo.models.convert.demo import resolve
 
         start = resolve(args.grpo_from)
-        return {"sft": start, "grpo": stage_grpo(args.work, args, start, "grpo")}
+        return {"grpo": stage_grpo(args.work, args, start, "grpo"), "sft": start}  # the new model evaluated first
     aligned = stage_align(args.work, args)
     if args.aligned is None:  # the run that trained stage 0 checked it
         check_hearing(args.work, aligned)

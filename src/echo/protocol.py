@@ -67,6 +67,13 @@ def parse_span(inner: str) -> tuple[float, float] | None:
     return read_span(inner)[0]
 
 
+def span_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Intersection over union of two ``(start_s, end_s)`` spans; 0 when they do not overlap or both are empty."""
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
 def format_span(start_s: float, end_s: float) -> str:
     """A span as the model writes it: ``<seg>2.50, 3.10</seg>``."""
     return f"{SEG_OPEN}{start_s:.{SPAN_DECIMALS}f}, {end_s:.{SPAN_DECIMALS}f}{SEG_CLOSE}"

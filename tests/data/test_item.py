@@ -73,6 +73,7 @@ def test_one_eaqa_file_feeds_eval_and_rl_with_the_same_item(tmp_path):
     assert skipped == []
     assert (rl.id, rl.audio, rl.choices, rl.answer, rl.data_source) == (
         ev.id, ev.audio_path, ev.choices, ev.answer, item.record.task)
+    assert rl.spans == [tuple(x) for x in item.record.spans] and rl.spans  # the span IoU reward's ground truth
 
 
 def test_rl_jsonl_bad_lines_are_skipped_and_reported(tmp_path):
@@ -87,3 +88,16 @@ def test_rl_jsonl_bad_lines_are_skipped_and_reported(tmp_path):
     assert [r.id for r in records] == [item.record.id]
     assert skipped[0][0] == "line2" and skipped[0][1].startswith("line 2 is not JSON (")
     assert skipped[1] == ("line3", "neither verl nor EAQA layout; missing ['audio', 'question', 'choices', 'answer']")
+
+
+@pytest.mark.parametrize("spans,error", [("1-2", "spans must be"), ([[1.0]], "spans must be"),
+                                         ([[2.0, 1.0]], "start <= end"), ([[0.0, float("nan")]], "finite")])
+def test_rl_rows_with_malformed_spans_are_skipped_and_reported(tmp_path, spans, error):
+    item = make_item(SynthConfig(n=1, seed=0, families=("beep_count",)), 0)
+    import soundfile as sf
+
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / item.record.audio, item.wave, 16000)
+    (tmp_path / "rl.jsonl").write_text(json.dumps({**item.record.to_row(), "spans": spans}) + "\n")
+    records, skipped = read_rl_records(tmp_path / "rl.jsonl")
+    assert records == [] and skipped[0][0] == item.record.id and error in skipped[0][1]

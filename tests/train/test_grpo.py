@@ -200,7 +200,8 @@ def test_verl_parquet_rows_read_and_bad_rows_are_reported(workdir):
     prompt = "<audio>How many beeps? Choose the answer from ['one', 'two', 'three']. Think step-by-step."
     rows = [
         {"prompt": [{"role": "user", "content": prompt}], "audios": ["clip0.wav"], "data_source": "synth",
-         "reward_model": {"style": "rule", "ground_truth": "B"}, "extra_info": {"id": "a", "split": "train"}},
+         "reward_model": {"style": "rule", "ground_truth": "B"},
+         "extra_info": {"id": "a", "split": "train", "spans": [[0.5, 1.25]]}},
         {"prompt": [{"role": "user", "content": prompt}], "audios": ["missing.wav"], "data_source": "synth",
          "reward_model": {"style": "rule", "ground_truth": "two"}, "extra_info": {"id": "b", "split": "train"}},
         {"prompt": [{"role": "user", "content": "no placeholder"}], "audios": ["clip1.wav"], "data_source": "synth",
@@ -211,6 +212,7 @@ def test_verl_parquet_rows_read_and_bad_rows_are_reported(workdir):
     assert [r.id for r in records] == ["a"]
     assert records[0].choices == ["one", "two", "three"] and records[0].answer == "two"  # letter -> choice
     assert records[0].user.startswith("How many beeps?") and records[0].data_source == "synth"
+    assert records[0].spans == [(0.5, 1.25)]  # the span IoU reward's ground truth, from extra_info
     assert dict(skipped).keys() == {"b", "c"}
     assert "missing.wav" in dict(skipped)["b"] and "<audio>" in dict(skipped)["c"]
 

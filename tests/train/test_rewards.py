@@ -9,7 +9,7 @@ import pytest
 from echo.engine.relisten import RelistenDecision
 from echo.engine.sequence import RelistenRecord
 from echo.train.rewards import (RewardFn, Trajectory, accuracy_reward, confidence_accuracy_reward,
-                                consistency_reward, format_reward, relisten_reward)
+                                consistency_reward, format_reward, relisten_reward, span_iou_reward)
 
 CHOICES = ["one", "two", "three"]
 GOOD = "<think>I listen <seg>1.0, 2.0</seg> again. Two beeps.</think><answer>two</answer>"
@@ -63,6 +63,20 @@ def test_relisten_is_paid_only_for_real_relistens_with_right_answers():
     assert relisten_reward(_t(GOOD)) == 0.0
 
 
+@pytest.mark.parametrize("text,truth,expected", [
+    (GOOD, [(1.0, 2.0)], 1.0),                                  # on the event
+    (GOOD, [(1.5, 2.5)], 0.5 / 1.5),                            # half of it
+    (GOOD, [(3.0, 4.0)], 0.0),                                  # elsewhere
+    (GOOD, [(3.0, 4.0), (1.0, 3.0)], 0.5),                      # the best ground-truth span counts
+    ("<seg>1, 2</seg> and <seg>7, 8</seg>", [(1.0, 2.0)], 0.5),  # a stray span halves it
+    ("<seg>1, 2</seg> <seg>later</seg>", [(1.0, 2.0)], 1.0),     # an unparsable tag is not a span
+    ("<think>no tags</think><answer>two</answer>", [(1.0, 2.0)], 0.0),
+    (GOOD, [], 0.0),                                            # no ground truth: nothing to earn
+])
+def test_span_iou(text, truth, expected):
+    assert span_iou_reward(Trajectory(text, CHOICES, "two", spans=truth)) == pytest.approx(expected)
+
+
 def test_confidence_shaped_accuracy():
     assert confidence_accuracy_reward(_t(GOOD, lp=math.log(0.8))) == pytest.approx(0.8)
     assert confidence_accuracy_reward(_t("<answer>one</answer>", lp=math.log(0.25))) == pytest.approx(-0.25)
@@ -92,6 +106,16 @@ def test_terms_parse_from_names_and_module_functions():
     terms = parse_terms(["accuracy=1", "format=0.25", "echo.train.rewards:consistency_reward=2"])
     assert [(n, w) for n, _, w in terms] == [("accuracy", 1.0), ("format", 0.25), ("consistency_reward", 2.0)]
     assert terms[2][1] is consistency_reward
+    assert parse_terms(["span_iou=1"])[0][1] is span_iou_reward
     for bad, match in (("accuracy", "NAME=WEIGHT"), ("nope=1", "not a built-in"), ("accuracy=x", "NAME=WEIGHT")):
         with pytest.raises(ValueError, match=match):
             parse_terms([bad])
+
+
+def test_a_rollout_gives_its_record_spans_to_the_reward():
+    from echo.train.rl_data import RLRecord
+    from echo.train.rollout import Rollout
+
+    rec = RLRecord("r", "a.wav", "Q?", CHOICES, "two", spans=[(1.0, 2.0)])
+    roll = Rollout(rec, 0, [1], [2], [1], [0.0], [], GOOD, "stop", 16_000)
+    assert span_iou_reward(roll.trajectory()) == 1.0

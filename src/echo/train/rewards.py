@@ -12,7 +12,8 @@ import re
 from typing import Callable, Sequence
 
 from ..eval.answers import extract_answer
-from ..protocol import ANSWER_BLOCK, ANSWER_OPEN, SEG_CLOSE, THINK_BLOCK, THINK_CLOSE, THINK_OPEN
+from ..protocol import (ANSWER_BLOCK, ANSWER_OPEN, SEG_CLOSE, THINK_BLOCK, THINK_CLOSE, THINK_OPEN, parse_span,
+                        seg_bodies, span_iou)
 
 _BAD_AFTER_SEG = re.compile(re.escape(SEG_CLOSE) + r"(?=[A-Z<])")  # "</seg>The" or "</seg><seg>"; "</seg> The" is fine
 
@@ -20,13 +21,15 @@ _BAD_AFTER_SEG = re.compile(re.escape(SEG_CLOSE) + r"(?=[A-Z<])")  # "</seg>The"
 @dataclasses.dataclass(slots=True)
 class Trajectory:
     """What a reward sees of one rollout. ``relistens`` are the engine's records; ``answer_token_logprob`` is the
-    log-prob of the first token inside ``<answer>`` (for the confidence-shaped term), when known."""
+    log-prob of the first token inside ``<answer>`` (for the confidence-shaped term), when known; ``spans`` the
+    record's ground-truth ``(start_s, end_s)`` spans, when its data has them (for the span IoU term)."""
 
     text: str
     choices: Sequence[str]
     answer: str
     relistens: Sequence = ()
     answer_token_logprob: float | None = None
+    spans: Sequence[tuple[float, float]] = ()
 
 
 def format_reward(t: Trajectory) -> float:
@@ -78,6 +81,16 @@ def confidence_accuracy_reward(t: Trajectory) -> float:
     return p if is_correct(t) else -p
 
 
+def span_iou_reward(t: Trajectory) -> float:
+    """How well the cited spans land on the ground truth: each ``<seg>`` span's best IoU with a ground-truth span,
+    averaged over the cited spans (the eval's span IoU, per trajectory), so a span far from every event lowers it.
+    0 when nothing is cited or the record has no ground-truth spans."""
+    cited = [s for s in (parse_span(b) for b in seg_bodies(t.text)) if s is not None]
+    if not cited or not t.spans:
+        return 0.0
+    return sum(max(span_iou(c, g) for g in t.spans) for c in cited) / len(cited)
+
+
 Term = tuple[str, Callable[[Trajectory], float], float]
 DEFAULT_TERMS: list[Term] = [("format", format_reward, 0.5), ("accuracy", accuracy_reward, 1.0),
                              ("relisten", relisten_reward, 0.5), ("consistency", consistency_reward, 0.5)]
@@ -97,7 +110,7 @@ class RewardFn:
 
 
 BUILTIN = {"format": format_reward, "accuracy": accuracy_reward, "relisten": relisten_reward,
-           "consistency": consistency_reward, "confidence": confidence_accuracy_reward}
+           "consistency": consistency_reward, "confidence": confidence_accuracy_reward, "span_iou": span_iou_reward}
 
 
 def parse_terms(specs: Sequence[str]) -> list[Term]:

@@ -3,7 +3,8 @@
 A verl row has ``prompt`` (a chat list whose user text holds an ``<audio>`` placeholder), ``audios`` (paths),
 ``data_source``, ``reward_model.ground_truth`` and ``extra_info``. Choices come from ``extra_info.choices`` when
 present, else from the Python list literal in Echo's prompt ("Choose the answer from ['a', 'b']"); a ground truth
-given as an option letter is mapped to its choice. Rows whose audio is missing, or that have no usable prompt or
+given as an option letter is mapped to its choice. Ground-truth spans (for the span IoU reward) come from
+``extra_info.spans``, or an EAQA row's ``spans``. Rows whose audio is missing, or that have no usable prompt or
 ground truth, are skipped and reported (id and reason): a bad row never stops a run hours in.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import os
 import re
 from pathlib import Path
@@ -32,14 +34,15 @@ class RLRecord:
     answer: str        # the correct choice's text
     data_source: str = "echo"
     extra_info: dict = dataclasses.field(default_factory=dict)
+    spans: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # ground truth (s), where known
 
     @classmethod
     def from_item(cls, item: QuestionItem, user: str) -> RLRecord:
         """The prompt of a question item: its user text, and an answer given as an option letter mapped to its
-        choice; the item's task is the data source, its meta the extra info."""
+        choice; the item's task is the data source, its meta the extra info, its spans the ground truth."""
         choices = [str(c) for c in item.choices]
         return cls(item.id, item.audio, user, choices, _answer_text(item.answer, choices),
-                   str(item.task if item.task is not None else "echo"), dict(item.meta or {}))
+                   str(item.task if item.task is not None else "echo"), dict(item.meta or {}), _spans(item.spans))
 
     def conversation(self) -> list[dict]:
         return [{"role": "user", "content": [{"type": "audio", "audio": self.audio},
@@ -85,6 +88,19 @@ def _resolve(audio: str, base: Path) -> str:
     return audio if os.path.isabs(audio) else str(base / audio)
 
 
+def _spans(value) -> list[tuple[float, float]]:
+    """Ground-truth spans as ``[[start_s, end_s], ...]``; None is none. Anything else is a bad row."""
+    if value is None:
+        return []
+    try:
+        spans = [(float(a), float(b)) for a, b in value]
+    except (TypeError, ValueError):
+        raise EchoError(f"spans must be [[start_s, end_s], ...], got {value!r}") from None
+    if not all(math.isfinite(a) and math.isfinite(b) and a <= b for a, b in spans):
+        raise EchoError(f"spans must be finite [start_s, end_s] with start <= end, got {value!r}")
+    return spans
+
+
 def _answer_text(truth, choices: list[str]) -> str:
     truth = str(truth).strip()
     if choices and truth not in choices and re.fullmatch(r"\(?[A-Za-z]\)?\.?", truth):
@@ -110,7 +126,7 @@ def _verl_record(rid: str, row: dict, base: Path) -> RLRecord:
     if truth is None or not str(truth).strip():
         raise EchoError("no reward_model.ground_truth")
     question = text.replace("<audio>", "").strip()  # verl's user turn is the whole prompt already
-    item = QuestionItem(rid, _resolve(str(audios[0]), base), question, choices, truth,
+    item = QuestionItem(rid, _resolve(str(audios[0]), base), question, choices, truth, spans=extra.get("spans"),
                         task=str(row.get("data_source") or "unknown"), meta=extra)
     return RLRecord.from_item(item, question)
 

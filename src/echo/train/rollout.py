@@ -43,7 +43,7 @@ class Rollout:
 
     def trajectory(self, decode=None) -> Trajectory:
         return Trajectory(self.text, self.record.choices, self.record.answer, self.relistens,
-                          self._answer_logprob(decode) if decode is not None else None)
+                          self._answer_logprob(decode) if decode is not None else None, self.record.spans)
 
     def _answer_logprob(self, decode) -> float | None:
         """Log-prob of the first sampled token after ``<answer>`` (binary search over decoded prefixes)."""
