@@ -7,10 +7,10 @@
 
 Each ``--arm "NAME=DIR[,DIR...]"`` names an arm and its ``echo eval`` output directories, one per training seed.
 Per arm: accuracy per seed, the mean over seeds with a 95% Wilson interval over all its seeds' answers pooled, and
-the means of extractable answers, spans cited and re-listened per answer, span IoU, output tokens and seconds per
-request (experiments/echo_demo/analyze.py); with ``--paired NAME``, each arm's first seed against that arm's on the
-same items (exact McNemar test: items only this arm gets right, only the other does, two-sided p). Needs matplotlib
-for ``--png``.
+the means of extractable answers, spans cited and re-listened per answer, span IoU, the share of cited spans that
+overlap a ground-truth span, output tokens and seconds per request (experiments/echo_demo/analyze.py); with
+``--paired NAME``, each arm's first seed against that arm's on the same items (exact McNemar test: items only this
+arm gets right, only the other does, two-sided p). Needs matplotlib for ``--png``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def arm_row(name: str, dirs: list[Path], tok) -> dict:
     return {"arm": name, "seeds": len(runs), "per_seed": [m["accuracy"] for m in runs], "accuracy": correct / items,
             "ci95": wilson(correct, items), "items_per_seed": runs[0]["items"],
             **{k: mean(k) for k in ("extractable", "spans_cited_per_answer", "relistens_per_answer", "span_iou",
-                                    "output_length", "seconds_per_request")},
+                                    "span_hit_rate", "output_length", "seconds_per_request")},
             "by_task": {t: sum(m["by_task"][t] for m in runs) / len(runs) for t in runs[0]["by_task"]}}
 
 
@@ -64,7 +64,8 @@ def fmt(x, spec: str = ".2f") -> str:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| arm | seeds | accuracy % (95% CI) | per seed % | extractable % | spans cited / answer | "
-            "re-listens / answer | span IoU | output tokens | s / request (batch 16) | paper (MMAR) |"
+            "re-listens / answer | span IoU | spans on an event % | output tokens | s / request (batch 16) | "
+            "paper (MMAR) |"
             + (" vs {} (only this / only that, p) |".format(rows[0]["paired_with"]) if "paired" in rows[0] else ""))
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in rows:
@@ -73,6 +74,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['arm']} | {r['seeds']} | {100 * r['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
                      f"{', '.join(f'{100 * a:.1f}' for a in r['per_seed'])} | {fmt(100 * r['extractable'], '.1f')} | "
                      f"{fmt(r['spans_cited_per_answer'])} | {fmt(r['relistens_per_answer'])} | {fmt(r['span_iou'], '.3f')} | "
+                     f"{fmt(None if r['span_hit_rate'] is None else 100 * r['span_hit_rate'], '.1f')} | "
                      f"{fmt(r['output_length'], '.1f')} | {fmt(r['seconds_per_request'])} | "
                      f"{PAPER_MMAR.get(letter, '–')} |"
                      + (f" {r['paired'][0]} / {r['paired'][1]}, p={r['paired'][2]:.3f} |" if "paired" in r else ""))

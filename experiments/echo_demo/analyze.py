@@ -1,6 +1,7 @@
 """Metrics of one evaluation run on the synthetic test split, beyond the scorer's accuracy: a 95% Wilson interval,
 the rate of extractable answers, spans cited and spans re-listened to (audio inserted by the engine) per answer, span
-IoU of the cited spans against the ground-truth spans, output length, seconds per request.
+IoU of the cited spans against the ground-truth spans (and the share of cited spans that overlap one at all),
+output length, seconds per request.
 
     python experiments/echo_demo/analyze.py EVAL_DIR [EVAL_DIR ...] [--tokenizer MODEL_DIR]
 
@@ -27,6 +28,14 @@ def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
+def span_ious(record: dict) -> list[float]:
+    """Each span a prediction cites (``<seg>a, b</seg>`` in its response), scored by its best IoU with the item's
+    ground-truth spans (0 when it overlaps none)."""
+    spans = [s for s in (parse_span(b) for b in seg_bodies(record["response"])) if s is not None]
+    truth = [tuple(s) for s in record.get("spans") or []]
+    return [max((span_iou(s, t) for t in truth), default=0.0) for s in spans]
+
+
 def metrics(eval_dir: Path, tokenizer=None) -> dict:
     records = json.loads((eval_dir / "predictions.json").read_text())
     for r in records:  # the official rule, as the scorer applies it
@@ -34,10 +43,9 @@ def metrics(eval_dir: Path, tokenizer=None) -> dict:
     correct = sum(r["correct"] for r in records)
     cited, ious, lengths = [], [], []
     for r in records:
-        spans = [s for s in (parse_span(b) for b in seg_bodies(r["response"])) if s is not None]
-        cited.append(len(spans))
-        truth = [tuple(s) for s in r.get("spans") or []]
-        ious += [max((span_iou(s, t) for t in truth), default=0.0) for s in spans]
+        item_ious = span_ious(r)
+        cited.append(len(item_ious))
+        ious += item_ious
         lengths.append(len(tokenizer.encode(r["response"]).ids) if tokenizer else len(r["response"].split()))
     n = len(records)
     lo, hi = wilson(correct, n)
@@ -52,6 +60,7 @@ def metrics(eval_dir: Path, tokenizer=None) -> dict:
             "seconds_per_request": sum(r["seconds"] for r in engine) / len(engine) if engine else None,
             "engine_records": len(engine),
             "span_iou": sum(ious) / len(ious) if ious else None,
+            "span_hit_rate": sum(x > 0 for x in ious) / len(ious) if ious else None,
             "output_length": sum(lengths) / n, "length_unit": "tokens" if tokenizer else "words",
             "by_task": {k: sum(v) / len(v) for k, v in sorted(by_task.items())}}
 
