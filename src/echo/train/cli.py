@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--no-std-normalize", action="store_true", help="advantages = reward - group mean")
     q.add_argument("--reward", action="append", metavar="NAME=WEIGHT",
                    help="a reward term (format, accuracy, relisten, consistency, confidence, span_iou, or "
-                        "module:function); repeat for several; default format=0.5 accuracy=1 relisten=0.5 consistency=0.5")
+                        "module:function); repeat for several; "
+                        "default format=0.5 accuracy=1 relisten=0.5 consistency=0.5")
     # the rollout engine's knobs, in the units a user thinks in (GiB, turns)
     q.add_argument("--max-relistens", type=non_negative_int, default=8)
     q.add_argument("--kv-cache-gb", type=positive_float, default=1.0)
