@@ -40,8 +40,9 @@ def main() -> None:
     diffs = sorted(mean_iou(a, s) - mean_iou(b, s)
                    for s in ([rng.choice(ids) for _ in ids] for _ in range(args.resamples)))
     lo, hi = diffs[int(0.025 * len(diffs))], diffs[int(0.975 * len(diffs)) - 1]
-    print(f"{len(ids)} items: span IoU {mean_iou(a, ids):.4f} vs {mean_iou(b, ids):.4f}, difference "
-          f"{mean_iou(a, ids) - mean_iou(b, ids):+.4f}, 95% paired bootstrap [{lo:+.4f}, {hi:+.4f}]")
+    ours, theirs = mean_iou(a, ids), mean_iou(b, ids)
+    print(f"{len(ids)} items: span IoU {ours:.4f} vs {theirs:.4f}, difference {ours - theirs:+.4f}, 95% paired "
+          f"bootstrap [{lo:+.4f}, {hi:+.4f}]")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from echo.eval.scoring import string_match
-from echo.protocol import parse_span, seg_bodies, span_iou
+from echo.protocol import cited_span_ious
 
 
 def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -31,9 +31,7 @@ def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
 def span_ious(record: dict) -> list[float]:
     """Each span a prediction cites (``<seg>a, b</seg>`` in its response), scored by its best IoU with the item's
     ground-truth spans (0 when it overlaps none)."""
-    spans = [s for s in (parse_span(b) for b in seg_bodies(record["response"])) if s is not None]
-    truth = [tuple(s) for s in record.get("spans") or []]
-    return [max((span_iou(s, t) for t in truth), default=0.0) for s in spans]
+    return cited_span_ious(record["response"], record.get("spans"))
 
 
 def metrics(eval_dir: Path, tokenizer=None) -> dict:

@@ -234,7 +234,7 @@ def stage_grpo(work: Path, args, start: Path, name: str) -> Path:
     ``--grpo-reward`` names others."""
     from echo.train.grpo import GRPOConfig, train_grpo
     from echo.train.grpo_loss import PolicyLossConfig
-    from echo.train.rewards import DEFAULT_TERMS, RewardFn, parse_terms
+    from echo.train.rewards import RewardFn
 
     final = work / name / "final"
     if (final / "config.json").is_file():
@@ -242,7 +242,7 @@ def stage_grpo(work: Path, args, start: Path, name: str) -> Path:
     cfg = GRPOConfig(group_size=args.grpo_group, prompts_per_step=args.grpo_prompts, steps=args.grpo_steps,
                      lr=args.grpo_lr, max_new_tokens=args.grpo_max_tokens, micro_batch=args.grpo_group,
                      save_every=args.save_every, seed=args.seed, loss=PolicyLossConfig(kl_coef=0.0))
-    reward = RewardFn(parse_terms(args.grpo_reward) if args.grpo_reward else DEFAULT_TERMS)
+    reward = RewardFn.from_specs(args.grpo_reward)
     t = time.time()
     result = train_grpo(str(start), str(work / "data" / "train" / "synthetic.jsonl"), str(work / name), cfg, reward)
     log(work, name, seconds=round(time.time() - t), steps=result["steps"], records=result["records"])

@@ -74,6 +74,14 @@ def span_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def cited_span_ious(text: str, truth) -> list[float]:
+    """Each span ``text`` cites (a parsable ``<seg>a, b</seg>``), scored by its best IoU with the ground-truth
+    ``(start_s, end_s)`` spans in ``truth`` (0 when it overlaps none, or there are none)."""
+    truth = [tuple(t) for t in truth or ()]
+    cited = [s for s in (parse_span(b) for b in seg_bodies(text)) if s is not None]
+    return [max((span_iou(s, t) for t in truth), default=0.0) for s in cited]
+
+
 def format_span(start_s: float, end_s: float) -> str:
     """A span as the model writes it: ``<seg>2.50, 3.10</seg>``."""
     return f"{SEG_OPEN}{start_s:.{SPAN_DECIMALS}f}, {end_s:.{SPAN_DECIMALS}f}{SEG_CLOSE}"

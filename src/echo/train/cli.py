@@ -133,14 +133,14 @@ def _train_grpo(args: argparse.Namespace) -> int:
     from ..config import EngineConfig, RelistenPolicy
     from .grpo import GRPOConfig, train_grpo
     from .grpo_loss import PolicyLossConfig
-    from .rewards import DEFAULT_TERMS, RewardFn, parse_terms
+    from .rewards import RewardFn
 
     engine = EngineConfig(kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)), max_num_seqs=args.max_num_seqs,
                           relisten=RelistenPolicy(max_turns=args.max_relistens))
     cfg = GRPOConfig(**config_kwargs(args, GRPO_FLAGS), std_normalize=not args.no_std_normalize,
                      loss=PolicyLossConfig(**config_kwargs(args, LOSS_FLAGS)), engine=engine)
     try:
-        reward = RewardFn(parse_terms(args.reward) if args.reward else DEFAULT_TERMS)
+        reward = RewardFn.from_specs(args.reward)
     except (ValueError, ImportError) as exc:  # an unknown term or a module that does not import
         raise ConfigError(f"--reward: {exc}") from None
     result = train_grpo(args.model, args.data, args.out, cfg, reward, overwrite=args.overwrite)

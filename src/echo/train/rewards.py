@@ -12,8 +12,8 @@ import re
 from typing import Callable, Sequence
 
 from ..eval.answers import extract_answer
-from ..protocol import (ANSWER_BLOCK, ANSWER_OPEN, SEG_CLOSE, THINK_BLOCK, THINK_CLOSE, THINK_OPEN, parse_span,
-                        seg_bodies, span_iou)
+from ..protocol import (ANSWER_BLOCK, ANSWER_OPEN, SEG_CLOSE, THINK_BLOCK, THINK_CLOSE, THINK_OPEN,
+                        cited_span_ious)
 
 _BAD_AFTER_SEG = re.compile(re.escape(SEG_CLOSE) + r"(?=[A-Z<])")  # "</seg>The" or "</seg><seg>"; "</seg> The" is fine
 
@@ -85,10 +85,8 @@ def span_iou_reward(t: Trajectory) -> float:
     """How well the cited spans land on the ground truth: each ``<seg>`` span's best IoU with a ground-truth span,
     averaged over the cited spans (the eval's span IoU, per trajectory), so a span far from every event lowers it.
     0 when nothing is cited or the record has no ground-truth spans."""
-    cited = [s for s in (parse_span(b) for b in seg_bodies(t.text)) if s is not None]
-    if not cited or not t.spans:
-        return 0.0
-    return sum(max(span_iou(c, g) for g in t.spans) for c in cited) / len(cited)
+    ious = cited_span_ious(t.text, t.spans)
+    return sum(ious) / len(ious) if ious else 0.0
 
 
 Term = tuple[str, Callable[[Trajectory], float], float]
@@ -102,6 +100,11 @@ class RewardFn:
         if len(set(names)) != len(names):
             raise ValueError(f"reward term names must be unique, got {names}")
         self.terms = list(terms)
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[str] | None) -> RewardFn:
+        """The terms ``parse_terms`` reads from ``specs``; echo's default terms when there are none."""
+        return cls(parse_terms(specs) if specs else DEFAULT_TERMS)
 
     def __call__(self, t: Trajectory) -> tuple[float, dict[str, float]]:
         """The weighted total and every term's unweighted value."""
