@@ -1,9 +1,10 @@
 """The GPU figures run.sh collects, each section against its physical limit, written to one results file.
 
 Sections: decode at batch 1/8/64 of a 7B-shaped random model (``presets``: omni-7b, bf16) against the HBM roofline
-(bytes a step must read / measured read bandwidth); Triton ``store_kv`` against copy bandwidth; the CUDA log-mel
-against the CPU kernel (with their parity); the engine on each backend (same greedy tokens as the torch one,
-re-listens included); the engine against the transformers re-submission loop at batch 8.
+(bytes a step must read / measured read bandwidth), with CUDA graphs (the default) and eagerly; Triton ``store_kv``
+against copy bandwidth; the CUDA log-mel against the CPU kernel (with their parity); the engine on each backend,
+with and without CUDA graphs (same greedy tokens as the torch one, re-listens included); the engine against the
+transformers re-submission loop at batch 8.
 Every section runs on its own: a failure is written to the file and the others still run (exit status 1).
 ``--smoke`` runs the same code on a tiny preset, on whatever device there is, in seconds: what CI checks on a
 CPU machine (the GPU-only sections then report that they were skipped and why).
@@ -91,9 +92,12 @@ def decode(r: Results, bench, batches: list[int], steps: int, kv_bytes: int) -> 
             f"MiB buffer, best of 10); model {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, "
             f"{model.dtype}")
     clip = _clip(0)
-    for batch in batches:
+
+    def step_time(batch: int, eager: bool) -> tuple[float, list[int], int]:
+        """Median decode step at ``batch``, the contexts of the middle step, and the steps replayed from graphs."""
         engine = Engine(model, EngineConfig(kv_cache_bytes=kv_bytes, max_num_batched_tokens=8192,
-                                            max_num_seqs=max(batch, 1)), logits_processors=[text_only])
+                                            max_num_seqs=max(batch, 1), enforce_eager=eager),
+                        logits_processors=[text_only])
         seqs = []
         for i in range(batch):
             idx = engine.add_request(clip, bench.prompt(clip) + [bench.text_ids[i % 50]],
@@ -111,11 +115,18 @@ def decode(r: Results, bench, batches: list[int], steps: int, kv_bytes: int) -> 
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t)
-        step = statistics.median(times[3:])
-        nbytes = roofline.decode_step_bytes(model, contexts[len(contexts) // 2])
-        r.write(f"decode batch {batch:3d}: {roofline.describe_limit(step, nbytes, bandwidth)}; "
-                f"{batch / step:.0f} tok/s")
-        del engine
+        graphs = engine.runner.graphs
+        return statistics.median(times[3:]), contexts[len(contexts) // 2], graphs.replays if graphs else 0
+
+    for batch in batches:
+        step, contexts, replays = step_time(batch, eager=False)
+        nbytes = roofline.decode_step_bytes(model, contexts)
+        line = f"decode batch {batch:3d}: {roofline.describe_limit(step, nbytes, bandwidth)}; {batch / step:.0f} tok/s"
+        if device.type == "cuda":  # the same steps with every kernel launched eagerly
+            eager, _, _ = step_time(batch, eager=True)
+            line += (f"; CUDA graphs ({replays} of {steps} steps replayed) vs eager {eager * 1e3:.2f} ms: "
+                     f"{eager / step:.2f}x")
+        r.write(line)
 
 
 # --- Triton store_kv vs copy bandwidth -----------------------------------------------------------------------------
@@ -202,23 +213,27 @@ def engine_backends(r: Results, device: torch.device, tmp: Path) -> None:
                     return out
         return logits.index_fill(0, high, float("-inf"))
 
-    def run(backend: str) -> list[list[int]]:
+    def run(backend: str, eager: bool = False) -> tuple[list[list[int]], int]:
         os.environ["ECHO_BACKEND"] = backend
         try:
-            engine = Engine(bench.model, EngineConfig(kv_cache_bytes=1 << 26), logits_processors=[script_then_free])
+            engine = Engine(bench.model, EngineConfig(kv_cache_bytes=1 << 26, enforce_eager=eager),
+                            logits_processors=[script_then_free])
             params = SamplingParams(temperature=0, max_new_tokens=80, ignore_eos=True)
             out = engine.generate([Request(c, bench.prompt(c), params) for c in clips])
         finally:
             os.environ.pop("ECHO_BACKEND", None)
-        return [res.samples[0].token_ids for res in out]
+        graphs = engine.runner.graphs
+        return [res.samples[0].token_ids for res in out], graphs.replays if graphs else 0
 
-    reference = run("torch")
-    backends = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
-    for b in backends:
-        same = run(b) == reference
-        r.write(f"engine with ECHO_BACKEND={b} on {device}: same tokens as the torch backend: {same}")
+    reference, _ = run("torch")
+    runs = [("cuda", False), ("triton", False), ("triton", True)] if device.type == "cuda" else [("cpu", False)]
+    for b, eager in runs:
+        tokens, replays = run(b, eager)
+        same = tokens == reference
+        how = f"{replays} decode steps from CUDA graphs" if replays else "eager"
+        r.write(f"engine with ECHO_BACKEND={b} on {device} ({how}): same tokens as the torch backend: {same}")
         if not same:
-            raise AssertionError(f"backend {b} changed the engine's greedy tokens")
+            raise AssertionError(f"backend {b} (eager={eager}) changed the engine's greedy tokens")
 
 
 # --- engine vs the transformers loop at batch 8 -----------------------------------------------------------------

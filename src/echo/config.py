@@ -134,6 +134,9 @@ class EngineConfig:
     checkpoint's preprocessor config: 300 s for Qwen2.5-Omni, 30 s for Qwen2-Audio), which the encoder cannot see
     past. "truncate" (default, what the reference's processor does) keeps the first ``chunk_length`` seconds,
     re-listens only within them, and records a warning in the result; "error" refuses the request.
+
+    ``enforce_eager``: on a CUDA device, decode steps replay from CUDA graphs captured per batch-size bucket
+    (engine/cuda_graphs.py) unless this is True (vLLM's switch of the same name); the CPU always runs eagerly.
     """
 
     block_size: int = 16
@@ -145,12 +148,15 @@ class EngineConfig:
     encoder_cache_bytes: int = 256 << 20
     relisten: RelistenPolicy = dataclasses.field(default_factory=RelistenPolicy)
     long_audio: Literal["truncate", "error"] = "truncate"
+    enforce_eager: bool = False
 
     def __post_init__(self):
         _integer(self, "block_size", "num_blocks", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens",
                  "max_model_len", "encoder_cache_bytes")
         if not isinstance(self.relisten, RelistenPolicy):
             raise ConfigError(f"EngineConfig.relisten must be a RelistenPolicy, got {type(self.relisten).__name__}")
+        if not isinstance(self.enforce_eager, bool):
+            raise ConfigError(f"EngineConfig.enforce_eager must be True or False, got {self.enforce_eager!r}")
         if self.long_audio not in ("truncate", "error"):
             raise ConfigError(f"EngineConfig.long_audio must be 'truncate' or 'error', got {self.long_audio!r}")
         _positive(self, "block_size", "num_blocks", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens",

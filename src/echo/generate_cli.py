@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--kv-cache-gb", type=positive_float, default=2.0)
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--enforce-eager", action="store_true",
+                    help="decode every step eagerly on CUDA (no CUDA graphs; the CPU never uses them)")
     g.set_defaults(func=_generate)
 
 
@@ -62,7 +64,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise EchoError("--choices applies to one AUDIO PROMPT; put the full prompt in each --input line")
     params = _sampling(args)
     config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)),
-                          relisten=RelistenPolicy(max_turns=args.max_relistens))
+                          relisten=RelistenPolicy(max_turns=args.max_relistens), enforce_eager=args.enforce_eager)
     if args.input:
         if not args.output:
             raise EchoError("--input needs --output")

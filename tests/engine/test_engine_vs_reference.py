@@ -207,3 +207,38 @@ def test_engine_on_triton_kernels_matches_torch_path(omni, monkeypatch):
     assert calls["decode"] > 0 and calls["store"] > 0  # the kernels really ran
     assert triton_path.samples[0].token_ids == torch_path.samples[0].token_ids
     assert triton_path.samples[0].relistens[0].decision.action == "relisten"
+
+
+def test_decode_graphs_replay_gives_the_eager_tokens(omni, monkeypatch):
+    """Decode steps through engine/cuda_graphs.py's static buffers, buckets and padding (a stand-in capture that
+    replays eagerly: CUDA graphs themselves need a GPU, benchmarks/gpu/run.sh) give the eager engine's tokens,
+    with three requests re-listening at different steps: batches of 3, 2 and 1 pad into buckets 4, 2 and 1,
+    prefills and splices run eagerly between replays, and a padding row never writes the cache."""
+    from echo.engine.cuda_graphs import DecodeGraphs, capture_eagerly
+
+    _, _, model = omni
+    proc = model.processor
+    cases = [(3.0, "Where is the tone?", [(1, "<seg>0.5, 1.5</seg>")], 20),
+             (4.5, "Count the beeps.", [(2, "<seg>2.0, 3.0</seg>"), (20, "<seg>0.0, 4.5</seg>")], 38),
+             (2.5, "What changes?", [(1, "<seg>1.0, 2.0</seg>")], 18)]
+    clips, prompts = [], []
+    for i, (seconds, question, segs, end) in enumerate(cases):
+        clips.append(tc.sine_clip(seconds, seed=20 + i))
+        _, frames = tc.features_for("qwen2_5_omni", [clips[-1]])
+        prompts.append((proc(_conversation(question), frames.tolist()), _plan(proc, segs, end)))
+    processor = _processor(model, prompts)
+    params = SamplingParams(temperature=0, max_new_tokens=45)
+    requests = [Request(c, q, params) for c, (_, q, _, _) in zip(clips, cases)]
+    eager = _engine(model, processor, max_num_seqs=4).generate(requests)
+    monkeypatch.setenv("ECHO_BACKEND", "triton")  # the graphs' attention and store_kv (interpreted on the CPU)
+    engine = _engine(model, processor, max_num_seqs=4)
+    assert engine.runner.graphs is None  # never on the CPU
+    graphs = engine.runner.graphs = DecodeGraphs(model, engine.kv, 4, engine.config.max_model_len, capture_eagerly)
+    sizes = []
+    run = graphs.run
+    graphs.run = lambda chunks: sizes.append(len(chunks)) or run(chunks)
+    replayed = engine.generate(requests)
+    assert [r.samples[0].token_ids for r in replayed] == [r.samples[0].token_ids for r in eager]
+    assert sorted(graphs.graphs) == [1, 2, 4] and graphs.replays == len(sizes)
+    assert {3, 2, 1} <= set(sizes)  # padded buckets were replayed
+    assert sum(r.decision.action == "relisten" for res in replayed for r in res.samples[0].relistens) == 4

@@ -4,6 +4,7 @@ admits are encoded in one call."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import echo
@@ -98,3 +99,13 @@ def test_prompts_admitted_together_are_encoded_in_one_call(checkpoint, monkeypat
     while not all(engine.is_done(i) for i in indices):
         engine.step()
     assert calls == [3] and all(engine.result(i).samples[0].finish_reason == "length" for i in indices)
+
+
+def test_a_slot_past_the_cache_is_refused_once_per_step():
+    """The layers' store_kv calls skip their per-call slot check (a host sync on a GPU): the batch checks its
+    slots once, so a block table pointing past the cache still fails loudly, before any K/V is written."""
+    bm = BlockManager(8, 4)
+    seq = _seq(0, [1, 2, 3, 4, 5], [], bm, 4)
+    seq.block_table[1] = 8  # past the 8 blocks
+    with pytest.raises(RuntimeError, match="KV slot 32 is past the cache's 32 slots"):
+        StepBatch.build([Chunk(seq, 4, 5)], bm, "cpu")

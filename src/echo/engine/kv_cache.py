@@ -72,19 +72,23 @@ class PagedKVCache:
         return PagedStep(self, block_tables, query_lens, context_lens, slot_mapping.to(self.k.device), plan)
 
     def for_batch(self, batch) -> "PagedStep":
-        """The attention backend of an engine step (engine/step_batch.StepBatch: its slot mapping and plan)."""
+        """The attention backend of an engine step (engine/step_batch.StepBatch: its slot mapping and plan). The
+        batch checked its slots once on the host, so the layers' ``store_kv`` calls do not (on a GPU each check
+        is a host sync)."""
         return PagedStep(self, batch.block_tables, batch.query_lens, batch.context_lens, batch.slot_mapping,
-                         batch.plan)
+                         batch.plan, check_slots=False)
 
 
 class PagedStep:
-    def __init__(self, cache: PagedKVCache, block_tables, query_lens, context_lens, slot_mapping, plan):
-        self.cache, self.block_tables = cache, block_tables
+    def __init__(self, cache: PagedKVCache, block_tables, query_lens, context_lens, slot_mapping, plan,
+                 check_slots: bool = True):
+        self.cache, self.block_tables, self.check_slots = cache, block_tables, check_slots
         self.query_lens, self.context_lens, self.slot_mapping = query_lens, context_lens, slot_mapping
         self.plan = plan  # the gather indices / block-table tensor depend on the step only: used by every layer
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
         k_cache, v_cache = self.cache.k[layer_idx], self.cache.v[layer_idx]
-        store_kv(k.to(k_cache.dtype), v.to(v_cache.dtype), k_cache, v_cache, self.slot_mapping)
+        store_kv(k.to(k_cache.dtype), v.to(v_cache.dtype), k_cache, v_cache, self.slot_mapping,
+                 check_slots=self.check_slots)
         return paged_attention(q, k_cache, v_cache, self.block_tables, self.query_lens, self.context_lens, scale,
                                plan=self.plan)

@@ -29,6 +29,7 @@ from ..errors import ConfigError, EchoError
 from .admission import load_clip, prompt_audio, prompt_ids, request_fields, sampling_params
 from .audio_embed import feature_config_for
 from .block_manager import BlockManager
+from .cuda_graphs import decode_graphs_for
 from .encoder_cache import EncoderCache, audio_hash
 from .kv_cache import PagedKVCache
 from .outputs import GenerationResult, Request, SampleOutput
@@ -54,7 +55,8 @@ class Engine:
         self.bm = BlockManager(self.kv.num_blocks, c.block_size)
         self.encoder_cache = EncoderCache(c.encoder_cache_bytes)
         self.scheduler = Scheduler(c, self.bm, self.kv, Postprocessor(model, c, self.features, self.encoder_cache))
-        self.runner = ModelRunner(model, self.kv, self.bm, self.features, self.encoder_cache)
+        self.runner = ModelRunner(model, self.kv, self.bm, self.features, self.encoder_cache,
+                                  decode_graphs_for(model, self.kv, c))
         self._ids, self._next_request = itertools.count(), itertools.count()  # sequence ids, request indices
 
     # ---- requests ------------------------------------------------------------------------------------------------

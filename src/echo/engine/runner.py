@@ -1,7 +1,8 @@
 """The run of a step: the audio rows the step's chunks still lack, embedded in one call (prompts admitted and
 re-listens spliced since the last step, through the encoder cache) -> the chunks flattened once into a
-``StepBatch`` (step_batch.py) -> the model's flattened forward over the paged cache -> logits of the chunks that
-end their sequence -> one token sampled for every sequence that samples this step."""
+``StepBatch`` (step_batch.py) -> the model's flattened forward over the paged cache (or, for a pure decode step on
+CUDA, the replay of its batch bucket's graph: cuda_graphs.py) -> logits of the chunks that end their sequence ->
+one token sampled for every sequence that samples this step."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..audio import FeatureConfig
 from ..ops.linear import few_row_forward
 from .audio_embed import span_embeddings
 from .block_manager import BlockManager
+from .cuda_graphs import DecodeGraphs
 from .encoder_cache import EncoderCache
 from .kv_cache import PagedKVCache
 from .sampler import LogitsProcessor, sample
@@ -33,13 +35,17 @@ class Sampled:
 
 class ModelRunner:
     def __init__(self, model, kv: PagedKVCache, bm: BlockManager, features: FeatureConfig,
-                 encoder_cache: EncoderCache):
+                 encoder_cache: EncoderCache, graphs: DecodeGraphs | None = None):
         self.model, self.kv, self.bm = model, kv, bm
         self.features, self.encoder_cache = features, encoder_cache
+        self.graphs = graphs  # CUDA graphs of pure decode steps (cuda_graphs.py); None: every step eager
 
     def run(self, step: ScheduledStep, processors: Sequence[LogitsProcessor] = ()) -> Sampled:
         self.embed_audio(step.chunks)
-        logits = run_step(self.model, self.kv, self.bm, step.chunks)
+        if self.graphs is not None and self.graphs.fits(step.chunks):
+            logits = self.graphs.run(step.chunks)
+        else:
+            logits = run_step(self.model, self.kv, self.bm, step.chunks)
         seqs = step.samples
         if not seqs:
             return Sampled([], [], [])

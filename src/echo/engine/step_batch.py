@@ -51,6 +51,8 @@ class StepBatch:
             total += c.end - c.start
             if c.samples:
                 rows.append(total - 1)
+        if slots and max(slots) >= bm.num_blocks * bm.block_size:  # checked once here, not in every layer
+            raise RuntimeError(f"KV slot {max(slots)} is past the cache's {bm.num_blocks * bm.block_size} slots")
         plan = plan_paged_attention(tables, q_lens, ctx, bm.block_size, device)
         return cls(torch.tensor(ids, device=device), torch.tensor(positions, device=device),
                    torch.tensor(slots, device=device), tables, q_lens, ctx, rows, sources, dst, plan)

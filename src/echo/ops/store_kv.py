@@ -25,7 +25,7 @@ def store_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cach
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor, *, backend: str | None = None) -> None:
+             slot_mapping: torch.Tensor, *, backend: str | None = None, check_slots: bool = True) -> None:
     """Write K/V rows into their slots, in place.
 
     Args:
@@ -35,11 +35,13 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         slot_mapping: (num_tokens,) int64 on the caches' device; slot = block * block_size + offset, or -1 to skip.
             Slots must be distinct (two tokens never share a slot in one call).
         backend: "auto"/None, "triton" or "torch".
+        check_slots: check that no slot is past the cache (on a GPU a host sync per call); the engine turns it
+            off for slots its block manager computed, and must inside a CUDA graph capture.
 
     Raises:
         ValueError: a shape, dtype, device or stride the kernel does not handle, or a slot past the cache.
     """
-    _check(k, v, k_cache, v_cache, slot_mapping)
+    _check(k, v, k_cache, v_cache, slot_mapping, check_slots)
     chosen = _backend.resolve("store_kv", BACKENDS, k_cache.device, backend)
     if chosen == "triton":
         from ..triton_kernels.store_kv import store_kv as triton_store_kv
@@ -49,7 +51,7 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         store_kv_ref(k, v, k_cache, v_cache, slot_mapping)
 
 
-def _check(k, v, k_cache, v_cache, slot_mapping) -> None:
+def _check(k, v, k_cache, v_cache, slot_mapping, check_slots: bool = True) -> None:
     if k.dim() != 3 or v.shape != k.shape:
         raise ValueError(f"store_kv: k and v must both be (num_tokens, num_kv_heads, head_dim); got "
                          f"{tuple(k.shape)} and {tuple(v.shape)}")
@@ -71,5 +73,5 @@ def _check(k, v, k_cache, v_cache, slot_mapping) -> None:
         raise ValueError(f"store_kv: slot_mapping must be int64 of shape ({k.shape[0]},), got "
                          f"{slot_mapping.dtype} {tuple(slot_mapping.shape)}")
     num_slots = k_cache.shape[0] * k_cache.shape[1]
-    if slot_mapping.numel() and int(slot_mapping.max()) >= num_slots:
+    if check_slots and slot_mapping.numel() and int(slot_mapping.max()) >= num_slots:
         raise ValueError(f"store_kv: slot {int(slot_mapping.max())} is past the cache's {num_slots} slots")

@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--kv-cache-gb", type=float, default=2.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--enforce-eager", action="store_true",
+                    help="decode every step eagerly on CUDA (no CUDA graphs; the CPU never uses them)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model, device=args.device, dtype=dtype)
     engine = Engine(model, EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                                         kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)),
-                                        relisten=RelistenPolicy(max_turns=args.max_relistens)))
+                                        relisten=RelistenPolicy(max_turns=args.max_relistens),
+                                        enforce_eager=args.enforce_eager))
     audio_bytes = int(args.max_audio_mb * (1 << 20))
     config = ServeConfig(model_name=args.served_model_name or os.path.basename(os.path.normpath(args.model)),
                          api_key=args.api_key, allowed_local_media_path=args.allowed_local_media_path,

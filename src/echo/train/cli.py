@@ -99,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--max-relistens", type=non_negative_int, default=8)
     q.add_argument("--kv-cache-gb", type=positive_float, default=1.0)
     q.add_argument("--max-num-seqs", type=positive_int, default=64)
+    q.add_argument("--enforce-eager", action="store_true",
+                    help="rollouts decode every step eagerly on CUDA (no CUDA graphs; the CPU never uses them)")
     q.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     q.set_defaults(func=_train_grpo)
 
@@ -136,7 +138,7 @@ def _train_grpo(args: argparse.Namespace) -> int:
     from .rewards import RewardFn
 
     engine = EngineConfig(kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)), max_num_seqs=args.max_num_seqs,
-                          relisten=RelistenPolicy(max_turns=args.max_relistens))
+                          relisten=RelistenPolicy(max_turns=args.max_relistens), enforce_eager=args.enforce_eager)
     cfg = GRPOConfig(**config_kwargs(args, GRPO_FLAGS), std_normalize=not args.no_std_normalize,
                      loss=PolicyLossConfig(**config_kwargs(args, LOSS_FLAGS)), engine=engine)
     try:
