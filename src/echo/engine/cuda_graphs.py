@@ -115,19 +115,21 @@ class DecodeGraphs:
         """Logits (len(chunks), vocab) of a step that ``fits``, from its bucket's graph; marks the tokens cached."""
         n = len(chunks)
         size = next(b for b in self.sizes if b >= n)
-        meta, tables, bs = self.meta_host, self.tables_host, self.kv.block_size
-        meta[:, :size] = torch.tensor([[0], [0], [-1], [1]])  # padding: token 0 at 0, no K/V write, one key
-        tables[:size, 0] = 0
+        bs, pad = self.kv.block_size, size - n
+        # ids, positions, slots, key counts; padding rows: token 0 at position 0, no K/V write, one key of block 0
+        self.meta_host[:, :size] = torch.tensor([[c.seq.token_ids[c.start] for c in chunks] + [0] * pad,
+                                                 [c.start for c in chunks] + [0] * pad,
+                                                 [c.seq.block_table[c.start // bs] * bs + c.start % bs
+                                                  for c in chunks] + [-1] * pad,
+                                                 [c.end for c in chunks] + [1] * pad])
         width = 1
         for i, c in enumerate(chunks):
-            table = c.seq.block_table
-            meta[0, i], meta[1, i] = c.seq.token_ids[c.start], c.start
-            meta[2, i], meta[3, i] = table[c.start // bs] * bs + c.start % bs, c.end
             used = -(-c.end // bs)
-            tables[i, :used] = torch.as_tensor(table[:used], dtype=torch.int32)
+            self.tables_host[i, :used] = torch.as_tensor(c.seq.block_table[:used], dtype=torch.int32)
             width = max(width, used)
-        self.meta[:, :size].copy_(meta[:, :size], non_blocking=True)
-        self.tables[:size, :width].copy_(tables[:size, :width], non_blocking=True)
+        self.tables_host[n:size, 0] = 0
+        self.meta[:, :size].copy_(self.meta_host[:, :size], non_blocking=True)
+        self.tables[:size, :width].copy_(self.tables_host[:size, :width], non_blocking=True)
         replay, logits = self.graphs[size]
         replay()
         self.replays += 1
