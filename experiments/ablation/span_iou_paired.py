@@ -7,17 +7,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "echo_demo"))
-from analyze import span_ious  # noqa: E402
+from analyze import predictions, span_ious  # noqa: E402
 
 
 def per_item(eval_dir: Path) -> dict[str, list[float]]:
-    return {r["id"]: span_ious(r) for r in json.loads((eval_dir / "predictions.json").read_text())}
+    return {r["id"]: span_ious(r) for r in predictions(eval_dir)}
 
 
 def mean_iou(runs: dict[str, list[float]], ids: list[str]) -> float:
@@ -27,7 +26,8 @@ def mean_iou(runs: dict[str, list[float]], ids: list[str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run", type=Path, help="an `echo eval --benchmark synthetic` output directory")
+    ap.add_argument("run", type=Path, help="an `echo eval --benchmark synthetic` output directory or its "
+                                           "predictions file (.json, .json.gz)")
     ap.add_argument("baseline", type=Path, help="the run it is compared with, on the same items")
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)

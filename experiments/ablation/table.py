@@ -5,7 +5,8 @@
         --arm "C SFT interleaved=runs/s0/eval/sft,runs/s1/eval/sft" ... \
         --out experiments/ablation/table.md --png experiments/ablation/ablation.png
 
-Each ``--arm "NAME=DIR[,DIR...]"`` names an arm and its ``echo eval`` output directories, one per training seed.
+Each ``--arm "NAME=DIR[,DIR...]"`` names an arm and its ``echo eval`` output directories (or their predictions
+files, .json or .json.gz, as kept in experiments/ablation/predictions/), one per training seed.
 Per arm: accuracy per seed, the mean over seeds with a 95% Wilson interval over all its seeds' answers pooled, and
 the means of extractable answers, spans cited and re-listened per answer, span IoU, the share of cited spans that
 overlap a ground-truth span, output tokens and seconds per request (experiments/echo_demo/analyze.py); with
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "echo_demo"))
-from analyze import metrics, wilson  # noqa: E402
+from analyze import metrics, predictions, wilson  # noqa: E402
 
 PAPER_MMAR = {"A": 51.80, "B": 56.77, "C": 52.26, "D": 69.99, "E": 63.15}
 
@@ -42,8 +43,7 @@ def arm_row(name: str, dirs: list[Path], tok) -> dict:
 def correct_by_item(eval_dir: Path) -> dict[str, bool]:
     from echo.eval.scoring import string_match
 
-    return {r["id"]: string_match(r["answer"], r["model_output"] or "", r["choices"])
-            for r in json.loads((eval_dir / "predictions.json").read_text())}
+    return {r["id"]: string_match(r["answer"], r["model_output"] or "", r["choices"]) for r in predictions(eval_dir)}
 
 
 def mcnemar(mine: dict[str, bool], other: dict[str, bool]) -> tuple[int, int, float]:
@@ -127,7 +127,7 @@ def main() -> None:
         if not sep or not dirs:
             raise SystemExit(f"--arm {spec!r}: expected NAME=DIR[,DIR...]")
         paths = [Path(d) for d in dirs.split(",")]
-        missing = [str(p) for p in paths if not (p / "predictions.json").is_file()]
+        missing = [str(p) for p in paths if not (p / "predictions.json").is_file() and not p.is_file()]
         if missing:
             raise SystemExit(f"arm {name!r}: no predictions.json in {', '.join(missing)}")
         rows.append(arm_row(name.strip(), paths, tok))

@@ -5,12 +5,14 @@ output length, seconds per request.
 
     python experiments/echo_demo/analyze.py EVAL_DIR [EVAL_DIR ...] [--tokenizer MODEL_DIR]
 
-``EVAL_DIR`` is an ``echo eval --benchmark synthetic`` output directory (its ``predictions.json``).
+``EVAL_DIR`` is an ``echo eval --benchmark synthetic`` output directory (its ``predictions.json``), or such a file
+kept on its own, gzipped or not (experiments/ablation/predictions/: run directories do not outlive their machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 from pathlib import Path
@@ -34,8 +36,18 @@ def span_ious(record: dict) -> list[float]:
     return cited_span_ious(record["response"], record.get("spans"))
 
 
+def predictions(path: Path) -> list[dict]:
+    """The records of an evaluation: ``path`` is its output directory or its predictions file (.json, .json.gz)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "predictions.json"
+    if not path.is_file():
+        raise SystemExit(f"no predictions at {path} (give an `echo eval` output directory or its predictions.json)")
+    return json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
+
+
 def metrics(eval_dir: Path, tokenizer=None) -> dict:
-    records = json.loads((eval_dir / "predictions.json").read_text())
+    records = predictions(eval_dir)
     for r in records:  # the official rule, as the scorer applies it
         r["correct"] = string_match(r["answer"], r["model_output"] or "", r["choices"])
     correct = sum(r["correct"] for r in records)

@@ -321,9 +321,9 @@ def train(args) -> dict[str, Path] | None:
     aligned = stage_align(args.work, args)
     if args.aligned is None:  # the run that trained stage 0 checked it
         check_hearing(args.work, aligned)
-    if args.until == "align":
-        return None
     models = {"aligned": aligned} if args.eval_aligned else {}
+    if args.until == "align":  # stage 0 alone: arm A's seeds (`--seed N --until align --eval-aligned`)
+        return models or None
     if args.grpo_aligned:
         models["grpo-aligned"] = stage_grpo(args.work, args, aligned, "grpo-aligned")
     if not args.grpo_aligned or args.grpo:
