@@ -75,13 +75,13 @@ class DecodeGraphs:
         self.sizes = buckets(max_num_seqs)
         device = kv.k.device
         n = self.sizes[-1]
-        self.width = min(-(-max_model_len // kv.block_size), kv.num_blocks)  # block-table columns
+        width = min(-(-max_model_len // kv.block_size), kv.num_blocks)  # block-table columns
         # ids, positions, slots and key counts: one host staging tensor, one copy a step
         self.meta = torch.zeros(4, n, dtype=torch.int64, device=device)
-        self.tables = torch.zeros(n, self.width, dtype=torch.int32, device=device)
+        self.tables = torch.zeros(n, width, dtype=torch.int32, device=device)
         pin = device.type == "cuda"
         self.meta_host = torch.zeros(4, n, dtype=torch.int64, pin_memory=pin)
-        self.tables_host = torch.zeros(n, self.width, dtype=torch.int32, pin_memory=pin)
+        self.tables_host = torch.zeros(n, width, dtype=torch.int32, pin_memory=pin)
         self.rows = torch.arange(n, device=device)
         self.graphs: dict[int, tuple[Callable[[], None], torch.Tensor]] = {}
         self.replays = 0  # decode steps served by a graph (benchmarks and tests read it)
@@ -112,7 +112,7 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def run(self, chunks: Sequence) -> torch.Tensor:
-        """Logits (len(chunks), vocab) of a step that ``fits``, from its bucket's graph; marks the tokens cached."""
+        """Logits (len(chunks), vocab) of a step that ``fits``, from its bucket's graph."""
         n = len(chunks)
         size = next(b for b in self.sizes if b >= n)
         bs, pad = self.kv.block_size, size - n
@@ -133,8 +133,6 @@ class DecodeGraphs:
         replay, logits = self.graphs[size]
         replay()
         self.replays += 1
-        for c in chunks:
-            c.seq.num_cached = c.end
         return logits[:n]
 
     def _forward(self, size: int) -> torch.Tensor:

@@ -46,6 +46,8 @@ class ModelRunner:
             logits = self.graphs.run(step.chunks)
         else:
             logits = run_step(self.model, self.kv, self.bm, step.chunks)
+        for c in step.chunks:  # either path wrote the chunks' K/V
+            c.seq.num_cached = c.end
         seqs = step.samples
         if not seqs:
             return Sampled([], [], [])
@@ -79,13 +81,11 @@ class ModelRunner:
 @torch.inference_mode()
 def run_step(model, kv: PagedKVCache, bm: BlockManager, chunks: list[Chunk]) -> torch.Tensor:
     """Run ``chunks`` (their sequences' audio rows filled in); returns logits (num sampling chunks, vocab) in the
-    order of ``[c for c in chunks if c.samples]``, and marks the chunks' tokens as cached."""
+    order of ``[c for c in chunks if c.samples]`` (the caller marks the chunks' tokens as cached)."""
     batch = StepBatch.build(chunks, bm, model.device)
     with few_row_forward(len(batch.ids), model.device, model.dtype):  # a decode step: the linears take the cores
         embeds = model.embed_gathered(batch.ids, batch.audio_sources, batch.audio_dst)
         hidden = model.forward_flat(embeds, batch.positions, kv.for_batch(batch))
         rows = batch.sample_rows
         logits = model.compute_logits(hidden[rows]) if rows else None
-    for c in chunks:
-        c.seq.num_cached = c.end
     return logits if rows else hidden.new_zeros(0, model.config.decoder.vocab_size)
