@@ -129,7 +129,8 @@ def main() -> None:
         paths = [Path(d) for d in dirs.split(",")]
         missing = [str(p) for p in paths if not (p / "predictions.json").is_file() and not p.is_file()]
         if missing:
-            raise SystemExit(f"arm {name!r}: no predictions.json in {', '.join(missing)}")
+            raise SystemExit(f"arm {name!r}: no predictions at {', '.join(missing)} (give an `echo eval` output "
+                             "directory or its predictions file, .json or .json.gz)")
         rows.append(arm_row(name.strip(), paths, tok))
     if args.paired:
         names = [r["arm"] for r in rows]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import non_negative_int, positive_float, positive_int
+from .argtypes import non_negative_int, positive_int
+from .engine_flags import add_engine_flags, engine_config
 from .errors import EchoError
 
 
@@ -25,13 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--top-k", type=non_negative_int, default=0)
     g.add_argument("--max-new-tokens", type=positive_int, default=1024)
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--max-relistens", type=non_negative_int, default=8, help="re-listen turns per answer")
-    g.add_argument("--max-num-seqs", type=positive_int, default=64)
-    g.add_argument("--kv-cache-gb", type=positive_float, default=2.0)
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--enforce-eager", action="store_true",
-                    help="decode every step eagerly on CUDA (no CUDA graphs; the CPU never uses them)")
+    add_engine_flags(g)
     g.set_defaults(func=_generate)
 
 
@@ -56,15 +53,13 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
 
     from . import generate_jsonl as batch
-    from .config import EngineConfig, RelistenPolicy
 
     # every check that needs no model runs first: a bad argument costs no model load and no KV cache
     batch.check_device(args.device)
     if args.input and args.choices:
         raise EchoError("--choices applies to one AUDIO PROMPT; put the full prompt in each --input line")
     params = _sampling(args)
-    config = EngineConfig(max_num_seqs=args.max_num_seqs, kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)),
-                          relisten=RelistenPolicy(max_turns=args.max_relistens), enforce_eager=args.enforce_eager)
+    config = engine_config(args)
     if args.input:
         if not args.output:
             raise EchoError("--input needs --output")

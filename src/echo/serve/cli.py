@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine_flags import add_engine_flags, engine_config
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible server: audio chat completions with in-engine re-listening")
@@ -18,14 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-audio-mb", type=float, default=64.0, help="largest encoded audio per request")
     p.add_argument("--max-pending", type=int, default=256, help="requests in flight before 429")
     p.add_argument("--max-tokens", type=int, default=1024, help="completion length when a request gives none")
-    p.add_argument("--max-relistens", type=int, default=8, help="re-listen turns per answer (requests may lower it)")
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--max-model-len", type=int, default=32768)
-    p.add_argument("--kv-cache-gb", type=float, default=2.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--enforce-eager", action="store_true",
-                    help="decode every step eagerly on CUDA (no CUDA graphs; the CPU never uses them)")
+    add_engine_flags(p, relisten_help="re-listen turns per answer (requests may lower it)")
     p.set_defaults(func=run)
 
 
@@ -35,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from ..config import EngineConfig, RelistenPolicy
     from ..engine.llm import Engine
     from ..models import load
     from .app import build_app
@@ -43,10 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     model = load(args.model, device=args.device, dtype=dtype)
-    engine = Engine(model, EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
-                                        kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)),
-                                        relisten=RelistenPolicy(max_turns=args.max_relistens),
-                                        enforce_eager=args.enforce_eager))
+    engine = Engine(model, engine_config(args))
     audio_bytes = int(args.max_audio_mb * (1 << 20))
     config = ServeConfig(model_name=args.served_model_name or os.path.basename(os.path.normpath(args.model)),
                          api_key=args.api_key, allowed_local_media_path=args.allowed_local_media_path,

@@ -8,6 +8,7 @@ import os
 
 from ..argtypes import non_negative_int, positive_float, positive_int
 from ..config_flags import Flag, add_config_flags, config_kwargs
+from ..engine_flags import add_engine_flags, engine_config
 from ..errors import ConfigError
 
 _OVERWRITE = "start over in --out, discarding a run there made with other data or settings"
@@ -95,12 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a reward term (format, accuracy, relisten, consistency, confidence, span_iou, or "
                         "module:function); repeat for several; "
                         "default format=0.5 accuracy=1 relisten=0.5 consistency=0.5")
-    # the rollout engine's knobs, in the units a user thinks in (GiB, turns)
-    q.add_argument("--max-relistens", type=non_negative_int, default=8)
-    q.add_argument("--kv-cache-gb", type=positive_float, default=1.0)
-    q.add_argument("--max-num-seqs", type=positive_int, default=64)
-    q.add_argument("--enforce-eager", action="store_true",
-                    help="rollouts decode every step eagerly on CUDA (no CUDA graphs; the CPU never uses them)")
+    add_engine_flags(q, kv_cache_gb=1.0)  # the rollout engine's
     q.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     q.set_defaults(func=_train_grpo)
 
@@ -132,15 +128,12 @@ def _merge_lora(args: argparse.Namespace) -> int:
 
 
 def _train_grpo(args: argparse.Namespace) -> int:
-    from ..config import EngineConfig, RelistenPolicy
     from .grpo import GRPOConfig, train_grpo
     from .grpo_loss import PolicyLossConfig
     from .rewards import RewardFn
 
-    engine = EngineConfig(kv_cache_bytes=int(args.kv_cache_gb * (1 << 30)), max_num_seqs=args.max_num_seqs,
-                          relisten=RelistenPolicy(max_turns=args.max_relistens), enforce_eager=args.enforce_eager)
     cfg = GRPOConfig(**config_kwargs(args, GRPO_FLAGS), std_normalize=not args.no_std_normalize,
-                     loss=PolicyLossConfig(**config_kwargs(args, LOSS_FLAGS)), engine=engine)
+                     loss=PolicyLossConfig(**config_kwargs(args, LOSS_FLAGS)), engine=engine_config(args))
     try:
         reward = RewardFn.from_specs(args.reward)
     except (ValueError, ImportError) as exc:  # an unknown term or a module that does not import
