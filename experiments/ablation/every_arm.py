@@ -6,7 +6,8 @@ the committed JSON rows are the record that is pooled here.
         --png experiments/ablation/ablation.png
 
 Each arm's runs are listed in ``RUNS`` as (table JSON beside this file, row name, index in that row's
-``per_seed``). A run that two tables share (C's seed 0 is the reference of several) is listed once.
+``per_seed``). A run that two tables share (C's seed 0 is the reference of several) is listed once. ``--png``
+needs matplotlib.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ RUNS: dict[str, list[tuple[str, str, int]]] = {
         ("table.json", "D SFT interleaved + GRPO", 0),
         ("table_grpo_seed1.json", "D SFT interleaved + GRPO (GRPO seed 1)", 0),
         ("table_sft_seed1.json", "D SFT interleaved + GRPO (SFT seed 1, GRPO seed 1)", 0)],
-    # E's GRPO had zero gradients from either A (no rollout earned a reward): its checkpoints are A's weights
-    # tensor for tensor, so its greedy evaluation is A's (RESULTS.md, "E cannot start from A").
-    "E GRPO from A": A_RUNS,
+    # E from stage-0 seed 0 had zero gradients (no rollout earned a reward): its checkpoint is A's weights tensor
+    # for tensor, so its greedy evaluation is A's (RESULTS.md, "E cannot start from A"). From seed 1 it learned.
+    "E GRPO from A": [A_RUNS[0], ("table_e_seed1.json", "E GRPO from A (seed 1)", 0)],
 }
 
 

@@ -100,7 +100,7 @@ def chart(rows: list[dict], chance: float, out: Path) -> None:
     ax.axhline(100 * chance, color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.0f}%)")
     ax.set_xticks(list(x), [r["arm"] for r in rows], rotation=15, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("Ablation at small scale (bars: pooled accuracy, 95% CI; dots: seeds)", fontsize=9)
+    ax.set_title("Ablation at small scale (bars: pooled accuracy, 95% CI; dots: training runs)", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
