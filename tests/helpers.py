@@ -12,6 +12,13 @@ from echo.data.tasks import FAMILIES as _TASK_FAMILIES
 NON_SPEECH = tuple(name for name, (_, needs_espeak) in _TASK_FAMILIES.items() if not needs_espeak)
 
 
+def tree(d) -> dict[str, bytes]:
+    """Every file under ``d`` by relative path (the whole observable result of a command)."""
+    from pathlib import Path
+
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+
 def assert_close(name: str, ref, out, atol: float = 1e-4, rtol: float = 0.0) -> None:
     """Fail unless ``out`` matches ``ref`` elementwise within ``atol + rtol*|ref|``; NaNs and shape mismatches fail.
 

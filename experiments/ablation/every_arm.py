@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from table import PAPER_MMAR, chart, wilson
+from table import PAPER_MMAR, chart, no_audio_best, wilson
 
 HERE = Path(__file__).resolve().parent
 A_RUNS = [("table.json", "A base (aligned)", 0), ("table_e_seed1.json", "A base (aligned, seed 1)", 0)]
@@ -68,6 +68,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write the markdown table here (default: print it)")
     ap.add_argument("--png", type=Path, help="write the bar chart here")
     ap.add_argument("--chance", type=float, default=0.25)
+    ap.add_argument("--no-audio", type=Path, default=HERE / "no_audio_baselines.json",
+                    help="the test split's `echo data audit --json` report (default: the one beside this file, of the "
+                    "split every arm was evaluated on)")
     args = ap.parse_args()
     rows = [pooled(arm, runs) for arm, runs in RUNS.items()]
     text = markdown(rows)
@@ -75,7 +78,7 @@ def main() -> None:
         args.out.write_text(text)
     print(text)
     if args.png:
-        chart(rows, args.chance, args.png)
+        chart(rows, args.chance, args.png, no_audio_best(args.no_audio))
         print(f"wrote {args.png}")
 
 

@@ -21,8 +21,10 @@ import json
 import sys
 from pathlib import Path
 
+from echo.stats import mcnemar, wilson
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "echo_demo"))
-from analyze import metrics, predictions, wilson  # noqa: E402
+from analyze import metrics, predictions  # noqa: E402
 
 PAPER_MMAR = {"A": 51.80, "B": 56.77, "C": 52.26, "D": 69.99, "E": 63.15}
 
@@ -44,18 +46,6 @@ def correct_by_item(eval_dir: Path) -> dict[str, bool]:
     from echo.eval.scoring import string_match
 
     return {r["id"]: string_match(r["answer"], r["model_output"] or "", r["choices"]) for r in predictions(eval_dir)}
-
-
-def mcnemar(mine: dict[str, bool], other: dict[str, bool]) -> tuple[int, int, float]:
-    """(items only ``mine`` gets right, items only ``other`` does, exact two-sided p) over their shared items."""
-    import math
-
-    shared = mine.keys() & other.keys()
-    gain = sum(mine[k] and not other[k] for k in shared)
-    loss = sum(other[k] and not mine[k] for k in shared)
-    n = gain + loss
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(gain, loss) + 1)) / 2 ** n) if n else 1.0
-    return gain, loss, p
 
 
 def fmt(x, spec: str = ".2f") -> str:
@@ -85,7 +75,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(rows: list[dict], chance: float, out: Path) -> None:
+def no_audio_best(report: Path | None) -> float | None:
+    """The best no-audio baseline (each family by its best guesser) of an ``echo data audit --json`` report."""
+    return None if report is None else json.loads(Path(report).read_text())["best_no_audio"]
+
+
+def chart(rows: list[dict], chance: float, out: Path, no_audio: float | None = None) -> None:
+    """The arms' bars, with uniform chance and (``no_audio``) the best guesser that never hears the audio."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,11 +93,16 @@ def chart(rows: list[dict], chance: float, out: Path) -> None:
     ax.bar(x, acc, yerr=err, capsize=4, color="tab:blue", alpha=0.8, label="echo-demo, synthetic test split")
     for i, r in enumerate(rows):
         ax.scatter([i] * len(r["per_seed"]), [100 * a for a in r["per_seed"]], color="k", s=12, zorder=3)
-    ax.axhline(100 * chance, color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.0f}%)")
+    ax.axhline(100 * chance, color="grey", ls="--", lw=1, label=f"uniform chance ({100 * chance:.0f}%)")
+    if no_audio is not None:
+        ax.axhline(100 * no_audio, color="tab:red", ls=":", lw=1.5,
+                   label=f"best no-audio guesser ({100 * no_audio:.1f}%, `echo data audit`)")
     ax.set_xticks(list(x), [r["arm"] for r in rows], rotation=15, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Ablation at small scale (bars: pooled accuracy, 95% CI; dots: training runs)", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    top = max([100 * r["ci95"][1] for r in rows] + [100 * (no_audio or chance)])
+    ax.set_ylim(0, top + 18)  # room above the bars for the legend
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -112,6 +113,8 @@ def main() -> None:
     ap.add_argument("--arm", action="append", required=True, help='"NAME=DIR[,DIR...]" (one DIR per seed)')
     ap.add_argument("--tokenizer", type=Path, help="a model directory whose tokenizer.json counts output tokens")
     ap.add_argument("--chance", type=float, default=0.25)
+    ap.add_argument("--no-audio", type=Path, help="an `echo data audit --json` report of the test split: its best "
+                    "no-audio baseline is drawn beside chance")
     ap.add_argument("--paired", help="the arm (its NAME) every arm is compared with item by item")
     ap.add_argument("--out", type=Path, help="write the markdown table here (default: print it)")
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
@@ -147,7 +150,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.png:
-        chart(rows, args.chance, args.png)
+        chart(rows, args.chance, args.png, no_audio_best(args.no_audio))
         print(f"wrote {args.png}")
 
 

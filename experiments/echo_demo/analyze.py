@@ -14,20 +14,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 from pathlib import Path
 
 from echo.eval.scoring import string_match
 from echo.protocol import cited_span_ious
-
-
-def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    if not total:
-        return 0.0, 0.0
-    p = correct / total
-    mid = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, mid - half), min(1.0, mid + half)
+from echo.stats import wilson
 
 
 def span_ious(record: dict) -> list[float]:

@@ -33,7 +33,8 @@ class Flag:
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, flags: dict[str, Flag]) -> None:
     """Add an option for every field of dataclass ``cls`` named in ``flags``, in ``flags``' order. A bool field
-    becomes a ``store_true`` switch; a field without a default becomes a required option."""
+    becomes a switch (``--x``; with ``--no-x`` too when it defaults to True); a field without a default becomes a
+    required option."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [name for name in flags if name not in fields]
     if unknown:
@@ -55,8 +56,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, flags: dict[str
         else:
             kw["required"] = True
         annotation = str(field.type).replace(" | None", "")
-        if annotation == "bool":
-            target.add_argument(option, action="store_true", **kw)
+        if annotation == "bool":  # a switch; one on by default also gets its --no- form
+            action = argparse.BooleanOptionalAction if kw.get("default") is True else "store_true"
+            target.add_argument(option, action=action, **kw)
             continue
         if isinstance(kw.get("default"), tuple):  # shown and appended to as argparse shows lists
             kw["default"] = list(kw["default"])

@@ -1,11 +1,15 @@
-"""Files that survive a kill: JSONL appended and fsync'd row by row (a partial last line is cut on restart), and
-whole files replaced atomically."""
+"""Files that survive a kill: JSONL appended and fsync'd row by row (a partial last line is cut on restart), whole
+files and whole directories replaced atomically (a directory swap a kill interrupts is finished or undone by the
+next run); and the one check that an input path names a file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 
@@ -126,6 +130,61 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def require_file(path: str | os.PathLike, what: str = "file", error: type[Exception] | None = None,
+                 name: str | None = None) -> str:
+    """``path`` (a str) unless it is missing or a directory: then ``error`` (EchoError) saying, after ``name``
+    (default: the path), that it is a directory or that the ``what`` is not found. The one check of every input
+    file, so a directory given where a file is expected is never called "not found"."""
+    from .errors import EchoError
+
+    path = os.fspath(path)
+    name = path if name is None else name
+    if os.path.isdir(path):
+        raise (error or EchoError)(f"{name}: is a directory, not a file" + ("" if what == "file" else f" ({what})"))
+    if not os.path.exists(path):
+        raise (error or EchoError)(f"{name}: {what} not found")
+    return path
+
+
+def _swap_names(out: Path, tag: str) -> tuple[Path, Path, Path]:
+    return tuple(out.with_name(f"{out.name}.{tag}{kind}") for kind in ("tmp", "new", "old"))
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, tag: str = ""):
+    """Yield a fresh temporary directory beside ``out``; on success it replaces ``out``. The finished directory is
+    first renamed to ``out.<tag>new``, so at every instant of the swap one whole version exists by a known name and
+    ``recover_dir`` (run here, and by callers before they read ``out``) puts it back in place after a kill.
+    ``tag`` keeps the names of unrelated swaps apart (``out.synth-tmp``, not a user's ``out.tmp``)."""
+    out = Path(out)
+    recover_dir(out, tag)
+    tmp, new, old = _swap_names(out, tag)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    tmp.rename(new)  # complete from here on
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(out: str | os.PathLike, tag: str = "") -> None:
+    """Finish or undo a swap of ``atomic_dir`` that a kill interrupted: a complete ``out.new`` becomes ``out``;
+    else a lone ``out.old`` (the previous version, moved aside) goes back; a partial ``out.tmp`` is dropped."""
+    out = Path(out)
+    tmp, new, old = _swap_names(out, tag)
+    if new.is_dir():
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        new.rename(out)
+    elif not out.exists() and old.is_dir():
+        old.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import non_negative_int, positive_int
+from .cli import print_warnings
 from .engine_flags import add_engine_flags, engine_config
 from .errors import EchoError
 
@@ -70,7 +71,7 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         from .audio import load as load_audio
 
-        load_audio(args.audio)  # a missing or corrupt clip is reported before the model loads
+        wave = load_audio(args.audio)  # a missing or corrupt clip is reported before the model loads
 
     from .engine.llm import Engine
     from .models import load
@@ -82,9 +83,11 @@ def _generate(args: argparse.Namespace) -> int:
         return 0
     engine = Engine(load(args.model, device=args.device, dtype=dtype), config)
     if args.input:
-        written, bad = batch.run(engine, pending, args.output, total)
+        written, bad, warnings = batch.run(engine, pending, args.output, total)
         batch.finish(args.output, total)
+        print_warnings("generate", warnings, where=f"the warnings field of the rows in {args.output}")
         print(f"wrote {written} results to {args.output}" + (f" ({bad} with errors)" if bad else "") +
+              (f"; {len(warnings)} warnings" if warnings else "") +
               (f"; {len(done)} were already there" if done else ""))
         return 0
     prompt = args.prompt
@@ -92,6 +95,7 @@ def _generate(args: argparse.Namespace) -> int:
         from .eval.prompts import build_prompt
 
         prompt = build_prompt(args.prompt, args.choices)
+    print_warnings("generate", engine.check_audio(wave))  # before the answer: it is about what the model heard
     for delta, record in engine.stream(args.audio, prompt, params):
         print(_relisten_mark(record) if record is not None else delta, end="", flush=True)
     print()

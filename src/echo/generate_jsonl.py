@@ -4,8 +4,9 @@ Everything that can be checked is checked before the model is loaded and the KV 
 writable, every input line is a JSON object with ``audio`` and ``prompt`` and valid sampling fields. Each result is
 appended to the output (fsync'd) as soon as its request finishes, so a kill loses only requests in flight, and
 rerunning the same command skips the input lines already written (each result carries its input line's
-``index``). Once every line is done the output is rewritten in input order, so an interrupted and resumed run
-ends with the same file as an uninterrupted one.
+``index``, and ``warnings``: what was changed to serve it, e.g. a truncated clip). Once every line is done the
+output is rewritten in input order, so an interrupted and resumed run ends with the same file as an uninterrupted
+one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import json
 import os
 from typing import Any
 
-from .durable import append_row, check_writable_dir, drop_partial_line, read_jsonl, read_object_lines, write_atomic
+from .durable import (append_row, check_writable_dir, drop_partial_line, read_jsonl, read_object_lines, require_file,
+                      write_atomic)
 from .errors import ConfigError, EchoError
 
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
@@ -24,8 +26,7 @@ def read_requests(path: str, defaults) -> list[tuple[int, dict, Any]]:
     """(input line index, row, SamplingParams) of every request line; raises EchoError naming the line at fault."""
     from .config import SamplingParams
 
-    if not os.path.isfile(path):
-        raise EchoError(f"{path}: requests file not found")
+    require_file(path, "requests file")
     out = []
     for n, row in read_object_lines(path):
         if "audio" not in row or "prompt" not in row:
@@ -42,16 +43,23 @@ def read_requests(path: str, defaults) -> list[tuple[int, dict, Any]]:
 
 
 def result_row(index: int, row: dict, result) -> dict:
-    return {"index": index, "id": row.get("id"), "error": result.error, "samples": [
-        {"text": s.text, "finish_reason": s.finish_reason,
-         "relistens": [{"turn": r.turn, "action": r.decision.action, "reason": r.decision.reason,
-                        "requested_s": r.decision.requested_s, "applied_samples": r.decision.applied_samples,
-                        "num_audio_tokens": r.num_audio_tokens} for r in s.relistens]}
-        for s in result.samples]}
+    return {"index": index, "id": row.get("id"), "error": result.error, "warnings": list(result.warnings),
+            "samples": [{"text": s.text, "finish_reason": s.finish_reason,
+                         "relistens": [{"turn": r.turn, "action": r.decision.action, "reason": r.decision.reason,
+                                        "requested_s": r.decision.requested_s,
+                                        "applied_samples": r.decision.applied_samples,
+                                        "num_audio_tokens": r.num_audio_tokens} for r in s.relistens]}
+                        for s in result.samples]}
 
 
 def error_row(index: int, row: dict, message: str) -> dict:
-    return {"index": index, "id": row.get("id"), "error": message, "samples": []}
+    return {"index": index, "id": row.get("id"), "error": message, "warnings": [], "samples": []}
+
+
+def row_warnings(out_row: dict) -> list[str]:
+    """A result row's warnings as the command prints them, each naming its input line (and id)."""
+    name = f"line {out_row['index'] + 1}" + (f" ({out_row['id']})" if out_row.get("id") is not None else "")
+    return [f"{name}: {w}" for w in out_row["warnings"]]
 
 
 def prepare(input_path: str, output_path: str, defaults) -> tuple[list, dict[int, dict]]:
@@ -70,15 +78,17 @@ def prepare(input_path: str, output_path: str, defaults) -> tuple[list, dict[int
     return [r for r in requests if r[0] not in done], done
 
 
-def run(engine, pending: list, output_path: str, total: int, progress: bool = True) -> tuple[int, int]:
-    """Decode ``pending`` with continuous batching, appending each result as it finishes; returns (written, errors).
-    Requests are admitted as slots free up, so only a bounded number of clips is encoded and held at a time."""
+def run(engine, pending: list, output_path: str, total: int, progress: bool = True) -> tuple[int, int, list[str]]:
+    """Decode ``pending`` with continuous batching, appending each result as it finishes; returns (written, errors,
+    the written rows' warnings). Requests are admitted as slots free up, so only a bounded number of clips is
+    encoded and held at a time."""
     from tqdm import tqdm
 
     window = 2 * engine.config.max_num_seqs
     queue = list(pending)
     live: dict[int, tuple[int, dict, int]] = {}  # engine request index -> (input index, row, samples left)
     written = errors = 0
+    warnings: list[str] = []
     bar = tqdm(total=total, initial=total - len(pending), disable=not progress, desc="generate", unit="request")
     with open(output_path, "a", encoding="utf-8") as f, bar:
         def emit(out_row: dict) -> None:
@@ -86,6 +96,7 @@ def run(engine, pending: list, output_path: str, total: int, progress: bool = Tr
             append_row(f, out_row)
             written += 1
             errors += out_row["error"] is not None
+            warnings.extend(row_warnings(out_row))
             bar.update(1)
 
         while queue or live:
@@ -106,7 +117,7 @@ def run(engine, pending: list, output_path: str, total: int, progress: bool = Tr
                     continue
                 del live[seq.request_index]
                 emit(result_row(index, row, engine.result(seq.request_index)))
-    return written, errors
+    return written, errors, warnings
 
 
 def finish(output_path: str, total: int) -> None:

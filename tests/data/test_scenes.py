@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import zipfile
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -26,7 +27,9 @@ from echo.data.cli import register
 from echo.data.formats import parse_cot, read_eaqa
 from echo.data.scene_tasks import SCENE_DIFFICULTIES, SCENE_FAMILIES
 from echo.data.synthetic import SynthConfig, make_item, write_synthetic
+from echo.data.tasks import _events
 
+ECHO_SOUNDS = set(_events())  # echo's own synthesised sounds, in every split
 SR = 16000
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None
 NO_SPEECH = tuple(f for f, (_, speech) in SCENE_FAMILIES.items() if not speech)
@@ -193,9 +196,14 @@ def _check_answer_from_meta(rec):
         assert rec.answer == inside[0]["label"] and rec.spans == [span(inside[0])]
     elif rec.task == "scene_which_first":
         x, y = re.search(r"the (.+) or the (.+)\?", q).groups()
-        ex, ey = (next(e for e in events if e["name"] == n) for n in (x, y))
-        first, second = sorted((ex, ey), key=lambda e: e["start"])
-        assert rec.answer == f"the {first['name']}" and rec.spans == [span(first), span(second)]
+        named = [e for e in events if e["name"] in (x, y)]
+        if not named:  # neither plays: the reasoning cites every sound that does
+            assert rec.answer == "neither of them is heard" and rec.spans == [span(e) for e in events]
+        else:
+            ex, ey = (next(e for e in events if e["name"] == n) for n in (x, y))
+            first, second = sorted((ex, ey), key=lambda e: (e["start"], e["name"] != x))
+            expect = "they start at the same time" if ex["start"] == ey["start"] else f"the {first['name']}"
+            assert rec.answer == expect and rec.spans == [span(first), span(second)]
     elif rec.task == "scene_count":
         name = re.search(r"is the (.+) heard", q).group(1)
         hits = [e for e in events if e["name"] == name]
@@ -208,10 +216,16 @@ def _check_answer_from_meta(rec):
         assert float(re.search(r"at ([\d.]+) s", rec.answer).group(1)) == e["start"] and rec.spans == [span(e)]
     elif rec.task == "scene_longer":
         x, y = re.search(r"the (.+) or the (.+)\?", q).groups()
-        ex, ey = (next(e for e in events if e["name"] == n) for n in (x, y))
-        long_e = max((ex, ey), key=lambda e: e["end"] - e["start"])
-        assert (ex["end"] - ex["start"]) != pytest.approx(ey["end"] - ey["start"], abs=0.005)
-        assert rec.answer == f"the {long_e['name']}" and rec.spans == [span(ex), span(ey)]
+        if not [e for e in events if e["name"] in (x, y)]:
+            assert rec.answer == "neither of them is heard" and rec.spans == [span(e) for e in events]
+        else:
+            ex, ey = (next(e for e in events if e["name"] == n) for n in (x, y))
+            lx, ly = ex["end"] - ex["start"], ey["end"] - ey["start"]
+            if lx == pytest.approx(ly, abs=0.005):
+                assert rec.answer == "they last equally long"
+            else:
+                assert rec.answer == f"the {(ex if lx > ly else ey)['name']}"
+            assert rec.spans == [span(ex), span(ey)]
     elif rec.task == "scene_which_heard":
         labels = {e["label"] for e in events}
         assert rec.answer in labels and not labels & (set(rec.choices) - {rec.answer})
@@ -237,12 +251,17 @@ def test_every_family_is_exact(family, level, standins):
         assert spans == rec.spans and answer == rec.answer
         _check_answer_from_meta(rec)
         events = sorted(rec.meta["events"], key=lambda e: e["start"])
-        assert all(a["end"] < b["start"] for a, b in zip(events, events[1:]))  # no overlaps
+        together = rec.answer == "they start at the same time"  # the two named sounds overlap, nothing else does
+        starts = [e["start"] for e in events]
+        assert len(set(starts)) == len(starts) - together
+        groups = [[e for e in events if e["start"] == t] for t in dict.fromkeys(starts)]
+        assert all(max(e["end"] for e in a) < b[0]["start"] for a, b in zip(groups, groups[1:]))  # no other overlaps
         for e in events:
             assert round(e["start"] * 100) == pytest.approx(e["start"] * 100)
             seg = wave[round(e["start"] * SR) : round(e["end"] * SR)]
             assert np.sqrt(np.mean(seg**2)) > 1e-3
-            if level == "easy" and e["recording"] in by_id:  # no music bed: the span holds exactly that recording
+            if level == "easy" and e["recording"] in by_id and starts.count(e["start"]) == 1:  # no music bed: the
+                # span holds exactly that recording (unless another starts with it)
                 ref = sounds.load(by_id[e["recording"]])[: seg.shape[0]]
                 corr = float(np.dot(seg, ref) / (np.linalg.norm(seg) * np.linalg.norm(ref)))
                 assert corr > 0.98, (e, corr)
@@ -253,6 +272,38 @@ def test_every_family_is_exact(family, level, standins):
             assert np.max(np.abs(wave[mask]), initial=0.0) < 1e-6
         else:
             assert rec.meta["background"]["recording"].startswith("moh/")
+
+
+@pytest.mark.parametrize("family", ["scene_which_first", "scene_longer", "scene_count"])
+def test_outcomes_and_answer_positions_are_exactly_balanced(family, standins):
+    cfg = SynthConfig(n=16, seed=2, families=(family,), split="train", sources=standins, clean=True)
+    recs = [make_item(cfg, i).record for i in range(cfg.n)]
+    for rec in recs:  # every outcome is exact, the overlapping and absent ones too
+        _check_answer_from_meta(rec)
+    assert Counter(r.choices.index(r.answer) for r in recs) == {0: 4, 1: 4, 2: 4, 3: 4}
+    if family == "scene_count":  # four consecutive counts, the answer each of them equally often
+        assert Counter(sorted(r.choices, key=int).index(r.answer) for r in recs) == {0: 4, 1: 4, 2: 4, 3: 4}
+        return
+    first = [re.search(r"the (.+) or the", r.question).group(1) for r in recs]
+    kinds = Counter("first named" if r.answer == f"the {f}" else "second named" if r.answer.startswith("the ")
+                    else r.answer for r, f in zip(recs, first))
+    other = {"scene_which_first": "they start at the same time", "scene_longer": "they last equally long"}[family]
+    assert kinds == {"first named": 4, "second named": 4, other: 4, "neither of them is heard": 4}
+    # Every choice is offered in every item: the two sounds named, "the same", and "neither".
+    assert all(set(r.choices) == {f"the {n}" for n in re.search(r"the (.+) or the (.+)\?", r.question).groups()}
+               | {other, "neither of them is heard"} for r in recs)
+
+
+def test_distractor_labels_come_from_the_split_itself(standins):
+    """A label offered only as a distractor (another split's sound) would never be right: a guesser avoids it."""
+    lib = sounds.find_library(standins)
+    for family in ("scene_heard_between", "scene_which_heard"):
+        cfg = SynthConfig(n=8, seed=5, families=(family,), split="test", sources=standins)
+        own = {r.label for r in lib.pick("test", "event")} | {"a woman speaking"}
+        for i in range(cfg.n):
+            rec = make_item(cfg, i).record
+            assert all(c in own or c.startswith(("a ", "an ")) and c[c.index(" ") + 1:] in ECHO_SOUNDS
+                       for c in rec.choices), rec.choices
 
 
 def test_cli_writes_a_split_with_its_licences(standins, tmp_path, capsys):

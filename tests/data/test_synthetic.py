@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -125,15 +126,44 @@ def test_silence_gap_is_silent_and_in_the_answer_quarter(index):
     assert quarter * q <= g0 and g1 <= (quarter + 1) * q
 
 
-@pytest.mark.parametrize("index", range(4))
-def test_event_order_spans_are_sounding_and_ordered(index):
+@pytest.mark.parametrize("index", range(8))
+def test_event_order_spans_are_sounding_and_match_the_answer(index):
     rec, wave = _clean("event_order", index)
-    (a0, a1), (b0, b1) = rec.spans
-    assert a0 < b0
     for s, e in rec.spans:
         assert np.sqrt(np.mean(_cut(wave, s, e) ** 2)) > 0.01
+    x, y = re.search(r"the (.+) or the (.+)\?", rec.question).groups()
+    if rec.answer == "neither of them is in the clip":  # the reasoning cites the sounds that do play, none named
+        heard = re.findall(r"a ([a-z ]+) <seg>", rec.cot)
+        assert heard and x not in heard and y not in heard and len(rec.spans) == len(heard)
+        return
+    (a0, _), (b0, _) = rec.spans
     first = re.search(r"The (.+?) plays here", rec.cot).group(1)
-    assert rec.answer == f"the {first}" and first in rec.question
+    assert first in (x, y)
+    if rec.answer == "they start at the same time":
+        assert a0 == b0
+    else:
+        assert a0 < b0 and rec.answer == f"the {first}"
+
+
+def _balanced(recs) -> dict[str, int]:
+    """How many of ``recs`` have their answer at each position."""
+    return dict(Counter(r.choices.index(r.answer) for r in recs))
+
+
+@pytest.mark.parametrize("family", ["event_order", "beep_count", "pitch_at"])
+def test_outcomes_and_answer_positions_are_exactly_balanced(family):
+    recs = [make_item(SynthConfig(n=16, seed=3, families=(family,)), i).record for i in range(16)]
+    assert _balanced(recs) == {0: 4, 1: 4, 2: 4, 3: 4}  # blocks of 4 items take every position once
+    if family == "event_order":
+        kinds = Counter(r.answer if not r.answer.startswith("the ") else
+                        "first named" if r.answer == "the " + re.search(r"the (.+) or", r.question).group(1)
+                        else "second named" for r in recs)
+        assert kinds == {"first named": 4, "second named": 4, "they start at the same time": 4,
+                         "neither of them is in the clip": 4}
+    if family == "beep_count":  # four consecutive counts offered, the answer each of them equally often
+        assert all(sorted(map(int, r.choices)) == list(range(min(map(int, r.choices)), min(map(int, r.choices)) + 4))
+                   for r in recs)
+        assert Counter(sorted(r.choices, key=int).index(r.answer) for r in recs) == {0: 4, 1: 4, 2: 4, 3: 4}
 
 
 @pytest.mark.parametrize("family", ["spoken_word", "voice_change"])

@@ -116,7 +116,7 @@ def test_audio_resolution_and_checks(tmp_path):
     assert msg.startswith("3 of 5 audio files are missing or unreadable")
     assert "id2: " in msg and "cannot read" in msg
     assert "id3: " in msg and "no samples" in msg
-    assert f"id4: {tmp_path / 'audio' / 'missing.wav'} (not found)" in msg
+    assert f"id4: {tmp_path / 'audio' / 'missing.wav'} (file not found)" in msg
     assert "id0" not in msg and "id1" not in msg
     with pytest.raises(BenchmarkError, match="1 of 5 audio files"):
         check_audio(bench.items, "exists")

@@ -144,7 +144,7 @@ def test_missing_and_corrupt_audio_listed_before_any_generation(synth10, tmp_pat
         run_eval(synth10, model, tmp_path / "out", _cfg())
     msg = str(err.value)
     assert "2 of 10 audio files" in msg
-    assert f"{synth10.items[2].id}: {synth10.items[2].audio_path} (not found)" in msg
+    assert f"{synth10.items[2].id}: {synth10.items[2].audio_path} (file not found)" in msg
     assert synth10.items[5].id in msg and "cannot read" in msg
     assert model.requests == []
 

@@ -152,6 +152,18 @@ CASES = [
                                          "--out", str(d / "a_file" / "e")], ["a_file"]),
     ("features out in a missing dir", lambda d: ["features", str(d / "clip.wav"), "--out",
                                                  str(d / "a_file" / "x.npy")], ["a_file"]),
+    # a directory where a file is expected is called one (durable.require_file), never "not found"
+    ("sft data is a directory", lambda d: _sft(d, data="full", out="o7"), ["full", "is a directory, not a file"]),
+    ("grpo data is a directory", lambda d: _grpo(d, data="full"), ["full", "is a directory, not a file"]),
+    ("generate audio is a directory", lambda d: _generate(d, str(d / "full"), "hi"), ["full", "is a directory"]),
+    ("generate input is a directory", lambda d: _generate(d, "--input", str(d / "full"), "--output",
+                                                          str(d / "r.jsonl")), ["full", "is a directory"]),
+    ("eval meta is a directory", lambda d: ["eval", "--benchmark", "synthetic", "--data", str(d), "--meta",
+                                            str(d / "full"), "--model", str(d / "good"), "--out", str(d / "e1")],
+     ["full", "is a directory, not a file"]),
+    ("eval predictions is a directory", lambda d: ["eval", "--benchmark", "synthetic", "--predictions",
+                                                   str(d / "full")], ["full", "no predictions.json in this directory"]),
+    ("features audio is a directory", lambda d: ["features", str(d / "full")], ["full", "is a directory"]),
 ]
 if not torch.cuda.is_available():
     CASES.append(("generate cuda without a GPU", lambda d: _generate(d, str(d / "clip.wav"), "hi", "--device", "cuda"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import tiny_checkpoints as tc
 import torch
-from helpers import AnswerOracle
+from helpers import AnswerOracle, tree
 from safetensors.torch import load_file
 
 import echo.engine.llm as llm
@@ -27,11 +27,6 @@ from echo.train import sft as sft_mod
 
 PRESET = "omni-tiny-gqa2"
 SYNTH = ["--families", "beep_count", "pitch_at", "--clip-s", "3", "4", "--no-progress"]
-
-
-def tree(d: Path) -> dict[str, bytes]:
-    """Every file under ``d`` by relative path (the whole observable result of a command)."""
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def log_steps(out: Path) -> list[int]:
@@ -183,7 +178,7 @@ def test_sft_killed_inside_the_checkpoint_swap_resumes_from_that_checkpoint(task
     assert main(sft_argv(d, base, "sft_swap")) == 0
     assert calls["n"] == 2  # steps 5 and 6: the finished step-4 checkpoint was recovered, not lost
     assert log_steps(out) == [1, 2, 3, 4, 5, 6]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "final", "log.jsonl", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "feature_cache", "final", "log.jsonl", "run.json"]
     a, b = weights(sft_straight / "final"), weights(out / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -126,8 +126,8 @@ SCENE_FAMILIES_ORDER = ("scene_heard_between", "scene_which_first", "scene_count
 def test_trained_echo_demo_reasons_with_relistens_on_held_out_items(demo_dir, tmp_path):
     """The shipped parts make a model that answers in Echo's format and re-listens, on the first 14 items of the
     held-out test split (the recipe's: seed 0, easy and medium, recordings never in training). A regression floor,
-    not a quality claim: on these 14 it answers 13 in a choice, re-listens in 9 and is right in 1 (on the whole split
-    about a third, chance a quarter: experiments/echo_demo/RESULTS.md). Without the trained head rows of the tags the
+    not a quality claim: on these 14 it answers 11 in a choice, re-listens in 13 and is right in 2 (on the whole split
+    see experiments/echo_demo/RESULTS.md). Without the trained head rows of the tags the
     model writes no tag token and never re-listens (seen on the SFT model before stage 1b), so a build that lost its
     parts fails here."""
     import shutil
@@ -157,6 +157,6 @@ def test_trained_echo_demo_reasons_with_relistens_on_held_out_items(demo_dir, tm
     extracted = [extract_answer(res.text, r["choices"]) for r, res in zip(items, results)]
     correct = sum(string_match(r["answer"], e.prediction or "", r["choices"]) for r, e in zip(items, extracted))
     relistened = sum(any(x.decision.action == "relisten" for x in res.samples[0].relistens) for res in results)
-    assert sum(e.choice_index is not None for e in extracted) >= 12
-    assert relistened >= 7
+    assert sum(e.choice_index is not None for e in extracted) >= 10
+    assert relistened >= 10
     assert correct >= 1, [res.text for res in results]

@@ -12,6 +12,7 @@ import echo
 import tiny_checkpoints as tc
 from echo.config import EngineConfig, SamplingParams
 from echo.engine.llm import Engine, Request
+from echo.errors import EchoError
 from echo.train.data import IGNORE, SFTRecord, build_dataset, build_example, read_records
 from helpers import ScriptedSeg
 
@@ -68,18 +69,24 @@ def test_both_layouts_and_bad_records(setup):
                                   {"role": "assistant", "content": COT}], "audios": ["clip.wav"]},
         {"id": "s1", "audio": "clip.wav", "question": "How many?", "choices": ["one", "two"], "answer": "two",
          "cot": "<think><seg>0.0, 1.0</seg></think><answer>two</answer>"},
-        {"id": "out", "audio": "clip.wav", "question": "Q", "choices": ["a"], "cot": "<seg>2.0, 9.0</seg>"},
-        {"id": "gone", "audio": "missing.wav", "question": "Q", "choices": ["a"], "cot": "x"},
-        {"id": "junk", "audio": "clip.wav", "question": "Q", "choices": ["a"], "cot": "<seg>soon, later</seg>"},
+        {"id": "out", "audio": "clip.wav", "question": "Q", "choices": ["a", "b"],
+         "cot": "<think><seg>2.0, 9.0</seg></think><answer>a</answer>"},
+        {"id": "gone", "audio": "missing.wav", "question": "Q", "choices": ["a", "b"],
+         "cot": "<think>x</think><answer>a</answer>"},
+        {"id": "junk", "audio": "clip.wav", "question": "Q", "choices": ["a", "b"],
+         "cot": "<think><seg>soon, later</seg></think><answer>a</answer>"},
     ]
     (d / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    records = read_records(d / "data.jsonl")
-    assert [r.id for r in records] == ["m1", "s1", "out", "gone", "junk"]
+    with pytest.raises(EchoError, match=r"line 5 \(junk\): cot has a malformed span"):  # the checker's verdict
+        read_records(d / "data.jsonl")
+    malformed = []
+    records = read_records(d / "data.jsonl", malformed)  # or skipped, with its line and reason
+    assert [r.id for r in records] == ["m1", "s1", "out", "gone"]
+    assert malformed == [("junk", "line 5: cot has a malformed span <seg>soon, later</seg> (not two numbers)")]
     examples, skipped = build_dataset(records, model.processor, "interleaved")
     assert [e.id for e in examples] == ["m1", "s1"]
     reasons = dict(skipped)
     assert "lies outside the 3.00 s clip" in reasons["out"]
     assert "missing.wav: file not found" in reasons["gone"]
-    assert "malformed" in reasons["junk"]
     long = build_dataset(records[:1], model.processor, "interleaved", max_len=50)[1]
     assert "exceed max_len=50" in long[0][1]

@@ -12,6 +12,7 @@ from typing import Union
 
 import numpy as np
 
+from ..durable import require_file
 from ..errors import AudioError
 
 SAMPLING_RATE = 16_000
@@ -35,7 +36,8 @@ def load(
     Args:
         source: a path to any file soundfile can decode (wav, flac, ogg, ...), or an array of samples:
             1-D mono, or 2-D with a channel axis of at most 32 entries ((samples, channels) as soundfile returns,
-            or (channels, samples) as torchaudio returns). Integer arrays are scaled to [-1, 1).
+            or (channels, samples) as torchaudio returns). Integer arrays are scaled to [-1, 1); every float dtype of
+            numpy and torch is taken (bfloat16, float16 and the float8s widened to float32).
         sampling_rate: rate of ``source`` when it is an array (Hz); ``None`` means it is already 16 kHz. For files the
             rate is read from the file and this argument must be ``None`` or match it.
         max_seconds: refuse audio longer than this (checked before decoding a file); ``None`` disables the check.
@@ -74,10 +76,7 @@ def load(
 def _read_file(path: str, sampling_rate: int | None, max_seconds: float | None, label: str) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
-    if not os.path.exists(path):
-        raise AudioError(f"{label}: file not found")
-    if os.path.isdir(path):
-        raise AudioError(f"{label}: is a directory, not an audio file")
+    require_file(path, "file", AudioError, name=label)
     try:
         info = sf.info(path)
     except Exception as exc:  # libsndfile reports corrupt/unknown formats as several exception types
@@ -113,7 +112,12 @@ def _check_not_truncated(info, label: str) -> None:
 
 def _as_float_array(source, label: str) -> np.ndarray:
     if hasattr(source, "detach"):  # a torch tensor, without importing torch here
-        source = source.detach().cpu().numpy()
+        source = source.detach().cpu()
+        if source.is_complex():
+            raise AudioError(f"{label}: complex samples are not audio")
+        if source.is_floating_point():  # bfloat16 and the float8s have no numpy dtype; widening to float32 is exact
+            source = source.float()
+        source = source.numpy()
     arr = np.asarray(source)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
         raise AudioError(f"{label}: expected numeric samples, got dtype {arr.dtype}")

@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from ..durable import BadLine, read_lines
+from ..durable import BadLine, read_lines, require_file
 from ..protocol import SPAN_DECIMALS, format_span, read_span, seg_bodies, split_cot  # noqa: F401  (re-exported)
+from ..errors import ConfigError, EchoError
 from .item import DataFormatError, QuestionItem  # noqa: F401  (re-exported)
 
 REQUIRED_FIELDS = ("id", "audio", "question", "choices", "answer", "cot", "spans", "task")
@@ -49,21 +50,30 @@ def parse_cot(cot: str) -> tuple[list[list[float]], str]:
     return spans, parts[1]
 
 
-def check_record(rec: EAQARecord) -> list[str]:
-    """Every problem with one record (empty when it is valid): choices, answer, spans, and the cot's agreement."""
+def check_record(rec: EAQARecord, required: Iterable[str] = REQUIRED_FIELDS, *, repeats_ok: bool = False
+                 ) -> list[str]:
+    """Every problem with one record (empty when it is valid): choices, answer, spans, and the cot's agreement.
+
+    The one checker of question records, whatever file they came from (EAQA, SFT and RL data, eval benchmarks):
+    ``required`` names the fields the reader's layout must have (EAQA's: all of ``REQUIRED_FIELDS``); any other
+    field is checked when it is present (not None). ``id``, ``audio``, ``question`` and ``choices`` always are.
+    ``repeats_ok``: a choice may appear twice (published benchmarks are scored as released, and MMAU's test-mini
+    repeats choices in 27 items)."""
+    required = {"id", "audio", "question", "choices", *required}
+    present = {name for name in ("answer", "cot", "spans", "task") if getattr(rec, name) is not None} | required
     problems = []
     for name in ("id", "audio", "question", "answer", "cot", "task"):
-        if not isinstance(getattr(rec, name), str) or not getattr(rec, name):
+        if name in present and (not isinstance(getattr(rec, name), str) or not getattr(rec, name)):
             problems.append(f"{name} must be a non-empty string")
     if problems:
         return problems
     if not isinstance(rec.choices, list) or len(rec.choices) < 2 or not all(isinstance(c, str) for c in rec.choices):
         problems.append("choices must be a list of at least 2 strings")
-    elif len(set(rec.choices)) != len(rec.choices):
+    elif len(set(rec.choices)) != len(rec.choices) and not repeats_ok:
         problems.append(f"choices repeat: {rec.choices}")
-    elif rec.answer not in rec.choices:
+    elif "answer" in present and rec.answer not in rec.choices:
         problems.append(f"answer {rec.answer!r} is not among the choices {rec.choices}")
-    if not isinstance(rec.spans, list) or not rec.spans:
+    if "spans" in present and (not isinstance(rec.spans, list) or ("spans" in required and not rec.spans)):
         problems.append("spans must be a non-empty list: every item needs at least one ground-truth span")
     for span in rec.spans if isinstance(rec.spans, list) else []:
         if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(_is_number(x) for x in span)):
@@ -74,17 +84,41 @@ def check_record(rec: EAQARecord) -> list[str]:
             problems.append(f"span [{start_s}, {end_s}] is reversed, empty or negative")
         if rec.duration_s is not None and end_s > rec.duration_s + 1e-6:
             problems.append(f"span [{start_s}, {end_s}] ends after the clip ({rec.duration_s:g} s)")
+    if "cot" not in present:
+        return problems
     try:
         cot_spans, cot_answer = parse_cot(rec.cot)
     except DataFormatError as exc:
         problems.append(str(exc))
     else:
         rounded = [[round(a, SPAN_DECIMALS), round(b, SPAN_DECIMALS)] for a, b in _good_spans(rec.spans)]
-        if cot_spans != rounded:
+        if "spans" in present and cot_spans != rounded:
             problems.append(f"cot spans {cot_spans} differ from the ground-truth spans {rounded}")
-        if cot_answer != rec.answer:
+        if "answer" in present and cot_answer != rec.answer:
             problems.append(f"cot answers {cot_answer!r} but the answer is {rec.answer!r}")
     return problems
+
+
+MAX_BAD_SHARE = 0.01  # the share of malformed records a run skips (each reported); past it the run fails
+
+
+def check_share(name: str, value: Any) -> None:
+    """Refuse a ``max_bad_share`` setting outside [0, 1] (0: any malformed record fails the run)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be a share in [0, 1], got {value!r}")
+
+
+def refuse_bad_share(path: str | os.PathLike, skipped: Sequence[tuple[str, str]], total: int,
+                     max_share: float = MAX_BAD_SHARE, error: type[Exception] = DataFormatError,
+                     what: str = "records") -> None:
+    """Raise ``error`` (one line: how many, the allowed share, then each ``(where, reason)``, up to 30) when more
+    than ``max_share`` of a file's ``total`` records were ``skipped`` as malformed. Below it a run goes on without
+    them: one bad line in a large file never stops training or evaluation, a file that is mostly wrong does."""
+    if len(skipped) <= max_share * total:
+        return
+    shown = [f"{where}: {why}" for where, why in skipped[:30]] + (["..."] if len(skipped) > 30 else [])
+    raise error(f"{os.fspath(path)}: {len(skipped)} of {total} {what} are malformed, more than the "
+                f"{max_share * 100:g}% allowed: {'; '.join(shown)}")
 
 
 def audio_path(rec: EAQARecord, root: str | os.PathLike) -> str:
@@ -97,10 +131,11 @@ def check_audio_file(rec: EAQARecord, root: str | os.PathLike) -> list[str]:
     import soundfile as sf
 
     path = audio_path(rec, root)
-    if not os.path.isfile(path):
-        return [f"audio file {path} not found"]
     try:
+        require_file(path, "audio file")
         info = sf.info(path)
+    except EchoError as exc:
+        return [str(exc)]
     except Exception as exc:  # libsndfile raises several types for corrupt files
         return [f"audio file {path} cannot be read ({exc})"]
     problems = []
@@ -141,31 +176,32 @@ def write_eaqa(path: str | os.PathLike, records: Iterable[EAQARecord], *, check_
     return len(records)
 
 
-def read_eaqa(path: str | os.PathLike, *, strict: bool = True) -> list[EAQARecord]:
+def read_eaqa(path: str | os.PathLike, *, strict: bool = True,
+              skipped: list[tuple[str, str]] | None = None) -> list[EAQARecord]:
     """Read EAQA JSONL. Blank lines are skipped.
 
     Args:
         strict: also reject fields outside the layout (a typo'd field name otherwise goes unnoticed).
+        skipped: given, a bad line does not raise: it is left out and ``("line N (id 'x')", reason)`` appended here
+            (the caller decides how many it accepts: :func:`refuse_bad_share`).
 
     Raises:
         DataFormatError: naming the file and line of every unparsable line, missing or unknown field, invalid record
             (:func:`check_record`) or repeated id (up to 20 problems listed).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataFormatError(f"{path}: EAQA file not found")
-    records, problems, first_line = [], [], {}
+    path = require_file(path, "EAQA file", DataFormatError)
+    records, problems, first_line = [], [], {}  # problems: (where, reason)
     for lineno, obj in read_lines(path, bad="report"):
         where = f"line {lineno}"
         if isinstance(obj, BadLine):
-            problems.append(f"{where}: " + (f"invalid JSON ({obj.detail})" if obj.kind == "json" else obj.problem))
+            problems.append((where, f"invalid JSON ({obj.detail})" if obj.kind == "json" else obj.problem))
             continue
         missing = [k for k in REQUIRED_FIELDS if k not in obj]
         unknown = sorted(set(obj) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)) if strict else []
         if missing or unknown:
-            problems.append(f"{where}: " + "; ".join(
+            problems.append((where, "; ".join(
                 ([f"missing fields {missing}"] if missing else []) + ([f"unknown fields {unknown}"] if unknown else [])
-            ))
+            )))
             continue
         rec = QuestionItem.from_row(obj)
         bad = check_record(rec)
@@ -173,11 +209,15 @@ def read_eaqa(path: str | os.PathLike, *, strict: bool = True) -> list[EAQARecor
             bad.append(f"duplicate id {rec.id!r} (first on line {first_line[rec.id]})")
         first_line.setdefault(rec.id, lineno)
         if bad:
-            problems.append(f"{where} (id {rec.id!r}): " + "; ".join(bad))
+            problems.append((f"{where} (id {rec.id!r})", "; ".join(bad)))
             continue
         records.append(rec)
+    if skipped is not None:
+        skipped += problems
+        return records
     if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        shown = [f"{where}: {why}" for where, why in problems[:20]]
+        shown += [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
         raise DataFormatError(f"{path}: {len(problems)} bad lines:\n  " + "\n  ".join(shown))
     return records
 

@@ -18,10 +18,10 @@ from ..protocol import format_span as seg
 from . import scenes
 from . import signals as S
 from .formats import DataFormatError
-from .sounds import ANIMAL_NAMES, ASTERISK_EVENTS, FREEDESKTOP_NAMES, SPLITS, Library, Recording, find_library, load
+from .sounds import SPLITS, Library, Recording, find_library, load
 from .sounds import manifest as sounds_manifest
 from .speech import speak
-from .tasks import WORDS, Difficulty, Task, _clip_len, _events, _t
+from .tasks import WORDS, Difficulty, Draw, Task, _clip_len, _events, _t, uniform_draw
 
 # The scene levels: longer clips, more distractor sounds, a music bed and noise as the level rises.
 SCENE_DIFFICULTIES = {
@@ -72,10 +72,11 @@ def _draw_events(rng: np.random.Generator, pool: Pool, k: int, exclude: set[str]
     return out
 
 
-def _all_labels(pool: Pool) -> list[str]:
-    """Every event label known (text only: distractor choices may name sounds of other splits and sources)."""
-    labels = [label for table in (ANIMAL_NAMES, FREEDESKTOP_NAMES, ASTERISK_EVENTS) for _, label in table.values()]
-    return labels + [f"a {name}" for name in _events()] + [r.label for r in pool.events]
+def _split_labels(pool: Pool) -> list[str]:
+    """The labels of every event sound this split's items can play: its recordings and echo's own. Distractor
+    choices come from here only, so each label is offered about as often as it is the answer (a label from another
+    split or source would be offered and never be right: a guesser would learn to avoid it)."""
+    return list(dict.fromkeys([r.label for r in pool.events] + [f"a {name}" for name in _events()]))
 
 
 def _choices(rng: np.random.Generator, answer: str, preferred: list[str], pool: list[str], k: int = 4) -> list[str]:
@@ -93,7 +94,7 @@ def _choices(rng: np.random.Generator, answer: str, preferred: list[str], pool: 
 
 def _scene(rng: np.random.Generator, d: Difficulty, pool: Pool, sounds: list[scenes.Sound]):
     """Mix ``sounds`` (already in clip order) into a clip of the level's length, with the level's music bed."""
-    need = sum(s.seconds for s in sounds) + d.gap_s * (len(sounds) - 1) + 0.5
+    need = sum(_seconds(s) for s in sounds) + d.gap_s * (len(sounds) - 1) + 0.5
     clip_s = _clip_len(rng, d, need_s=need)
     gains_db = [float(rng.uniform(-6.0, 0.0)) for _ in sounds]  # each sound's level, kept in the item's meta
     wave, events = scenes.mix(rng, sounds, clip_s, d.gap_s, gains_db)
@@ -104,6 +105,11 @@ def _scene(rng: np.random.Generator, d: Difficulty, pool: Pool, sounds: list[sce
         bed = scenes.add_music(rng, wave, load(track), level_db)
         meta["background"] = {"recording": track.id, "source": track.source, **bed}
     return wave, events, meta
+
+
+def _seconds(entry) -> float:
+    """A mix entry's length: one sound, or a tuple of sounds that start together."""
+    return max(s.seconds for s in entry) if isinstance(entry, tuple) else entry.seconds
 
 
 def _shuffle(rng: np.random.Generator, sounds: list) -> list:
@@ -119,10 +125,9 @@ def _speech_distractor(rng: np.random.Generator, pool: Pool, d: Difficulty) -> l
 
 
 def heard_between(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
-    target, *others = _draw_events(rng, pool, 1 + d.distractors)
-    order = _shuffle(rng, [target, *others, *_speech_distractor(rng, pool, d)])
+    order = _shuffle(rng, [*_draw_events(rng, pool, 1 + d.distractors), *_speech_distractor(rng, pool, d)])
     wave, events, meta = _scene(rng, d, pool, order)
-    j = next(i for i, e in enumerate(events) if e.recording == target.recording)
+    j = int(rng.integers(0, len(events)))  # any sound of the clip, the speech too: every offered label can be right
     ev = events[j]
     prev_end = events[j - 1].end if j > 0 else 0.0
     next_start = events[j + 1].start if j + 1 < len(events) else wave.shape[0] / S.SR
@@ -130,7 +135,7 @@ def heard_between(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneT
     b = min(np.ceil((ev.end + float(rng.uniform(0.0, 1.0))) * 10) / 10, np.floor(next_start * 10) / 10)
     a, b = (round(float(a), 1) if a <= ev.start else ev.start), (round(float(b), 1) if b >= ev.end else ev.end)
     heard_elsewhere = [e.label for e in events if e.label != ev.label]
-    choices = _choices(rng, ev.label, heard_elsewhere, _all_labels(pool))
+    choices = _choices(rng, ev.label, heard_elsewhere, _split_labels(pool))
     thought = (
         f"I need what plays between {_t(a)} s and {_t(b)} s. Listening to that part again {seg(ev.start, ev.end)}, "
         f"from {_t(ev.start)} to {_t(ev.end)} s I hear {ev.label}; the other sounds of the clip come outside that window."
@@ -139,25 +144,51 @@ def heard_between(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneT
                      [(ev.start, ev.end)], thought, meta)
 
 
-def which_first(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
-    x, y, *others = _draw_events(rng, pool, 2 + d.distractors)
-    wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [x, y, *others, *_speech_distractor(rng, pool, d)]))
-    ex, ey = (next(e for e in events if e.recording == s.recording) for s in (x, y))
-    first, second = sorted((ex, ey), key=lambda e: e.start)
-    answer = f"the {first.name}"
-    choices = _choices(rng, answer, [f"the {second.name}", "they start at the same time",
-                                     "neither of them is heard"], [])
-    thought = (
-        f"The {first.name} plays here {seg(first.start, first.end)} and the {second.name} here "
-        f"{seg(second.start, second.end)}. The {first.name} starts at {_t(first.start)} s, before the {second.name} "
-        f"at {_t(second.start)} s."
-    )
+WHICH_FIRST = ("x first", "y first", "same time", "neither")
+
+
+def which_first(rng: np.random.Generator, d: Difficulty, pool: Pool, draw: Draw | None = None) -> SceneTask:
+    """Which of two named sounds starts first; in a quarter of the items each, they start together or neither plays
+    (so those two choices are right as often as the sounds are, and the question's order says nothing)."""
+    outcome = WHICH_FIRST[(draw or uniform_draw(rng))("outcome", len(WHICH_FIRST))]
+    x, y, *others = _draw_events(rng, pool, 2 + max(1, d.distractors))
+    others = others[: d.distractors] if outcome != "neither" else others
+    speech = _speech_distractor(rng, pool, d)
+    if outcome == "neither":
+        order = _shuffle(rng, [*others, *speech])
+    elif outcome == "same time":
+        order = _shuffle(rng, [(x, y), *others, *speech])
+    else:
+        order = _shuffle(rng, [x, y, *others, *speech])
+        ix, iy = (next(i for i, snd in enumerate(order) if snd is s) for s in (x, y))
+        if (ix < iy) != (outcome == "x first"):
+            order[ix], order[iy] = y, x
+    wave, events, meta = _scene(rng, d, pool, order)
+    same_time, neither = "they start at the same time", "neither of them is heard"
+    if outcome == "neither":
+        answer = neither
+        heard = list(events)
+        cited = ", ".join(f"{e.label} {seg(e.start, e.end)}" for e in heard)
+        thought = f"Listening through the clip, I hear {cited}. Neither the {x.name} nor the {y.name} is among them."
+    else:
+        ex, ey = (next(e for e in events if e.recording == s.recording) for s in (x, y))
+        heard = sorted((ex, ey), key=lambda e: (e.start, e.recording != x.recording))
+        first, second = heard
+        answer = same_time if outcome == "same time" else f"the {first.name}"
+        when = (f"Both start at {_t(first.start)} s." if outcome == "same time" else
+                f"The {first.name} starts at {_t(first.start)} s, before the {second.name} at {_t(second.start)} s.")
+        thought = (f"The {first.name} plays here {seg(first.start, first.end)} and the {second.name} here "
+                   f"{seg(second.start, second.end)}. {when}")
+    choices = _choices(rng, answer, [f"the {x.name}", f"the {y.name}", same_time, neither], [])
     return SceneTask(wave, f"Which comes first: the {x.name} or the {y.name}?", choices, answer,
-                     [(first.start, first.end), (second.start, second.end)], thought, meta)
+                     [(e.start, e.end) for e in heard], thought, meta)
 
 
-def count(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
-    k = int(rng.integers(1, 5 if pool.level == "easy" else 6))
+def count(rng: np.random.Generator, d: Difficulty, pool: Pool, draw: Draw | None = None) -> SceneTask:
+    # The choices are four consecutive counts and the answer is any of them with equal odds, so neither the offered
+    # values nor the answer's rank among them says anything.
+    low = int(rng.integers(1, 2 if pool.level == "easy" else 3))
+    k = low + (draw or uniform_draw(rng))("count", 4)
     for _ in range(50):  # one burst, so each placement is one occurrence to count (echo's sounds always are)
         (target,) = _draw_events(rng, pool, 1, length_s=COUNT_S)
         if scenes.longest_pause_s(target.wave) <= MAX_PAUSE_S:
@@ -169,8 +200,7 @@ def count(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
     wave, events, meta = _scene(rng, d, pool, order)
     spans = [(e.start, e.end) for e in events if e.recording == target.recording]
     answer = str(k)
-    pool_n = [str(n) for n in range(max(0, k - 2), k + 4) if n != k]
-    choices = _choices(rng, answer, [str(len(events))] if len(events) != k else [], pool_n)
+    choices = _choices(rng, answer, [str(n) for n in range(low, low + 4) if n != k], [])
     cited = ", ".join(seg(*s) for s in spans)
     thought = (
         f"I listen for every {target.name} sound in the clip: {cited}. "
@@ -194,7 +224,7 @@ def said_at(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
     others = _draw_events(rng, pool, max(1, d.distractors // 2))
     order = _shuffle(rng, spoken + others)
     wave, events, meta = _scene(rng, d, pool, order)
-    ev = next(e for e in events if e.recording == prompts[0].id)
+    ev = [e for e in events if e.kind == "speech"][int(rng.integers(0, len(spoken)))]  # the espeak word too
     at = round((ev.start + ev.end) / 2, 1)
     at = at if ev.start + 0.03 <= at <= ev.end - 0.03 else S.on_grid((ev.start + ev.end) / 2)
     said_elsewhere = [e.label for e in events if e.kind == "speech" and e.recording != ev.recording]
@@ -212,9 +242,15 @@ def starts_when(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTas
     ev = next(e for e in events if e.recording == target.recording)
     answer = f"at {_t(ev.start)} s"
     clip_s = wave.shape[0] / S.SR
-    elsewhere = [f"at {_t(e.start)} s" for e in events if abs(e.start - ev.start) >= 1.0]
-    spread = [f"at {_t(S.on_grid(t))} s" for t in rng.uniform(0.2, clip_s - 0.5, size=12) if abs(t - ev.start) >= 1.0]
-    choices = _choices(rng, answer, elsewhere, spread)
+    # Every offered time is at least 1 s from every other (not only from the answer), so the answer is not the one
+    # time set apart from the rest.
+    times = [ev.start]
+    candidates = [events[i].start for i in rng.permutation(len(events))]
+    candidates += [S.on_grid(t) for t in rng.uniform(0.2, clip_s - 0.5, size=24)]
+    for t in candidates:
+        if len(times) < 4 and all(abs(t - u) >= 1.0 for u in times):
+            times.append(t)
+    choices = _choices(rng, answer, [f"at {_t(t)} s" for t in times[1:]], [])
     thought = (
         f"The {target.name} plays here {seg(ev.start, ev.end)}: it begins at {_t(ev.start)} s and lasts until "
         f"{_t(ev.end)} s."
@@ -222,33 +258,54 @@ def starts_when(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTas
     return SceneTask(wave, f"When does the {target.name} start?", choices, answer, [(ev.start, ev.end)], thought, meta)
 
 
-def longer(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
+LONGER = ("x longer", "y longer", "equally long", "neither")
+
+
+def longer(rng: np.random.Generator, d: Difficulty, pool: Pool, draw: Draw | None = None) -> SceneTask:
+    """Which of two named sounds lasts longer. Which one is longer is drawn, not taken from the recordings' natural
+    lengths (both are cut from recordings at least as long as the longer cut), so a sound's name says nothing; in a
+    quarter of the items each, they last equally long or neither plays."""
+    outcome = LONGER[(draw or uniform_draw(rng))("outcome", len(LONGER))]
     ratio = {"easy": 2.0, "medium": 1.6, "hard": 1.3}.get(pool.level, 1.6)
-    for _ in range(50):  # two sounds whose natural lengths allow the level's length ratio
+    for _ in range(50):  # two sounds long enough for the level's length ratio, each continuous when cut
         x, y = (_stretched(rng, s) for s in _draw_events(rng, pool, 2, length_s=(3.0, 3.0)))
-        lo_s, hi_s = sorted((x.seconds, y.seconds))
-        short_s = S.on_grid(float(rng.uniform(0.4, max(0.4, min(lo_s, hi_s / ratio)))))
-        if short_s <= lo_s and short_s * ratio + S.GRID_S <= hi_s:
-            long_s = S.on_grid(float(rng.uniform(short_s * ratio + S.GRID_S, hi_s)))
-            lx, ly = (long_s, short_s) if x.seconds >= y.seconds else (short_s, long_s)
-            if max(scenes.longest_pause_s(_cut(x.wave, lx)), scenes.longest_pause_s(_cut(y.wave, ly))) <= MAX_PAUSE_S:
-                break  # both continuous, so "how long it lasts" is the span's length
+        room_s = min(x.seconds, y.seconds)
+        short_s = S.on_grid(float(rng.uniform(0.4, max(0.4, room_s / ratio))))
+        if short_s * ratio + S.GRID_S > room_s:
+            continue  # the same test for every outcome, so which sounds are named says nothing about the outcome
+        long_s = S.on_grid(float(rng.uniform(short_s * ratio + S.GRID_S, room_s)))
+        if outcome == "equally long":
+            lx = ly = (short_s, long_s)[int(rng.integers(0, 2))]
+        else:
+            lx, ly = (long_s, short_s) if outcome == "x longer" else (short_s, long_s)
+        if max(scenes.longest_pause_s(_cut(x.wave, lx)), scenes.longest_pause_s(_cut(y.wave, ly))) <= MAX_PAUSE_S:
+            break  # both continuous, so "how long it lasts" is the span's length
     else:
-        raise ValueError(f"no two sounds in the {pool.split} pool differ enough in length for a {ratio}x comparison")
+        raise ValueError(f"no two sounds in the {pool.split} pool are long enough for a {ratio}x comparison")
     x = scenes.Sound(_cut(x.wave, lx), x.name, x.label, x.kind, x.recording, x.source)
     y = scenes.Sound(_cut(y.wave, ly), y.name, y.label, y.kind, y.recording, y.source)
-    others = _draw_events(rng, pool, d.distractors, exclude={x.name, y.name})
-    wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [x, y, *others, *_speech_distractor(rng, pool, d)]))
-    ex, ey = (next(e for e in events if e.recording == s.recording) for s in (x, y))
-    lng, sht = (ex, ey) if ex.end - ex.start > ey.end - ey.start else (ey, ex)
-    answer = f"the {lng.name}"
-    choices = _choices(rng, answer, [f"the {sht.name}", "they last equally long", "neither of them is heard"], [])
-    thought = (
-        f"The {ex.name} plays here {seg(ex.start, ex.end)}, {ex.end - ex.start:.2f} s long, and the {ey.name} here "
-        f"{seg(ey.start, ey.end)}, {ey.end - ey.start:.2f} s long, so the {lng.name} lasts longer."
-    )
+    others = _draw_events(rng, pool, max(1, d.distractors) if outcome == "neither" else d.distractors,
+                          exclude={x.name, y.name})
+    named = [] if outcome == "neither" else [x, y]
+    wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [*named, *others, *_speech_distractor(rng, pool, d)]))
+    equal, neither = "they last equally long", "neither of them is heard"
+    if outcome == "neither":
+        answer, heard = neither, list(events)
+        cited = ", ".join(f"{e.label} {seg(e.start, e.end)}" for e in heard)
+        thought = f"Listening through the clip, I hear {cited}. Neither the {x.name} nor the {y.name} is among them."
+    else:
+        ex, ey = (next(e for e in events if e.recording == s.recording) for s in (x, y))
+        heard = [ex, ey]
+        lng = ex if ex.end - ex.start > ey.end - ey.start else ey
+        answer = equal if outcome == "equally long" else f"the {lng.name}"
+        verdict = "they last equally long" if outcome == "equally long" else f"the {lng.name} lasts longer"
+        thought = (
+            f"The {ex.name} plays here {seg(ex.start, ex.end)}, {ex.end - ex.start:.2f} s long, and the {ey.name} "
+            f"here {seg(ey.start, ey.end)}, {ey.end - ey.start:.2f} s long, so {verdict}."
+        )
+    choices = _choices(rng, answer, [f"the {x.name}", f"the {y.name}", equal, neither], [])
     return SceneTask(wave, f"Which sound lasts longer: the {x.name} or the {y.name}?", choices, answer,
-                     [(ex.start, ex.end), (ey.start, ey.end)], thought, meta)
+                     [(e.start, e.end) for e in heard], thought, meta)
 
 
 STRETCHABLE = {  # echo's sounds that can be made any length, so a duration comparison never runs out of material
@@ -276,11 +333,11 @@ def which_heard(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTas
     target, *others = _draw_events(rng, pool, 1 + d.distractors)
     wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [target, *others, *_speech_distractor(rng, pool, d)]))
     ev = next(e for e in events if e.recording == target.recording)
-    present = {w for e in events for w in word_tokens(e.label)}
-    sources = {e.source for e in events}
-    absent = [lab for lab in dict.fromkeys(_all_labels(pool)) if not word_tokens(lab) & present - {"a", "an"}]
-    from_other_sources = [lab for lab in absent if lab not in {r.label for r in pool.events if r.source in sources}]
-    choices = _choices(rng, ev.label, from_other_sources, absent)
+    # Absent means not played: a label that only shares a word with a played one ("a rising chirp" beside "a falling
+    # chirp") stays a choice, else such labels would be offered less often and be right more often when offered.
+    present = {e.label for e in events}
+    absent = [lab for lab in _split_labels(pool) if lab not in present]
+    choices = _choices(rng, ev.label, absent, [])
     thought = (
         f"Of the four, only {ev.label} is in the clip: it plays here {seg(ev.start, ev.end)}. "
         f"None of the other three is heard anywhere."
@@ -289,6 +346,7 @@ def which_heard(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTas
                      [(ev.start, ev.end)], thought, meta)
 
 
+DRAWS = {"scene_which_first", "scene_count", "scene_longer"}  # the families whose outcome is a balanced draw
 SCENE_FAMILIES = {  # name -> (function, needs espeak-ng)
     "scene_heard_between": (heard_between, False),
     "scene_which_first": (which_first, False),
@@ -301,13 +359,14 @@ SCENE_FAMILIES = {  # name -> (function, needs espeak-ng)
 
 
 def make_scene_task(family: str, rng: np.random.Generator, d: Difficulty, split: str | None,
-                    sources: str | None) -> SceneTask:
+                    sources: str | None, draw: Draw | None = None) -> SceneTask:
     """One item of a scene family, drawing from ``split``'s recordings under ``sources`` (None: the default places)."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     library = find_library(sources)
     library.require()
-    task = SCENE_FAMILIES[family][0](rng, d, Pool.of(library, split, d.name))
+    fn, pool = SCENE_FAMILIES[family][0], Pool.of(library, split, d.name)
+    task = fn(rng, d, pool, draw=draw) if family in DRAWS else fn(rng, d, pool)
     placed = {(e["start"], e["end"]) for e in task.meta["events"]}
     stray = [span for span in task.spans if tuple(span) not in placed]
     if stray:  # every cited span is where a mixed sound lies; anything else is a bug in the family

@@ -67,16 +67,19 @@ def synthesised(rng: np.random.Generator) -> list[Sound]:
             for name, make in _events().items()]
 
 
-def mix(rng: np.random.Generator, sounds: list[Sound], clip_s: float, min_gap_s: float,
+def mix(rng: np.random.Generator, sounds: list, clip_s: float, min_gap_s: float,
         gains_db: list[float] | None = None) -> tuple[np.ndarray, list[Event]]:
-    """Place ``sounds`` in order, at least ``min_gap_s`` apart, spread randomly over a ``clip_s`` clip."""
+    """Place ``sounds`` in order, at least ``min_gap_s`` apart, spread randomly over a ``clip_s`` clip. An entry may
+    be a tuple of sounds that start together (overlapping, at the entry's one gain): one :class:`Event` each."""
     gains_db = gains_db if gains_db is not None else [0.0] * len(sounds)
+    groups = [entry if isinstance(entry, tuple) else (entry,) for entry in sounds]
     wave = np.zeros(S.n_samples(clip_s), dtype=np.float32)
-    onsets = _layout(rng, [s.seconds for s in sounds], clip_s, min_gap_s)
+    onsets = _layout(rng, [max(s.seconds for s in group) for group in groups], clip_s, min_gap_s)
     events = []
-    for snd, onset, g in zip(sounds, onsets, gains_db):
-        start, end = S.place(wave, snd.wave, onset, gain=10 ** (g / 20))
-        events.append(Event(snd.name, snd.label, snd.kind, snd.recording, snd.source, start, end, round(g, 1)))
+    for group, onset, g in zip(groups, onsets, gains_db):
+        for snd in group:
+            start, end = S.place(wave, snd.wave, onset, gain=10 ** (g / 20))
+            events.append(Event(snd.name, snd.label, snd.kind, snd.recording, snd.source, start, end, round(g, 1)))
     return wave, events
 
 

@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import warnings
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
 
+from ..durable import atomic_dir, recover_dir
 from ..errors import ConfigError
 from ..protocol import format_cot
 from . import signals
+from .audit import LeakWarning, audit
 from .formats import DataFormatError, write_eaqa
 from .item import QuestionItem
 from .speech import SpeechUnavailable, have_espeak
 from .scene_tasks import SCENE_DIFFICULTIES, SCENE_FAMILIES, dataset_manifest, make_scene_task
 from .sounds import SPLITS, find_library
-from .tasks import DIFFICULTIES, FAMILIES, Difficulty
+from .tasks import DIFFICULTIES, FAMILIES, Difficulty, Draw
 
 ALL_FAMILIES = {**FAMILIES, **SCENE_FAMILIES}  # the scene families need recorded sounds (``sounds``)
 
@@ -118,20 +121,24 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
     level = config.difficulties[(index // len(families)) % len(config.difficulties)]
     split_code = [] if config.split is None else [SPLITS.index(config.split) + 1]
     rng = np.random.default_rng([config.seed, *split_code, index])
+    draw = balanced_draw(config, index, families)
     if family in SCENE_FAMILIES:
         d = config.level(level, SCENE_DIFFICULTIES)
-        task = make_scene_task(family, rng, d, config.split, config.sources)
+        task = make_scene_task(family, rng, d, config.split, config.sources, draw)
     else:
         d = config.level(level)
-        task = FAMILIES[family][0](rng, d)
+        task = FAMILIES[family][0](rng, d, draw=draw) if family in TONE_DRAWS else FAMILIES[family][0](rng, d)
     wave = signals.finish(signals.add_noise(rng, task.wave, d.snr_db))
     rid = item_id(config, index, families)
+    choices = list(task.choices)
+    if family not in ORDERED_CHOICES:
+        choices = place_answer(choices, task.answer, draw("answer position", len(choices)))
     spans = [[float(a), float(b)] for a, b in task.spans]
     record = QuestionItem(
         id=rid,
         audio=f"{AUDIO_DIR}/{rid}.wav",
         question=task.question,
-        choices=list(task.choices),
+        choices=choices,
         answer=task.answer,
         cot=format_cot(task.thought, task.answer),
         spans=spans,
@@ -144,11 +151,40 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
     return SynthItem(record=record, wave=wave)
 
 
+ORDERED_CHOICES = {"loudest_burst", "silence_gap"}  # choices listed in order ("the first burst", ...), kept so
+TONE_DRAWS = {"beep_count", "event_order"}  # the tone families whose outcome is a balanced draw
+
+
+def balanced_draw(config: SynthConfig, index: int, families: tuple[str, ...]) -> Draw:
+    """Item ``index``'s balanced draws (``tasks.Draw``): for each ``what`` (the answer's position, a family's
+    outcome) a family's items take the values ``0..k-1`` in blocks of ``k`` consecutive items, one permutation per
+    block, so each value comes up exactly as often as the others (not just on average) yet is unpredictable within a
+    block. Each ``what`` has a stream of its own, so the draws are independent of each other and of the item."""
+    family, occurrence = index % len(families), index // len(families)
+    split_code = [] if config.split is None else [SPLITS.index(config.split) + 1]
+
+    def draw(what: str, k: int) -> int:
+        stream = zlib.crc32(what.encode())
+        rng = np.random.default_rng([config.seed, *split_code, stream, family, occurrence // k])
+        return int(rng.permutation(k)[occurrence % k])
+
+    return draw
+
+
+def place_answer(choices: list[str], answer: str, slot: int) -> list[str]:
+    """``choices`` with ``answer`` moved to position ``slot`` (the others keep their order)."""
+    others = [c for c in choices if c != answer]
+    return others[:slot] + [answer] + others[slot:]
+
+
 def generate(config: SynthConfig) -> Iterator[SynthItem]:
     """Items ``0 .. n-1`` in order."""
     families = config.resolved_families()
     for index in range(config.n):
         yield make_item(config, index, families)
+
+
+SWAP_TAG = "synth-"  # --overwrite builds beside --out in OUT.synth-tmp, then swaps through OUT.synth-new / -old
 
 
 def write_synthetic(config: SynthConfig, out_dir: str | os.PathLike, *, progress: bool = False,
@@ -166,15 +202,10 @@ def write_synthetic(config: SynthConfig, out_dir: str | os.PathLike, *, progress
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--out {out_dir} is a file, not a directory")
     manifest = {"config": json.loads(json.dumps(asdict(config))), "families": list(config.resolved_families())}
+    recover_dir(out_dir, SWAP_TAG)  # an --overwrite swap a kill interrupted: finished or undone, no copy left over
     if overwrite and os.path.isdir(out_dir) and os.listdir(out_dir):
-        fresh = out_dir.rstrip(os.sep) + ".synth-tmp"
-        shutil.rmtree(fresh, ignore_errors=True)
-        _write_resumable(config, manifest, fresh, progress)
-        old = out_dir.rstrip(os.sep) + ".synth-old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out_dir, old)
-        os.rename(fresh, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(out_dir, SWAP_TAG) as fresh:
+            _write_resumable(config, manifest, os.fspath(fresh), progress)
         return os.path.join(out_dir, JSONL_NAME)
     _check_resumable(out_dir, manifest)
     return _write_resumable(config, manifest, out_dir, progress)
@@ -234,9 +265,12 @@ def _write_resumable(config: SynthConfig, manifest: dict, out_dir: str, progress
                 append_row(log, rec.to_json())
             records.append(rec)
     write_eaqa(path, records, check_audio=True)
-    final = {**manifest, "count": len(records), **dataset_manifest(records, config.sources)}
+    report = audit(records)  # this split alone: cross-validated within it
+    final = {**manifest, "count": len(records), **dataset_manifest(records, config.sources), "audit": report.as_dict()}
     write_atomic(manifest_path, json.dumps(final, indent=2))
     os.remove(partial)
+    if report.warning():
+        warnings.warn(f"{out_dir}: {report.warning()} (`echo data audit` has the table)", LeakWarning, stacklevel=2)
     return path
 
 

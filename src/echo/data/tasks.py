@@ -8,6 +8,7 @@ draw from ``rng``, so a seed fixes everything.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -58,6 +59,16 @@ DIFFICULTIES = {
     "medium": Difficulty("medium", (6.0, 10.0), 2, 20.0, 6.0, 2, 0.5, True),
     "hard": Difficulty("hard", (10.0, 16.0), 4, 6.0, 3.0, 1, 0.25, False),
 }
+
+
+Draw = Callable[[str, int], int]
+"""``draw(what, k) -> 0..k-1``: a family's choice among ``k`` outcomes (which sound is longer, the answer's rank among
+the offered counts...). ``synthetic.balanced_draw`` makes it exact over a family's items, so every outcome is the
+answer in exactly its share of them; on its own a family draws uniformly from its ``rng`` (:func:`uniform_draw`)."""
+
+
+def uniform_draw(rng: np.random.Generator) -> Draw:
+    return lambda what, k: int(rng.integers(0, k))
 
 
 @dataclass(slots=True)
@@ -116,8 +127,11 @@ def _events() -> dict:
     }
 
 
-def beep_count(rng: np.random.Generator, d: Difficulty) -> Task:
-    k = int(rng.integers(1, 6))
+def beep_count(rng: np.random.Generator, d: Difficulty, draw: Draw | None = None) -> Task:
+    # Four consecutive counts are offered and the answer is any of them with equal odds: neither the offered values
+    # nor the answer's rank among them gives it away.
+    low = int(rng.integers(1, 3))
+    k = low + (draw or uniform_draw(rng))("count", 4)
     beep_s, n_out = 0.12, d.distractors + int(rng.integers(1, 3))
     clip_s = _clip_len(rng, d, need_s=k * 0.35 + 0.6 + n_out * 0.35 + 1.0)
     win_s = max(round(k * 0.35 + 0.4, 1), round(clip_s * float(rng.uniform(0.3, 0.5)), 1))
@@ -136,9 +150,7 @@ def beep_count(rng: np.random.Generator, d: Difficulty) -> Task:
             continue  # that side is full; fewer distractor beeps is fine
     for onset in inside + outside:
         S.place(wave, S.beep(beep_s), S.on_grid(onset))
-    total = k + len(outside)
-    pool = [str(n) for n in range(max(0, k - 2), k + 4) if n != k]
-    choices = _choices(rng, str(k), [str(total)] if total != k else [], pool)
+    choices = _choices(rng, str(k), [str(n) for n in range(low, low + 4) if n != k], [])
     times = ", ".join(f"{_t(S.on_grid(o))} s" for o in inside)
     thought = (
         f"I need to count the beeps between {_t(a)} s and {_t(b)} s, so I listen to that window again {seg(a, b)}. "
@@ -183,26 +195,46 @@ def pitch_at(rng: np.random.Generator, d: Difficulty) -> Task:
     return Task(wave, f"What is the pitch of the tone playing at {_t(at)} s?", choices, answer, [(s, e)], thought)
 
 
-def event_order(rng: np.random.Generator, d: Difficulty) -> Task:
+EVENT_ORDER = ("x first", "y first", "same time", "neither")
+
+
+def event_order(rng: np.random.Generator, d: Difficulty, draw: Draw | None = None) -> Task:
+    """Which of two named sounds starts first; in a quarter of the items each, they start together (overlapping) or
+    neither plays, so every offered choice is right in its fair share of items."""
+    outcome = EVENT_ORDER[(draw or uniform_draw(rng))("outcome", len(EVENT_ORDER))]
     catalog = _events()
     names = list(catalog)
     x, y, *rest = [names[i] for i in rng.permutation(len(names))]
-    extra = rest[: min(d.distractors, len(rest))]
-    order = [[x, y, *extra][i] for i in rng.permutation(2 + len(extra))]
-    sounds = [catalog[n](rng) for n in order]
-    lengths = [s.shape[0] / S.SR for s in sounds]
+    extra = rest[: max(1, d.distractors) if outcome == "neither" else min(d.distractors, len(rest))]
+    slots: list[tuple[str, ...]] = [(n,) for n in extra]
+    if outcome == "same time":
+        slots.append((x, y))
+    elif outcome != "neither":
+        slots += [(x,), (y,)]
+    slots = [slots[i] for i in rng.permutation(len(slots))]
+    if outcome in ("x first", "y first"):
+        ix, iy = slots.index((x,)), slots.index((y,))
+        if (ix < iy) != (outcome == "x first"):
+            slots[ix], slots[iy] = (y,), (x,)
+    sounds = {n: catalog[n](rng) for slot in slots for n in slot}
+    lengths = [max(sounds[n].shape[0] for n in slot) / S.SR for slot in slots]
     clip_s = _clip_len(rng, d, need_s=sum(lengths) + 0.3 * len(lengths) + 0.4)
     wave = np.zeros(S.n_samples(clip_s), dtype=np.float32)
-    spans = {n: S.place(wave, snd, o) for n, snd, o in zip(order, sounds, _layout(rng, lengths, clip_s, 0.3))}
-    first, second = sorted((x, y), key=lambda n: spans[n][0])
-    choices = _choices(rng, f"the {first}", [f"the {second}", "they start at the same time",
-                                              "neither of them is in the clip"], [])
-    thought = (
-        f"The {first} plays here {seg(*spans[first])} and the {second} here {seg(*spans[second])}. "
-        f"The {first} starts at {_t(spans[first][0])} s, before the {second} at {_t(spans[second][0])} s."
-    )
-    return Task(wave, f"Which comes first: the {x} or the {y}?", choices, f"the {first}",
-                [spans[first], spans[second]], thought)
+    spans = {n: S.place(wave, sounds[n], o) for slot, o in zip(slots, _layout(rng, lengths, clip_s, 0.3)) for n in slot}
+    same_time, neither = "they start at the same time", "neither of them is in the clip"
+    if outcome == "neither":
+        answer, cited = neither, [spans[n] for slot in slots for n in slot]
+        heard = ", ".join(f"a {n} {seg(*spans[n])}" for slot in slots for n in slot)
+        thought = f"Listening through the clip, I hear {heard}. Neither the {x} nor the {y} is among them."
+    else:
+        first, second = sorted((x, y), key=lambda n: (spans[n][0], n != x))
+        answer = same_time if outcome == "same time" else f"the {first}"
+        when = (f"Both start at {_t(spans[first][0])} s." if outcome == "same time" else
+                f"The {first} starts at {_t(spans[first][0])} s, before the {second} at {_t(spans[second][0])} s.")
+        cited = [spans[first], spans[second]]
+        thought = f"The {first} plays here {seg(*spans[first])} and the {second} here {seg(*spans[second])}. {when}"
+    choices = _choices(rng, answer, [f"the {x}", f"the {y}", same_time, neither], [])
+    return Task(wave, f"Which comes first: the {x} or the {y}?", choices, answer, cited, thought)
 
 
 def loudest_burst(rng: np.random.Generator, d: Difficulty) -> Task:

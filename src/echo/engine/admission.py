@@ -23,8 +23,6 @@ from .sequence import AudioRun
 
 def load_clip(audio, features: FeatureConfig, config: EngineConfig) -> tuple[np.ndarray, list[str]]:
     """The request's clip as the model hears it, and what was changed to get there."""
-    if isinstance(audio, torch.Tensor) and audio.dtype in (torch.bfloat16, torch.float16):
-        audio = audio.detach().float()  # numpy has no bfloat16; widening is exact
     wave = load_audio(audio, name=os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else None)
     warnings = []
     shortest = min_audio_samples(features)
@@ -33,14 +31,19 @@ def load_clip(audio, features: FeatureConfig, config: EngineConfig) -> tuple[np.
                          f"needs at least {shortest} samples to give one audio token")
     limit = features.max_samples
     if len(wave) > limit:
-        seconds = f"{len(wave) / features.sampling_rate:.1f} s"
         if config.long_audio == "error":
+            seconds = f"{len(wave) / features.sampling_rate:.1f} s"
             raise AudioError(f"audio lasts {seconds}, above the feature extractor's maximum of "
                              f"{features.chunk_length} s (EngineConfig.long_audio='error')")
-        warnings.append(f"audio of {seconds} truncated to its first {features.chunk_length} s, the feature "
-                        "extractor's maximum; re-listens are limited to them")
+        warnings.append(truncation_warning(len(wave), features))
         wave = np.ascontiguousarray(wave[:limit])
     return wave, warnings
+
+
+def truncation_warning(num_samples: int, features: FeatureConfig) -> str:
+    """What a clip longer than the feature extractor's maximum gets (the engine's and SFT's words alike)."""
+    return (f"audio of {num_samples / features.sampling_rate:.1f} s truncated to its first {features.chunk_length} s, "
+            "the feature extractor's maximum; re-listens are limited to them")
 
 
 def prompt_ids(model, prompt, num_frames: int, max_model_len: int) -> list[int]:

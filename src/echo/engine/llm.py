@@ -9,8 +9,9 @@ into a ``GenerationResult`` (outputs.py).
 
 Nothing a request does may outlive it: bad requests are refused at admission (``add_request`` raises EchoError;
 ``generate`` turns that into the request's ``error``), a sequence whose logits cannot be sampled ends with finish
-reason "invalid_logits", a step that raises ends the sequences it ran with finish reason "error" (their blocks
-freed, the message in ``SampleOutput.error``) and the engine goes on; ``generate`` and ``stream`` abort their own
+reason "invalid_logits", a sequence whose step raises because of it ends alone with finish reason "error" (its
+blocks freed, the message in ``SampleOutput.error``: ``_run_contained`` reruns the step in halves to find it) and
+the engine and the other sequences go on; ``generate`` and ``stream`` abort their own
 requests when they are interrupted, so an engine cached on a model never keeps zombie sequences.
 """
 
@@ -37,7 +38,7 @@ from .postprocess import Postprocessor
 from .request_state import RequestState
 from .runner import ModelRunner
 from .sampler import LogitsProcessor
-from .scheduler import Scheduler
+from .scheduler import ScheduledStep, Scheduler, split_step
 from .sequence import Clip, Sequence
 
 __all__ = ["Engine", "GenerationResult", "Request", "RequestState", "SampleOutput", "engine_for", "generate",
@@ -111,11 +112,33 @@ class Engine:
         """One step, schedule -> run -> postprocess; returns the sequences that finished in it."""
         step = self.scheduler.schedule()
         if step.chunks:
-            try:
-                self.scheduler.postprocess(step, self.runner.run(step, self.logits_processors))
-            except Exception as exc:  # noqa: BLE001 -- the sequences it ran end; the engine and the rest go on
-                self.scheduler.fail(step, f"{type(exc).__name__}: {exc}")
+            self._run_contained(step)
         return self.scheduler.drain()
+
+    def _run_contained(self, step: ScheduledStep) -> None:
+        """Run and postprocess ``step``. When the run raises, its chunks run again in halves until the chunk at
+        fault is alone: only that chunk's sequence (and the samples waiting to fork it) ends with finish reason
+        "error", the others get the tokens they would have had. A rerun is safe because a failed run changed no
+        sequence: a chunk rewrites the same K/V slots, and sampling comes last (a row that cannot be sampled is the
+        sampler's own per-sequence "invalid_logits"; only a sampler that raised after drawing would shift seeded
+        draws). A failure that every part repeats (a broken device) ends each sequence, after about 2n runs.
+        Postprocess contains its failures per sequence itself; one that still escapes it is not rerun (it changes
+        sequences as it goes) and ends the sequences of this part of the step."""
+        try:
+            sampled = self.runner.run(step, self.logits_processors)
+        except Exception as exc:  # noqa: BLE001 -- contained below; the engine and the rest go on
+            if len(step.chunks) == 1:
+                self.scheduler.fail(step, f"{type(exc).__name__}: {exc}")
+                return
+            for chunk in step.chunks:  # the run may have marked them cached before it raised
+                chunk.seq.num_cached = chunk.start
+            for half in split_step(step):
+                self._run_contained(half)
+            return
+        try:
+            self.scheduler.postprocess(step, sampled)
+        except Exception as exc:  # noqa: BLE001 -- the sequences it ran end; the engine and the rest go on
+            self.scheduler.fail(step, f"{type(exc).__name__}: {exc}")
 
     # ---- batch API -----------------------------------------------------------------------------------------------
 

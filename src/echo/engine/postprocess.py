@@ -35,8 +35,12 @@ class Postprocessor:
                 seq.error = error
                 sched.finish(seq, "invalid_logits")
                 continue
-            seq.append_sampled(token, lp if seq.params.logprobs else None)
-            decision = self._after_sample(sched, seq)
+            try:  # what one sequence's text does (decode, a </seg>, the policy) ends that sequence alone
+                seq.append_sampled(token, lp if seq.params.logprobs else None)
+                decision = self._after_sample(sched, seq)
+            except Exception as exc:  # noqa: BLE001
+                sched.fail([seq], f"{type(exc).__name__}: {exc}")
+                continue
             if decision is not None:
                 relisten.append((seq, decision))
         if relisten:
@@ -103,17 +107,23 @@ class Postprocessor:
 
     def relisten(self, sched, items: list[tuple[Sequence, RelistenDecision]]) -> None:
         """Splice every span re-listened this step after its sequence's ``</seg>`` (its rows come next step)."""
-        cfg = self.model.config
         for seq, decision in items:
-            start, end = decision.applied_samples
-            n = num_audio_tokens(num_mel_frames(end - start, self.features))
-            ids = splice_ids(n, cfg.audio_bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id)
-            record = seq.relistens[-1]
-            if len(seq) + len(ids) >= self.config.max_model_len:
-                sched.finish(seq, "length")
-                continue
-            record.num_audio_tokens, record.position, record.inserted = n, len(seq), True
-            # known now for streams and servers; the step that embeds the rows confirms it (runner.py)
-            record.cache_hit = (seq.clip.hash, start, end) in self.encoder_cache
-            seq.append_splice(ids, AudioRun(len(seq) + ids.index(cfg.audio_token_id), n, seq.clip, start, end,
-                                            record=record))
+            try:
+                self._splice(sched, seq, decision)
+            except Exception as exc:  # noqa: BLE001 -- this sequence's splice: it alone ends
+                sched.fail([seq], f"{type(exc).__name__}: {exc}")
+
+    def _splice(self, sched, seq: Sequence, decision: RelistenDecision) -> None:
+        cfg = self.model.config
+        start, end = decision.applied_samples
+        n = num_audio_tokens(num_mel_frames(end - start, self.features))
+        ids = splice_ids(n, cfg.audio_bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id)
+        record = seq.relistens[-1]
+        if len(seq) + len(ids) >= self.config.max_model_len:
+            sched.finish(seq, "length")
+            return
+        record.num_audio_tokens, record.position, record.inserted = n, len(seq), True
+        # known now for streams and servers; the step that embeds the rows confirms it (runner.py)
+        record.cache_hit = (seq.clip.hash, start, end) in self.encoder_cache
+        seq.append_splice(ids, AudioRun(len(seq) + ids.index(cfg.audio_token_id), n, seq.clip, start, end,
+                                        record=record))

@@ -50,6 +50,19 @@ class ScheduledStep:
     rows: list[int]
 
 
+def split_step(step: ScheduledStep) -> tuple[ScheduledStep, ScheduledStep]:
+    """``step``'s chunks in two halves, each with the samples that read its chunks' logits (rows renumbered): what
+    the engine reruns to find the chunk whose run raised (``Engine._run_contained``)."""
+    half = len(step.chunks) // 2
+    sampling = [c for c in step.chunks if c.samples]  # step.rows index into these
+    parts = []
+    for chunks in (step.chunks[:half], step.chunks[half:]):
+        rows = {id(c): k for k, c in enumerate(c for c in chunks if c.samples)}
+        mine = [(seq, rows[id(sampling[r])]) for seq, r in zip(step.samples, step.rows) if id(sampling[r]) in rows]
+        parts.append(ScheduledStep(chunks, [seq for seq, _ in mine], [r for _, r in mine]))
+    return parts[0], parts[1]
+
+
 class Scheduler:
     def __init__(self, config: EngineConfig, block_manager: BlockManager, kv_cache: PagedKVCache, post=None):
         self.config, self.bm, self.kv = config, block_manager, kv_cache
@@ -109,10 +122,11 @@ class Scheduler:
                 follower.error = seq.error
                 self.finish(follower, reason)
 
-    def fail(self, step: ScheduledStep, message: str) -> None:
-        """A step raised: the sequences it ran (and the samples that were to fork them) end with finish reason
-        "error" and the message; the engine and the other sequences go on."""
-        for seq in {id(s): s for s in [c.seq for c in step.chunks] + step.samples}.values():
+    def fail(self, step: ScheduledStep | list[Sequence], message: str) -> None:
+        """The sequences at fault (a step's: those it ran and the samples that were to fork them) end with finish
+        reason "error" and the message; the engine and the other sequences go on."""
+        seqs = [c.seq for c in step.chunks] + step.samples if isinstance(step, ScheduledStep) else step
+        for seq in {id(s): s for s in seqs}.values():
             if not seq.is_finished:
                 seq.error = message
                 self.finish(seq, "error")

@@ -18,8 +18,9 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+from ..data.formats import MAX_BAD_SHARE, check_record, refuse_bad_share
 from ..data.item import QuestionItem
-from ..durable import read_json_rows
+from ..durable import read_json_rows, require_file
 from ..errors import EchoError
 
 BENCHMARK_NAMES = ("mmar", "mmau-test-mini", "mmau-test", "synthetic")
@@ -77,6 +78,7 @@ class Benchmark:
     meta_path: str
     audio_root: str
     items: list[EvalItem]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, reason) of each malformed item left out
 
     def __len__(self) -> int:
         return len(self.items)
@@ -98,6 +100,7 @@ def load_benchmark(
     meta: str | os.PathLike | None = None,
     *,
     strict: bool = True,
+    max_bad_share: float = MAX_BAD_SHARE,
 ) -> Benchmark:
     """Load a benchmark's items, with audio paths resolved against ``data_dir``.
 
@@ -106,34 +109,41 @@ def load_benchmark(
         data_dir: the local directory holding the audio (and, unless ``meta`` is given, the metadata file).
         meta: the metadata file, when it is not in ``data_dir`` under its published name.
         strict: reject fields outside the published layout (unknown fields usually mean the wrong file).
+        max_bad_share: malformed items (each checked by ``formats.check_record``) are left out and listed in
+            ``Benchmark.skipped`` while they are at most this share of the file.
 
     Raises:
-        BenchmarkError: unreadable file, missing or unknown fields, wrong types, duplicate ids, or an answer that is
-            not among the choices; every offending item is listed (up to 30).
+        BenchmarkError: unreadable file; or more than ``max_bad_share`` of the items malformed (missing or unknown
+            fields, wrong types, duplicate ids, an answer that is not among the choices): every offending item is
+            listed (up to 30) on one line.
     """
     _check_name(name)
     data_dir = os.fspath(data_dir)
     meta_path = os.fspath(meta) if meta is not None else find_meta(name, data_dir)
     if name == "synthetic":
-        return _load_synthetic(meta_path, data_dir, strict)
-    rows = _read_rows(meta_path)
+        return _load_synthetic(meta_path, data_dir, strict, max_bad_share)
+    rows, problems = _read_rows(meta_path)  # problems: (where, reason) of each item left out
+    total = len(rows) + len(problems)
     fields = _MMAR_FIELDS if name == "mmar" else _MMAU_FIELDS
     if name == "mmau-test-mini":
         fields = {"required": fields["required"] + ("answer",), "optional": fields["optional"]}
-    items, problems, seen = [], [], {}
+    needed = ("answer",) if "answer" in fields["required"] else ()
+    items, seen = [], {}
     for index, row in enumerate(rows):
         where = f"item {index}" + (f" (id {row.get('id')!r})" if isinstance(row, dict) and "id" in row else "")
         bad = _check_row(row, fields, strict)
+        if not bad:
+            item = QuestionItem.from_row(row, audio_key=_AUDIO_KEY[name])
+            bad = check_record(item, needed, repeats_ok=True)
         if not bad and row["id"] in seen:
             bad = [f"duplicate id (first at item {seen[row['id']]})"]
         if bad:
-            problems.append(f"{where}: " + "; ".join(bad))
+            problems.append((where, "; ".join(bad)))
             continue
         seen[row["id"]] = index
-        item = QuestionItem.from_row(row, audio_key=_AUDIO_KEY[name])
         items.append(EvalItem.from_item(replace(item, audio=resolve_audio(item.audio, data_dir)), row))
-    _raise_listed(problems, f"{meta_path}: {len(problems)} of {len(rows)} items are not in the {name} layout")
-    return Benchmark(name=name, meta_path=meta_path, audio_root=data_dir, items=items)
+    refuse_bad_share(meta_path, problems, total, max_bad_share, BenchmarkError, f"items in the {name} layout")
+    return Benchmark(name=name, meta_path=meta_path, audio_root=data_dir, items=items, skipped=problems)
 
 
 def resolve_audio(relative: str, data_dir: str) -> str:
@@ -165,8 +175,10 @@ def check_audio(items: Sequence[EvalItem], mode: str = "header") -> None:
 
 
 def _audio_problem(path: str, mode: str) -> str | None:
-    if not os.path.isfile(path):
-        return "not found"
+    try:
+        require_file(path)
+    except EchoError as exc:
+        return str(exc).removeprefix(f"{path}: ")  # "file not found", "is a directory, not a file"
     if mode == "exists":
         return None
     import soundfile as sf
@@ -193,31 +205,32 @@ def _audio_problem(path: str, mode: str) -> str | None:
     return None
 
 
-def _load_synthetic(meta_path: str, data_dir: str, strict: bool) -> Benchmark:
+def _load_synthetic(meta_path: str, data_dir: str, strict: bool, max_bad_share: float) -> Benchmark:
     from ..data.formats import DataFormatError, audio_path, read_eaqa
 
+    skipped: list[tuple[str, str]] = []
     try:
-        records = read_eaqa(meta_path, strict=strict)
+        records = read_eaqa(meta_path, strict=strict, skipped=skipped)
     except DataFormatError as exc:
         raise BenchmarkError(str(exc)) from None
+    refuse_bad_share(meta_path, skipped, len(records) + len(skipped), max_bad_share, BenchmarkError)
     root = os.path.dirname(os.path.abspath(meta_path))
     items = [EvalItem.from_item(replace(r, audio=audio_path(r, root)), r.to_json()) for r in records]
-    return Benchmark(name="synthetic", meta_path=meta_path, audio_root=data_dir, items=items)
+    return Benchmark(name="synthetic", meta_path=meta_path, audio_root=data_dir, items=items, skipped=skipped)
 
 
-def _read_rows(path: str) -> list[Any]:
-    if not os.path.isfile(path):
-        raise BenchmarkError(f"{path}: metadata file not found")
+def _read_rows(path: str) -> tuple[list[Any], list[tuple[str, str]]]:
+    """The file's rows, and ``("line N", reason)`` for each JSON-lines line that is not JSON (left out)."""
+    require_file(path, "metadata file", BenchmarkError)
     try:  # a JSON list (MMAU; also MMAR converted to .json by some tools) or JSON lines (MMAR)
         rows, bad = read_json_rows(path)  # non-objects are listed per item by _check_row
     except json.JSONDecodeError as exc:
         raise BenchmarkError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-    problems = [f"line {n}: invalid JSON ({why})" for n, why in bad]
-    _raise_listed(problems, f"{path}: {len(problems)} lines are not JSON")
-    return rows
+    return rows, [(f"line {n}", f"invalid JSON ({why})") for n, why in bad]
 
 
 def _check_row(row: Any, fields: dict[str, tuple[str, ...]], strict: bool) -> list[str]:
+    """The published layout's fields (missing, or unknown when ``strict``); their values are check_record's."""
     if not isinstance(row, dict):
         return [f"expected a JSON object, got {type(row).__name__}"]
     bad = []
@@ -228,18 +241,6 @@ def _check_row(row: Any, fields: dict[str, tuple[str, ...]], strict: bool) -> li
         unknown = sorted(set(row) - set(fields["required"]) - set(fields["optional"]))
         if unknown:
             bad.append(f"unknown fields {unknown}")
-    if bad:
-        return bad
-    if not isinstance(row["id"], str) or not row["id"]:
-        bad.append("id must be a non-empty string")
-    for key in ("question", "audio_id" if "audio_id" in row else "audio_path"):
-        if not isinstance(row[key], str) or not row[key]:
-            bad.append(f"{key} must be a non-empty string")
-    choices = row["choices"]
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-        bad.append("choices must be a list of at least 2 strings")
-    elif row.get("answer") is not None and row["answer"] not in choices:
-        bad.append(f"answer {row['answer']!r} is not among the choices")
     return bad
 
 

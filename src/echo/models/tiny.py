@@ -111,25 +111,19 @@ def make_checkpoint(path: Path, name: str, seed: int = 0, max_shard_size: str | 
 def make_checkpoint_dir(path: Path, name: str, seed: int = 0, force: bool = False) -> None:
     """``echo make-tiny``: ``make_checkpoint`` into ``path``, refusing an unknown preset, a file, or a non-empty
     directory (it may hold a trained checkpoint) unless ``force``, which replaces that directory whole. Written
-    beside and renamed into place, so a kill leaves no half checkpoint."""
-    import shutil
-
+    beside and swapped into place (``durable.atomic_dir``), so a kill leaves no half checkpoint, and the next run
+    finishes or undoes a swap a kill interrupted."""
+    from ..durable import atomic_dir, recover_dir
     from ..errors import ConfigError
     from .presets import PRESETS
 
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    recover_dir(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} is a file, not a directory")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise ConfigError(f"{path} is not empty (it may hold a trained checkpoint); pass --force to replace it, "
                           "or choose another directory")
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    make_checkpoint(tmp, name, seed)
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(path) as tmp:
+        make_checkpoint(tmp, name, seed)

@@ -129,10 +129,12 @@ def build_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
         if kind == "error":
             raise info
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        warned = _warning_headers(info["warnings"])
         if req.stream:
             return StreamingResponse(_stream(job, req, info, rid, created), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _complete(request, job, req, info, rid, created)
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **warned})
+        body = await _complete(request, job, req, info, rid, created)
+        return JSONResponse(body, headers=warned) if isinstance(body, dict) else body
 
     async def _events(job: Job):
         """The job's events until it is done; the request is cancelled if the consumer stops early."""
@@ -189,7 +191,8 @@ def build_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
                     "finish_reason": _FINISH.get(finish[i], "stop"),
                     "echo": {"relistens": relistens[i], "finish_reason": finish[i]}} for i in range(n)]
         return {"id": rid, "object": "chat.completion", "created": created, "model": config.model_name,
-                "choices": choices, "usage": _usage(admitted, done) if done else None}
+                "choices": choices, "usage": _usage(admitted, done) if done else None,
+                "echo": {"warnings": admitted["warnings"]}}
 
     async def _stream(job: Job, req: ChatRequest, admitted: dict, rid: str, created: int):
         def chunk(choices, **extra) -> str:
@@ -198,7 +201,7 @@ def build_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
 
         n = req.params.n
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None} for i in range(n)])
+                      "finish_reason": None} for i in range(n)], echo={"warnings": admitted["warnings"]})
         open_samples, pending_last = n, None
         async for kind, payload in _events(job):
             if kind == "update":
@@ -230,6 +233,14 @@ def build_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
         yield "data: [DONE]\n\n"
 
     return app
+
+
+def _warning_headers(warnings: list[str]) -> dict[str, str]:
+    """``X-Echo-Warnings``: what was changed to serve the request (a truncated clip), for clients that read headers
+    only; the body's ``echo.warnings`` (the first chunk's, streamed) has the same list."""
+    if not warnings:
+        return {}
+    return {"X-Echo-Warnings": "; ".join(warnings).encode("ascii", "replace").decode()}  # header values: ASCII
 
 
 async def _watch_disconnect(request: Request) -> None:

@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from ..audio import load as load_audio
-from ..errors import AudioError
+from ..durable import require_file
+from ..errors import AudioError, EchoError
 from .config import ServeConfig
 from .protocol import ApiError, AudioPart
 
@@ -52,8 +53,10 @@ def _read_allowed_file(part: AudioPart, config: ServeConfig) -> bytes:
     path = os.path.realpath(unquote(url.path))  # links and '..' resolved before the check
     if os.path.commonpath([root, path]) != root:
         raise ApiError(f"{part.param}: {unquote(url.path)} is outside the allowed media directory", part.param)
-    if not os.path.isfile(path):
-        raise ApiError(f"{part.param}: no such file in the allowed media directory", part.param)
+    try:
+        require_file(path, name=part.param)
+    except EchoError as exc:
+        raise ApiError(str(exc), part.param) from None
     size = os.path.getsize(path)
     if size > config.max_audio_bytes:
         raise ApiError(f"{part.param}: file of {size} bytes is over the limit of {config.max_audio_bytes} bytes",

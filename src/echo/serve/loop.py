@@ -39,8 +39,8 @@ class SampleUpdate:
 
 @dataclasses.dataclass(eq=False)
 class Job:
-    """One request on its way through the engine. Events on ``events``: ("admitted", info), ("error", ApiError),
-    ("update", [SampleUpdate]), ("done", usage)."""
+    """One request on its way through the engine. Events on ``events``: ("admitted", info: prompt token counts and
+    the request's ``warnings``), ("error", ApiError), ("update", [SampleUpdate]), ("done", usage)."""
 
     wave: np.ndarray
     messages: list[dict]
@@ -200,7 +200,8 @@ class EngineLoop:
         self.metrics.requests_total += 1
         audio_id = self.engine.model.config.audio_token_id
         job.post(("admitted", {"prompt_tokens": len(prompt_ids),
-                               "prompt_audio_tokens": sum(1 for t in prompt_ids if t == audio_id)}))
+                               "prompt_audio_tokens": sum(1 for t in prompt_ids if t == audio_id),
+                               "warnings": list(state.warnings)}))
 
     def _abort(self, job: Job, tell: bool) -> None:
         if job.index is None or self._jobs.pop(job.index, None) is None:

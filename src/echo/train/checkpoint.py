@@ -5,7 +5,6 @@ preprocessor files. Trainer state (optimizer, scheduler, RNG, data position) sit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..durable import atomic_dir, recover_dir
 from ..errors import CheckpointError
 from ..models import checkpoint as ckpt
 from ..models.families import FAMILIES
@@ -45,41 +45,6 @@ def save_checkpoint(model, source_dir: str | os.PathLike, out_dir: str | os.Path
     with atomic_dir(out) as tmp:
         _write(tmp, tensors, source, trainer_state)
     return out
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path):
-    """Yield a fresh temporary directory beside ``out``; on success it replaces ``out``. The finished directory is
-    first renamed to ``out.new``, so at every instant of the swap one whole version exists by a known name and
-    ``recover_dir`` (run here and before every resume) puts it back in place after a kill."""
-    out = Path(out)
-    recover_dir(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    new, old = out.with_name(out.name + ".new"), out.with_name(out.name + ".old")
-    tmp.rename(new)  # complete from here on
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_dir(out: Path) -> None:
-    """Finish or undo a swap of ``atomic_dir`` that a kill interrupted: a complete ``out.new`` becomes ``out``;
-    else a lone ``out.old`` (the previous version, moved aside) goes back; a partial ``out.tmp`` is dropped."""
-    out = Path(out)
-    tmp, new, old = (out.with_name(out.name + suffix) for suffix in (".tmp", ".new", ".old"))
-    if new.is_dir():
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        new.rename(out)
-    elif not out.exists() and old.is_dir():
-        old.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write(tmp: Path, tensors: dict, source: Path, trainer_state: dict | None) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..argtypes import non_negative_int, positive_float, positive_int
+from ..argtypes import non_negative_int, positive_float, positive_int, share
+from ..cli import print_warnings
 from ..config_flags import Flag, add_config_flags, config_kwargs
 from ..engine_flags import add_engine_flags, engine_config
 from ..errors import ConfigError
 
 _OVERWRITE = "start over in --out, discarding a run there made with other data or settings"
+_BAD_SHARE = "malformed --data lines are skipped and reported; fail when more than this share of them are"
 
 SFT_FLAGS = {
     "format": Flag(choices=["grounded", "interleaved"]),
@@ -31,6 +33,9 @@ SFT_FLAGS = {
     "gradient_checkpointing": Flag("recompute layer activations in backward"),
     "dtype": Flag("compute dtype over float32 weights (auto: bf16 on CUDA that supports it)",
                   choices=["auto", "fp32", "bf16"]),
+    "max_bad_share": Flag(_BAD_SHARE, type=share),
+    "feature_cache": Flag("with a frozen audio tower, compute each clip's and span's audio rows once and keep them "
+                          "in OUT/feature_cache (--no-feature-cache: recompute them every time)"),
 }
 
 GRPO_FLAGS = {
@@ -52,6 +57,7 @@ GRPO_FLAGS = {
     "save_every": Flag("steps between resumable checkpoints", type=non_negative_int),
     "seed": Flag(),
     "tensorboard": Flag(),
+    "max_bad_share": Flag(_BAD_SHARE, type=share),
 }
 
 LOSS_FLAGS = {
@@ -114,6 +120,7 @@ def _train_sft(args: argparse.Namespace) -> int:
         return 0
     for rid, reason in result["skipped"]:
         print(f"skipped {rid}: {reason}")
+    print_warnings("train sft", result["warnings"])
     what = "LoRA adapter" if cfg.lora_rank else "checkpoint"
     print(f"trained {result['steps']} steps on {result['examples']} records ({len(result['skipped'])} skipped); "
           f"{what} in {args.out}/final")
@@ -143,6 +150,7 @@ def _train_grpo(args: argparse.Namespace) -> int:
         return 0
     for rid, reason in result["skipped"]:
         print(f"skipped {rid}: {reason}")
+    print_warnings("train grpo", result["warnings"])
     last = result["history"][-1] if result["history"] else {}
     print(f"trained {result['steps']} steps on {result['records']} prompts ({len(result['skipped'])} skipped); "
           f"last mean reward {last.get('reward', float('nan')):.3f}; checkpoint in {args.out}/final")

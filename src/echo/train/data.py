@@ -11,9 +11,11 @@ engine's ``long_audio="truncate"``); tags past it do not fit the clip. Labels ar
 (up to and including ``<|im_end|>``) and -100 on the prompt and on every inserted audio token.
 
 Records come in two layouts: the messages-JSONL of common SFT tools (``{"messages": [user with "<audio>",
-assistant], "audios": [path]}``) and echo's synthetic JSONL (audio, question, choices, answer, cot). A record
-whose audio is missing or unreadable, whose tags lie outside its clip or do not parse, or whose sequence exceeds
-``max_len`` is skipped and reported (id and reason); it never stops a run.
+assistant], "audios": [path]}``) and echo's synthetic JSONL (audio, question, choices, answer, cot; checked by
+``formats.check_record``). A malformed line is skipped and reported (line and reason) and a run fails when more
+than ``SFTConfig.max_bad_share`` of them are; a record whose audio is missing or unreadable, whose tags lie
+outside its clip or do not parse, or whose sequence exceeds ``max_len`` is skipped and reported (id and reason);
+it never stops a run.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from typing import Iterable, Literal
 from ..audio import FeatureConfig, load as load_audio
 from ..audio.features import min_audio_samples, num_audio_tokens, num_mel_frames
 from ..config import RelistenPolicy
+from ..engine.admission import truncation_warning
 from ..engine.relisten import decide
 from ..protocol import SEG_CLOSE
 from ..data.item import QuestionItem
-from ..durable import read_object_lines
+from ..data.formats import check_record
+from ..durable import BadLine, read_lines, require_file
 from ..errors import EchoError
 from ..eval.prompts import build_prompt
 
@@ -56,36 +60,51 @@ class SFTExample:
     labels: list[int]
     audio_spans: list[tuple[int, int]]
     num_samples: int
+    warnings: list[str] = dataclasses.field(default_factory=list)  # what was changed to train on it (truncation)
 
 
-def read_records(path: str | os.PathLike) -> list[SFTRecord]:
-    """Messages-JSONL or echo's synthetic JSONL (detected per line); audio paths resolve against the file's folder."""
+SYNTHETIC_FIELDS = ("id", "audio", "question", "choices", "cot")  # what the synthetic layout needs (check_record)
+
+
+def read_records(path: str | os.PathLike, skipped: list[tuple[str, str]] | None = None) -> list[SFTRecord]:
+    """Messages-JSONL or echo's synthetic JSONL (detected per line); audio paths resolve against the file's folder.
+    Synthetic rows go through ``formats.check_record`` (the one checker). A malformed row raises EchoError naming
+    its line, or, given ``skipped``, is left out and ``(id, "line N: reason")`` appended there."""
+    path = require_file(path, "SFT data file")
     base = Path(path).parent
-    if not Path(path).is_file():
-        raise EchoError(f"{path}: SFT data file not found")
     out = []
-    for n, row in read_object_lines(path):
+    for n, row in read_lines(path, bad="report" if skipped is not None else "raise"):
+        rid = str(row.get("id", f"line{n}")) if isinstance(row, dict) else f"line{n}"
         try:
-            out.append(_record(row, n, base, path))
-        except (KeyError, TypeError, AttributeError) as exc:  # a field of the wrong type or shape
-            raise EchoError(f"{path} line {n}: malformed record ({type(exc).__name__}: {exc})") from None
+            if isinstance(row, BadLine):
+                raise EchoError(row.problem)
+            out.append(_record(row, rid, base))
+        except (EchoError, KeyError, TypeError, AttributeError) as exc:  # a field of the wrong type or shape
+            reason = str(exc) if isinstance(exc, EchoError) else f"malformed record ({type(exc).__name__}: {exc})"
+            if skipped is None:
+                raise EchoError(f"{path} line {n} ({rid}): {reason}") from None
+            skipped.append((rid, f"line {n}: {reason}"))
     return out
 
 
-def _record(row: dict, n: int, base: Path, path) -> SFTRecord:
-    rid = str(row.get("id", f"line{n}"))
+def _record(row: dict, rid: str, base: Path) -> SFTRecord:
     if "messages" in row:
         msgs = row["messages"]
         users = [m["content"] for m in msgs if m.get("role") == "user"]
         answers = [m["content"] for m in msgs if m.get("role") == "assistant"]
         audios = row.get("audios") or []
         if len(users) != 1 or len(answers) != 1 or len(audios) != 1:
-            raise EchoError(f"{path} line {n} ({rid}): expected one user turn, one assistant turn and one audio")
+            raise EchoError("expected one user turn, one assistant turn and one audio")
+        if not all(isinstance(t, str) and t for t in (users[0], answers[0], audios[0])):
+            raise EchoError("the user turn, the assistant turn and the audio must be non-empty strings")
         return SFTRecord(rid, str(base / audios[0]), users[0].replace("<audio>", "").strip(), answers[0])
-    missing = [k for k in ("audio", "question", "choices", "cot") if k not in row]
+    missing = [k for k in SYNTHETIC_FIELDS[1:] if k not in row]
     if missing:
-        raise EchoError(f"{path} line {n} ({rid}): neither messages nor synthetic layout; missing {missing}")
+        raise EchoError(f"neither messages nor synthetic layout; missing {missing}")
     item = QuestionItem.from_row({**row, "id": rid}, base)
+    problems = check_record(item, SYNTHETIC_FIELDS)
+    if problems:
+        raise EchoError("; ".join(problems))
     return SFTRecord(item.id, item.audio, build_prompt(item.question, item.choices), item.cot)
 
 
@@ -95,6 +114,7 @@ def build_example(record: SFTRecord, processor, fmt: Format = "interleaved", *,
     """Tokenise one record. Raises EchoError naming the record and the reason when it must be skipped."""
     if num_samples is None:
         num_samples = len(load_audio(record.audio, name=f"{record.id}: {record.audio}"))
+    warnings = [truncation_warning(num_samples, features)] if num_samples > features.max_samples else []
     num_samples = min(num_samples, features.max_samples)  # what the encoder hears, as in the engine
     if num_samples < min_audio_samples(features):
         raise EchoError(f"{record.id}: audio of {num_samples} samples is too short to give any audio token")
@@ -131,7 +151,7 @@ def build_example(record: SFTRecord, processor, fmt: Format = "interleaved", *,
     labels.append(end)
     if len(ids) > max_len:
         raise EchoError(f"{record.id}: {len(ids)} tokens exceed max_len={max_len}")
-    return SFTExample(record.id, record.audio, ids, labels, spans, num_samples)
+    return SFTExample(record.id, record.audio, ids, labels, spans, num_samples, warnings)
 
 
 def build_dataset(records: Iterable[SFTRecord], processor, fmt: Format = "interleaved", **kwargs

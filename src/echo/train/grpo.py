@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import EngineConfig, SamplingParams
+from ..data.formats import MAX_BAD_SHARE, check_share, refuse_bad_share
 from ..engine.audio_embed import feature_config_for
 from ..engine.llm import Engine
 from ..engine.sampler import LogitsProcessor
@@ -69,8 +70,10 @@ class GRPOConfig:
     engine: EngineConfig = dataclasses.field(default_factory=lambda: EngineConfig(kv_cache_bytes=1 << 30))
     progress: bool = True
     tensorboard: bool = False
+    max_bad_share: float = MAX_BAD_SHARE  # malformed data rows are skipped and reported; more than this share fails
 
     def __post_init__(self):
+        check_share("GRPOConfig.max_bad_share", self.max_bad_share)
         for name in ("group_size", "prompts_per_step", "epochs", "ppo_epochs", "micro_batch", "max_new_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"GRPOConfig.{name} must be positive, got {getattr(self, name)}")
@@ -102,6 +105,7 @@ class GRPOTrainer:
                  logits_processors: Sequence[LogitsProcessor] = ()):
         self.cfg, self.model_dir, self.out = cfg, model_dir, Path(out_dir)
         self.reward_fn = reward_fn or RewardFn()
+        self.warnings: list[str] = []  # "id: warning" of the prompts the engine will serve changed (``usable``)
         self.rank, self.world = dist.setup()
         if cfg.prompts_per_step % self.world:
             raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split over {self.world} processes")
@@ -265,25 +269,28 @@ class GRPOTrainer:
     def usable(self, records: list[RLRecord]) -> tuple[list[RLRecord], list[tuple[str, str]]]:
         """The records whose audio the engine accepts, and (id, reason) for the others: a clip the encoder refuses
         would fail its whole group at rollout time. Every process checks the same list the same way, so all
-        keep the same records and run the same number of steps and forwards."""
+        keep the same records and run the same number of steps and forwards. What the engine will change to serve
+        a record (a truncated clip) is added to ``self.warnings`` once, here, not at every rollout."""
         verdict: dict[str, str | None] = {}
+        heard: dict[str, list[str]] = {}
         ok, bad = [], []
         for rec in tqdm(records, desc="checking audio", unit="clip",
                         disable=not (self.cfg.progress and self.rank == 0)):
             if rec.audio not in verdict:
                 try:
-                    self.engine.check_audio(rec.audio)
+                    heard[rec.audio] = self.engine.check_audio(rec.audio)
                     verdict[rec.audio] = None
                 except EchoError as exc:
                     verdict[rec.audio] = str(exc)
             if verdict[rec.audio] is None:
                 ok.append(rec)
+                self.warnings += [f"{rec.id}: {w}" for w in heard[rec.audio]]
             else:
                 bad.append((rec.id, verdict[rec.audio]))
         return ok, bad
 
     def fit(self, data: str) -> dict:
-        records, skipped = read_rl_records(data)
+        records, skipped = read_prompts(data, self.cfg)
         records, refused = self.usable(records)
         skipped += refused
         if len(records) < self.cfg.prompts_per_step:
@@ -323,12 +330,15 @@ class GRPOTrainer:
             if writer is not None:
                 writer.close()
         self.save(self.out / "final", trainer_state=False)
-        return {"steps": self.step, "records": len(records), "skipped": skipped, "history": history}
+        return {"steps": self.step, "records": len(records), "skipped": skipped, "history": history,
+                "warnings": list(self.warnings)}
 
 
 def read_prompts(data: str, cfg: GRPOConfig) -> tuple[list[RLRecord], list[tuple[str, str]]]:
-    """The usable prompts and the skipped rows; at least one step's worth or EchoError."""
+    """The usable prompts and the skipped rows; at least one step's worth, and no more than ``max_bad_share`` of
+    the rows skipped, or EchoError."""
     records, skipped = read_rl_records(data)
+    refuse_bad_share(data, skipped, len(records) + len(skipped), cfg.max_bad_share)
     if len(records) < cfg.prompts_per_step:
         raise EchoError(f"{data}: {len(records)} usable records ({len(skipped)} skipped: {skipped[:3]}) do not "
                         f"fill one step of prompts_per_step={cfg.prompts_per_step}")

@@ -5,7 +5,9 @@ A verl row has ``prompt`` (a chat list whose user text holds an ``<audio>`` plac
 present, else from the Python list literal in Echo's prompt ("Choose the answer from ['a', 'b']"); a ground truth
 given as an option letter is mapped to its choice. Ground-truth spans (for the span IoU reward) come from
 ``extra_info.spans``, or an EAQA row's ``spans``. Rows whose audio is missing, or that have no usable prompt or
-ground truth, are skipped and reported (id and reason): a bad row never stops a run hours in.
+ground truth, or whose question ``formats.check_record`` refuses (fewer than 2 choices, an answer not among
+them, ...), are skipped and reported (id, line and reason): a bad row never stops a run hours in (the run fails
+up front when more than ``GRPOConfig.max_bad_share`` of them are).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import os
 import re
 from pathlib import Path
 
+from ..data.formats import check_record
 from ..data.item import QuestionItem
-from ..durable import BadLine, read_lines
+from ..durable import BadLine, read_lines, require_file
 from ..errors import EchoError
 from ..eval.prompts import build_prompt
 
 _CHOICES = re.compile(r"Choose the answer from (\[.*?\])")
+RL_FIELDS = ("id", "audio", "question", "choices", "answer")  # what a prompt needs (formats.check_record)
 
 
 @dataclasses.dataclass(slots=True)
@@ -50,21 +54,32 @@ class RLRecord:
 
 
 def read_rl_records(path: str | os.PathLike) -> tuple[list[RLRecord], list[tuple[str, str]]]:
-    """Records from ``.parquet`` (verl) or ``.jsonl`` (EAQA), plus (id, reason) for every skipped row."""
-    path = Path(path)
-    if not path.is_file():
-        raise EchoError(f"{path}: RL data file not found")
+    """Records from ``.parquet`` (verl) or ``.jsonl`` (EAQA), plus (id, reason) for every skipped row. Each row's
+    question goes through ``formats.check_record`` (the one checker; its problems name the row's line)."""
+    path = Path(require_file(path, "RL data file"))
     rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
     records, skipped = [], []
-    for rid, row in rows:
+    for rid, where, row in rows:
         try:
             rec = _verl_record(rid, row, path.parent) if "prompt" in row else _eaqa_record(rid, row, path.parent)
-            if not Path(rec.audio).is_file():
-                raise EchoError(f"audio file {rec.audio} not found")
+            require_file(rec.audio, "audio file")
             records.append(rec)
+        except _Malformed as exc:
+            skipped.append((rid, f"{where}: {exc}"))
         except (EchoError, KeyError, TypeError, ValueError, SyntaxError) as exc:
             skipped.append((rid, f"{type(exc).__name__}: {exc}" if not isinstance(exc, EchoError) else str(exc)))
     return records, skipped
+
+
+class _Malformed(EchoError):
+    """A row whose question ``check_record`` refuses."""
+
+
+def _checked(item: QuestionItem) -> QuestionItem:
+    problems = check_record(item, RL_FIELDS)
+    if problems:
+        raise _Malformed("; ".join(problems))
+    return item
 
 
 def _parquet_rows(path: Path):
@@ -73,15 +88,15 @@ def _parquet_rows(path: Path):
     except ImportError as exc:  # pragma: no cover - pyarrow ships with the train extra
         raise EchoError("reading parquet needs pyarrow: pip install 'echo-lalm[train]'") from exc
     for i, row in enumerate(pq.read_table(path).to_pylist()):
-        yield str((row.get("extra_info") or {}).get("id", f"row{i}")), row
+        yield str((row.get("extra_info") or {}).get("id", f"row{i}")), f"row {i}", row
 
 
 def _jsonl_rows(path: Path):
     for n, row in read_lines(path, bad="report", objects=False):  # a bad line is skipped and reported, not fatal
         if isinstance(row, BadLine):
-            yield f"line{n}", {"_error": f"line {n} is {row.problem}"}
+            yield f"line{n}", f"line {n}", {"_error": f"line {n} is {row.problem}"}
         else:
-            yield str(row.get("id", f"line{n}")) if isinstance(row, dict) else f"line{n}", row
+            yield str(row.get("id", f"line{n}")) if isinstance(row, dict) else f"line{n}", f"line {n}", row
 
 
 def _resolve(audio: str, base: Path) -> str:
@@ -128,7 +143,9 @@ def _verl_record(rid: str, row: dict, base: Path) -> RLRecord:
     question = text.replace("<audio>", "").strip()  # verl's user turn is the whole prompt already
     item = QuestionItem(rid, _resolve(str(audios[0]), base), question, choices, truth, spans=extra.get("spans"),
                         task=str(row.get("data_source") or "unknown"), meta=extra)
-    return RLRecord.from_item(item, question)
+    rec = RLRecord.from_item(item, question)
+    _checked(dataclasses.replace(item, answer=rec.answer, spans=None))  # an option letter counts as its choice
+    return rec
 
 
 def _eaqa_record(rid: str, row: dict, base: Path) -> RLRecord:
@@ -138,4 +155,6 @@ def _eaqa_record(rid: str, row: dict, base: Path) -> RLRecord:
     if missing:
         raise EchoError(f"neither verl nor EAQA layout; missing {missing}")
     item = QuestionItem.from_row({**row, "id": rid, "audio": str(row["audio"])}, base)
-    return RLRecord.from_item(item, build_prompt(item.question, [str(c) for c in item.choices]))
+    rec = RLRecord.from_item(item, build_prompt(item.question, [str(c) for c in item.choices]))
+    _checked(item)
+    return rec

@@ -12,22 +12,20 @@ import os
 import shutil
 from pathlib import Path
 
-from ..durable import read_jsonl, write_atomic
-from ..errors import ConfigError, EchoError
+from ..durable import read_jsonl, require_file, write_atomic
+from ..errors import ConfigError
 from . import distributed as dist
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
 # settings that change neither the weights nor the data order: a resume may change them
-_FREE = {"progress", "save_every", "tensorboard", "engine.kv_cache_bytes", "engine.num_blocks",
+_FREE = {"progress", "save_every", "tensorboard", "max_bad_share", "feature_cache", "engine.kv_cache_bytes", "engine.num_blocks",
          "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.encoder_cache_bytes"}
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (the data a run trains on)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EchoError(f"{path}: data file not found")
+    path = Path(require_file(path, "data file"))
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

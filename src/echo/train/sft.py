@@ -20,12 +20,14 @@ from tqdm import tqdm
 
 from ..audio import FeatureConfig
 from ..audio import load as load_audio
+from ..data.formats import MAX_BAD_SHARE, check_share, refuse_bad_share
 from ..engine.audio_embed import feature_config_for, span_embeddings
 from ..errors import ConfigError, EchoError
 from ..models.loader import load, resolve_model
 from . import distributed as dist
 from .checkpoint import load_trainer_state, save_checkpoint
 from .data import IGNORE, SFTExample, build_dataset, read_records
+from .feature_cache import FeatureCache
 from .lora import CONFIG as ADAPTER_CONFIG
 from .lora import DEFAULT_TARGETS, adapter_state, add_lora, load_adapter, lora_config, save_adapter
 from .partial import is_partial, load_partial, save_partial
@@ -53,8 +55,11 @@ class SFTConfig:
     dtype: str = "auto"  # compute dtype: "auto" (bf16 on CUDA that has it, else fp32), "fp32", "bf16"
     train_only: tuple[str, ...] = ()  # full fine-tune of just these parameter-name prefixes, e.g. ("projector",)
     train_last_rows: int = 0  # with train_only: of 2-D tensors (embeddings, head) train only the last N rows (0: all)
+    max_bad_share: float = MAX_BAD_SHARE  # malformed data lines are skipped and reported; more than this share fails
+    feature_cache: bool = True  # frozen tower: each clip's and span's audio rows computed once, kept in out_dir
 
     def __post_init__(self):
+        check_share("SFTConfig.max_bad_share", self.max_bad_share)
         for name in ("epochs", "grad_accum", "max_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"SFTConfig.{name} must be positive, got {getattr(self, name)}")
@@ -69,16 +74,20 @@ class SFTConfig:
             raise ConfigError(f"SFTConfig.format must be grounded or interleaved, got {self.format!r}")
 
 
-def _audio_rows(model, ex: SFTExample, features: FeatureConfig, grad: bool) -> torch.Tensor:
+def _audio_rows(model, ex: SFTExample, features: FeatureConfig, grad: bool,
+                cache: FeatureCache | None = None) -> torch.Tensor:
     wave = torch.from_numpy(load_audio(ex.audio)).to(model.device)
+    if cache is not None and not grad:
+        return torch.cat(cache.rows(model, wave, ex.audio_spans))
     return torch.cat(span_embeddings(model, features, [wave], [(0, s, e) for s, e in ex.audio_spans], grad=grad))
 
 
-def sequence_loss(model, ex: SFTExample, features: FeatureConfig, train_audio_encoder: bool = False
-                  ) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over the labelled tokens, and their count."""
+def sequence_loss(model, ex: SFTExample, features: FeatureConfig, train_audio_encoder: bool = False,
+                  cache: FeatureCache | None = None) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the labelled tokens, and their count; with a frozen tower, ``cache``
+    serves the audio rows."""
     ids = torch.tensor(ex.input_ids, device=model.device)
-    embeds = model.embed(ids, _audio_rows(model, ex, features, train_audio_encoder))
+    embeds = model.embed(ids, _audio_rows(model, ex, features, train_audio_encoder, cache))
     logits = model(inputs_embeds=embeds[None])[0]
     labels = torch.tensor(ex.labels[1:], device=model.device)
     loss = F.cross_entropy(logits[:-1].float(), labels, ignore_index=IGNORE, reduction="sum")
@@ -156,9 +165,11 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     autocast = _autocast(cfg, dist.device())  # invalid settings first, then whether they match the run in out
     lora = _lora(model_dir, cfg)
     prepare_run(out, describe("sft", model_dir, data, cfg), overwrite)
-    records = read_records(data)  # a missing or malformed file is reported before the model loads
-    if not records:
+    bad: list[tuple[str, str]] = []
+    records = read_records(data, bad)  # a missing or malformed file is reported before the model loads
+    if not records and not bad:
         raise EchoError(f"{data}: no records")
+    refuse_bad_share(data, bad, len(records) + len(bad), cfg.max_bad_share)
     resume = out / "checkpoint"
     state = load_trainer_state(resume)
     if state is None:
@@ -171,6 +182,10 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     audio_grad = any(p.requires_grad for n, p in model.named_parameters() if n.startswith(("audio_tower", "projector")))
     features = feature_config_for(model, model_dir)
     processor = model.processor
+    # one process only: under FSDP a cache hit on one rank and a miss on another would leave the tower's gathers
+    # unmatched
+    cache = FeatureCache(model, features, out / "feature_cache") if cfg.feature_cache and not audio_grad and \
+        world == 1 else None
     if world > 1:
         model = dist.shard(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -196,6 +211,7 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
 
     examples, skipped = build_dataset(records, processor, cfg.format, features=features,
                                       max_len=cfg.max_len)
+    skipped = bad + skipped
     if not examples:
         raise EchoError(f"{data}: no usable records ({len(skipped)} skipped: {skipped[:3]})")
     steps_per_epoch = math.ceil(len(examples) / cfg.grad_accum)
@@ -241,7 +257,7 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
             loss = 0.0
             for ex, w in mine:  # backward record by record: one record's activations in memory at a time
                 with autocast:
-                    part = w * sequence_loss(model, ex, features, audio_grad)[0] / max(1, n_tokens)
+                    part = w * sequence_loss(model, ex, features, audio_grad, cache=cache)[0] / max(1, n_tokens)
                 # the global batch's token mean; FSDP averages gradients over processes, hence * world
                 (part * world).backward()
                 loss += float(part.detach())
@@ -263,4 +279,5 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
                 save(resume, state)
     model.eval()
     save(out / "final")
-    return {"steps": step, "examples": len(examples), "skipped": skipped}
+    return {"steps": step, "examples": len(examples), "skipped": skipped,
+            "warnings": [f"{ex.id}: {w}" for ex in examples for w in ex.warnings]}

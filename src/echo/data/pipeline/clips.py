@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
-from ...durable import read_object_lines
+from ...durable import read_object_lines, require_file
 from ...errors import EchoError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
@@ -84,9 +84,7 @@ def my_clips(audio_dir: Path, rank: int, world_size: int) -> set[str]:
 
 def read_meta(path: Path) -> dict[str, list[dict]]:
     """Strong labels by clip id (or stem): lists of {"label", "onset", "offset"}."""
-    path = Path(path)
-    if not path.is_file():
-        raise EchoError(f"metadata file {path} not found")
+    path = Path(require_file(path, "metadata file"))
     out: dict[str, list[dict]] = {}
     if path.suffix == ".jsonl":
         for n, row in read_object_lines(path):
