@@ -12,7 +12,10 @@ gives away. Three guessers that never see the audio are fitted on one split and 
   "longer", a count that is the middle of the offered ones).
 
 With a train split the guessers are fitted on it and scored on the audited split; without one they are scored by
-``folds``-fold cross-validation within the split (every item predicted by a model that never saw it). A family
+``folds``-fold cross-validation within the split (every item predicted by a model that never saw it). The two see
+different leaks: only the first sees what a model trained on train could carry over; only the second sees a prior
+that holds within one split (distractors drawn from other splits' sounds are never right, which a guesser fitted
+on train cannot know), so ``echo data synth`` audits each split it writes alone and ``echo data audit`` a pair. A family
 leaks when its best baseline is more than ``margin`` above uniform chance *and* more than a uniform guesser reaches
 by luck (one-sided binomial p < ``alpha``): on 72 items one standard deviation is 5 points, so the margin alone
 would flag fair families by noise. Families with fewer than ``min_items`` items are reported but not judged.
