@@ -3,6 +3,7 @@ evaluation on the test split.
 
     python experiments/echo_demo/recipe.py --work runs/echo-demo [--until data|align|sft|eval] [--eval-aligned]
         [--grpo] [--grpo-aligned] [--sft-format grounded] [--grpo-from echo-demo --seed 1] [--grpo-reward NAME=W ...]
+        [--controls]
 
 Every step is skipped when its output exists and every training run resumes from its own last checkpoint, so
 rerunning the same command after a kill continues where it stopped. Steps and outputs (under ``--work``):
@@ -25,7 +26,9 @@ rerunning the same command after a kill continues where it stopped. Steps and ou
   only stage 2, from that SFT model (``echo-demo`` is seed 0's C), evaluated with it as ``eval/sft``;
 - ``eval/<model>``: ``echo eval --benchmark synthetic`` on the test split: ``sft`` (arm C, or B with
   ``--sft-format grounded``, evaluated without re-listening), ``aligned`` with ``--eval-aligned`` (arm A), ``grpo``
-  and ``grpo-aligned``.
+  and ``grpo-aligned``; with ``--controls`` also ``eval/<model>-silence`` (silence for audio) and
+  ``eval/<model>-norelisten``, each paired with ``eval/<model>`` item by item (their ``compare.md``);
+- ``data/audit.json``: ``echo data audit`` of the splits: uniform chance and the best no-audio guesser, the bar.
 """
 
 from __future__ import annotations
@@ -62,6 +65,12 @@ def make_data(work: Path, n_train: int, n_val: int, n_test: int, seed: int) -> d
             write_synthetic(SynthConfig(n=n, seed=seed, families=SCENE, difficulties=("easy", "medium"),
                                         split=split), d, progress=True)
         out[split] = d / "synthetic.jsonl"
+    audit_path = work / "data" / "audit.json"
+    if not audit_path.is_file():  # the bar a model must clear: what the test split gives away without the audio
+        subprocess.run([sys.executable, "-m", "echo", "data", "audit", str(work / "data"), "--json", str(audit_path)])
+        report = json.loads(audit_path.read_text())
+        log(work, "audit", chance=round(report["chance"], 4), best_no_audio=round(report["best_no_audio"], 4),
+            failing=report["failing"])
     return out
 
 
@@ -249,11 +258,17 @@ def stage_grpo(work: Path, args, start: Path, name: str) -> Path:
     return final
 
 
-def stage_eval(work: Path, model: Path, name: str, limit: int | None, relisten: bool = True) -> dict:
+def stage_eval(work: Path, model: Path, name: str, limit: int | None, relisten: bool = True,
+               audio: str = "original", compare: str | None = None) -> dict:
+    """``eval/<name>``; ``audio="silence"`` is the control without the clip; ``compare`` names the evaluation it is
+    paired with item by item (``compare.md`` beside its summary)."""
     out = work / "eval" / name
     if not (out / "summary.json").is_file():
         cmd = [sys.executable, "-m", "echo", "eval", "--benchmark", "synthetic", "--data", str(work / "data" / "test"),
-               "--model", str(model), "--out", str(out), "--max-tokens", "256", "--batch-size", "16"]
+               "--model", str(model), "--out", str(out), "--max-tokens", "256", "--batch-size", "16",
+               "--audio", audio]
+        if compare:
+            cmd += ["--compare", str(work / "eval" / compare)]
         if limit:
             cmd += ["--limit", str(limit)]
         if not relisten:  # the grounded format cites spans but never hears them again
@@ -287,6 +302,8 @@ def main() -> None:
     ap.add_argument("--heads-lr", type=float, default=1e-3)
     ap.add_argument("--eval-limit", type=int, default=None)
     ap.add_argument("--eval-aligned", action="store_true", help="also evaluate the stage-0 model (arm A)")
+    ap.add_argument("--controls", action="store_true",
+                    help="also evaluate each model with silence for audio and without re-listening (paired with it)")
     ap.add_argument("--grpo", action="store_true", help="stage 2: GRPO from the SFT model (arm D), then evaluate it")
     ap.add_argument("--grpo-aligned", action="store_true",
                     help="GRPO straight from the aligned model, no SFT (arm E), then evaluate it")
@@ -307,6 +324,11 @@ def main() -> None:
     for name, model in (models or {}).items():
         relisten = not (name == "sft" and args.sft_format == "grounded")
         print(name, json.dumps(stage_eval(args.work, model, name, args.eval_limit, relisten))[:400])
+        if args.controls:  # the same model with silence for audio, and without re-listening, paired with it
+            controls = [("silence", relisten, "silence")] + ([("norelisten", False, "original")] if relisten else [])
+            for tag, listen, audio in controls:
+                summary = stage_eval(args.work, model, f"{name}-{tag}", args.eval_limit, listen, audio, compare=name)
+                print(f"{name} ({tag})", json.dumps(summary["overall"]))
 
 
 def train(args) -> dict[str, Path] | None:
