@@ -34,7 +34,7 @@ def _positive(obj, *names: str) -> None:
 
 @dataclasses.dataclass(slots=True)
 class RelistenPolicy:
-    """What the engine does at each ``</seg>`` a sequence writes (DESIGN §2); one that ends inside a token merged
+    """What the engine does at each ``</seg>`` a sequence writes; one that ends inside a token merged
     with what follows (``</seg>.``) is cut right after the tag first (engine/postprocess.py).
 
     The last ``<seg>a, b</seg>`` gives the span in seconds. Model output is never an exception: every case below

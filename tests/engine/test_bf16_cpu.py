@@ -1,7 +1,7 @@
 """bf16 on the CPU: which dtype ``load`` picks by itself, and a bf16 engine decoding the float32 greedy tokens.
 
-Budgets as in STYLE §3: the bf16 engine's logits may differ from the float32 engine's by at most twice what
-transformers' own bf16 run differs from its float32 run on the same weights; greedy tokens must agree wherever
+The budget: the bf16 engine's logits may differ from the float32 engine's by at most twice what transformers' own
+bf16 run differs from its float32 run on the same weights; greedy tokens must agree wherever
 float32's top-2 margin exceeds that budget (where it does not, bf16 rounding may legitimately pick the other).
 """
 

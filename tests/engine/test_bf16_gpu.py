@@ -1,9 +1,9 @@
 """bf16 on a GPU: the engine (paged KV cache, the GPU attention path) decoding in bf16 gives the float32 greedy
 tokens wherever float32's top-2 margin exceeds the bf16 budget.
 
-The budget, as in STYLE §3: twice what transformers' own bf16 run differs from its float32 run on the same weights
-and device (last-token logits of the prompt); bf16 logits must stay within it at every compared step, and greedy
-tokens must agree until the first near-tie (where bf16 rounding may legitimately pick the other branch).
+The budget: twice what transformers' own bf16 run differs from its float32 run on the same weights and device
+(last-token logits of the prompt); bf16 logits must stay within it at every compared step, and greedy tokens must
+agree until the first near-tie (where bf16 rounding may legitimately pick the other branch).
 """
 
 from __future__ import annotations

@@ -128,8 +128,8 @@ def log_mel(
     Args:
         audio: one 16 kHz mono waveform (1-D array/tensor, as ``echo.audio.load`` returns) or a list of them.
         spans: ``None`` for one item per whole clip; otherwise ``(clip_index, start_sample, end_sample)`` triples
-            (samples at 16 kHz, end exclusive), each featurised as if cut out as its own clip (the re-listen
-            semantics of DESIGN §2). Nothing is copied out per span.
+            (samples at 16 kHz, end exclusive), each featurised as if cut out as its own clip (what a
+            re-listen hears). Nothing is copied out per span.
         config: the checkpoint's ``FeatureConfig`` (default: Qwen2.5-Omni's).
         device: where to compute (default: the first clip's device, CPU for numpy input).
         backend: "auto" (default), "cuda", "cpu" or "torch".

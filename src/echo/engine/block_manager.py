@@ -1,6 +1,6 @@
 """Paged KV-cache bookkeeping: a free list of fixed-size blocks, reference counts, and copy-on-write forks.
 
-Vocabulary (DESIGN §3): a sequence's ``block_table`` lists its blocks in order; token position p lives in block
+Vocabulary: a sequence's ``block_table`` lists its blocks in order; token position p lives in block
 ``block_table[p // block_size]`` at offset ``p % block_size``, i.e. slot ``block * block_size + offset`` of the
 flattened cache. The n samples of one prompt ``fork`` the prompt's table (blocks shared, ref counts up); the
 first write into a shared block copies it (``reserve`` returns the (src, dst) block copies the KV tensors must

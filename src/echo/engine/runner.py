@@ -62,7 +62,7 @@ class ModelRunner:
     def embed_audio(self, chunks: Sequence[Chunk]) -> None:
         """Fill in the rows of every audio run the chunks cover that has none yet (prompt audio of newly admitted
         requests, spans re-listened in the last step): one encoder-cache call for all of them, which encodes all
-        its misses in one batched mel + encoder + projector call (DESIGN §1)."""
+        its misses in one batched mel + encoder + projector call (engine/audio_embed.py)."""
         runs = list({id(r): r for c in chunks for r, *_ in c.seq.audio_in(c.start, c.end) if r.rows is None}.values())
         if not runs:
             return

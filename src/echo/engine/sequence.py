@@ -1,6 +1,6 @@
 """One sample being generated: its tokens, which of them were sampled, its audio rows and its KV blocks.
 
-Token positions are indices into ``token_ids`` (one position stream through text, audio and splices, DESIGN §2).
+Token positions are indices into ``token_ids`` (one position stream through text, audio and splices).
 ``mask[i]`` is 1 for a sampled token and 0 for prompt and spliced tokens, so GRPO trains on exactly what was
 sampled. ``audio`` holds one ``AudioRun`` per block of consecutive ``<|AUDIO|>`` tokens (the prompt's audio, then
 every re-listened span): where it starts and the encoder cache's rows for it, so any uncached range can be

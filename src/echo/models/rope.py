@@ -1,7 +1,7 @@
 """Rotary position embeddings (the decoder's only position signal).
 
 Qwen2.5-Omni's thinker uses M-RoPE: the rotary frequencies are split into three sections driven by temporal,
-height and width position streams. For audio-and-text prompts the three streams are identical (DESIGN §2), so
+height and width position streams. For audio-and-text prompts the three streams are identical (one position stream through text and audio), so
 M-RoPE reduces exactly to ordinary 1-D RoPE over one position stream ``0, 1, 2, …`` that runs through text,
 audio and spliced spans alike. Qwen2-Audio uses ordinary RoPE. Both therefore share this module.
 """

@@ -1,6 +1,6 @@
 """paged_attention: attention of each sequence's new query tokens over its paged K/V (cached + just stored).
 
-Layout (DESIGN §3 vocabulary): q (num_tokens, num_heads, head_dim) holds the step's tokens of all sequences back
+Layout (engine/block_manager.py's vocabulary): q (num_tokens, num_heads, head_dim) holds the step's tokens of all sequences back
 to back, sequence i owning ``query_lens[i]`` consecutive rows at positions ``context_lens[i] ...``; its keys and
 values are the first ``context_lens[i] + query_lens[i]`` slots of its ``block_tables[i]`` in k_cache/v_cache
 (num_blocks, block_size, num_kv_heads, head_dim), the new tokens' K/V already stored by ``store_kv``. Query j of

@@ -1,6 +1,6 @@
 """store_kv: write new tokens' K/V into a paged cache by slot mapping (prefill chunks, decode tokens, splices).
 
-Vocabulary (DESIGN §3): the cache of one layer is ``k_cache``/``v_cache`` of shape (num_blocks, block_size,
+Vocabulary (as in engine/block_manager.py): the cache of one layer is ``k_cache``/``v_cache`` of shape (num_blocks, block_size,
 num_kv_heads, head_dim); token t goes to slot ``slot_mapping[t]`` = block_id * block_size + offset; a negative
 slot means "skip" (padding rows). Backends: ``triton`` (echo.triton_kernels.store_kv), ``torch`` (reference).
 """

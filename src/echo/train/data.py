@@ -1,4 +1,4 @@
-"""SFT records -> token sequences with loss labels, in the two formats of DESIGN §4.
+"""SFT records -> token sequences with loss labels, in two formats.
 
 *Grounded*: the assistant's ``<seg>a, b</seg>`` tags are text only. *Interleaved*: right after each ``</seg>``
 the span's ``<|audio_bos|> <|AUDIO|>×n <|audio_eos|>`` goes in exactly as the engine inserts it at inference

@@ -1,4 +1,4 @@
-"""GRPO with re-listening rollouts on echo's engine (DESIGN §4).
+"""GRPO with re-listening rollouts on echo's engine.
 
 One step: the step's prompts -> ``rollout`` (n samples each through the engine, which re-listens at every
 ``</seg>``) -> rewards (named terms) -> group-normalised advantages -> the reference model's log-probs -> one
