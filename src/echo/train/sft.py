@@ -88,10 +88,12 @@ def sequence_loss(model, ex: SFTExample, features: FeatureConfig, train_audio_en
     serves the audio rows."""
     ids = torch.tensor(ex.input_ids, device=model.device)
     embeds = model.embed(ids, _audio_rows(model, ex, features, train_audio_encoder, cache))
-    logits = model(inputs_embeds=embeds[None])[0]
     labels = torch.tensor(ex.labels[1:], device=model.device)
-    loss = F.cross_entropy(logits[:-1].float(), labels, ignore_index=IGNORE, reduction="sum")
-    return loss, int((labels != IGNORE).sum())
+    # logits only where a label is: the prompt and the audio (most of a sequence) never go through the output head
+    rows = (labels != IGNORE).nonzero().squeeze(1)
+    logits = model.logits_at(embeds[None], torch.ones_like(ids)[None], rows[None])[0]
+    loss = F.cross_entropy(logits.float(), labels[rows], reduction="sum")
+    return loss, int(rows.numel())
 
 
 def _num_labels(ex: SFTExample) -> int:
