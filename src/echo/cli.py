@@ -4,15 +4,15 @@ Each area registers its own subcommands (a ``register(subparsers)`` in its ``cli
 (generate_cli), ``train sft | merge-lora | grpo`` (train.cli), ``make-tiny`` (models.cli), ``features``
 (audio.cli), ``data`` (data.cli), ``eval`` (eval.cli), ``serve`` (serve.cli), ``convert`` (models.convert.cli).
 Errors are caught here only: an ``EchoError`` or ``OSError`` becomes one line ``echo <cmd>: error: ...`` and exit 2.
-Warnings (what was changed to serve a request, a record skipped) go to stderr through ``print_warnings``, each once,
-``echo <cmd>: warning: ...``; they never change the exit code.
+Warnings (what was changed to serve a request, a record skipped) go to stderr through ``console.print_warnings``,
+each once, ``echo <cmd>: warning: ...``; they never change the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from .errors import EchoError
 
@@ -40,17 +40,6 @@ def _command(args: argparse.Namespace) -> str:
     parts = [args.command] + [getattr(args, k) for k in ("train_command", "data_command", "convert_command")
                               if getattr(args, k, None)]
     return " ".join(parts)
-
-
-def print_warnings(command: str, warnings: Iterable[str], where: str = "", limit: int = 20) -> None:
-    """Each distinct warning once on stderr as ``echo <command>: warning: ...``; past ``limit``, one line counts the
-    rest and says ``where`` the command's output lists them all."""
-    distinct = list(dict.fromkeys(warnings))
-    for text in distinct[:limit]:
-        print(f"echo {command}: warning: {text}", file=sys.stderr)
-    if len(distinct) > limit:
-        print(f"echo {command}: warning: ... and {len(distinct) - limit} more" + (f" ({where})" if where else ""),
-              file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

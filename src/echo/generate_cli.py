@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import non_negative_int, positive_int
-from .cli import print_warnings
+from .console import print_warnings
 from .engine_flags import add_engine_flags, engine_config
 from .errors import EchoError
 

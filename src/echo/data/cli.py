@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import print_warnings
+from ..console import print_warnings
 from ..config_flags import Flag, add_config_flags, config_kwargs
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..argtypes import share
-from ..cli import print_warnings
+from ..console import print_warnings
 from ..config_flags import Flag, add_config_flags
 from ..data.formats import MAX_BAD_SHARE
 from ..errors import EchoError

@@ -7,7 +7,7 @@ import argparse
 import os
 
 from ..argtypes import non_negative_int, positive_float, positive_int, share
-from ..cli import print_warnings
+from ..console import print_warnings
 from ..config_flags import Flag, add_config_flags, config_kwargs
 from ..engine_flags import add_engine_flags, engine_config
 from ..errors import ConfigError
