@@ -5,6 +5,7 @@ next run); and the one check that an input path names a file."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -53,7 +54,7 @@ def read_lines(path: str | os.PathLike, *, bad: str = "raise", objects: bool = T
         raise ValueError(f"bad must be 'raise', 'report' or 'skip', got {bad!r}")
     from .errors import EchoError
 
-    with open(path, "rb") as f:  # bytes: a kill can tear a line inside a multi-byte character
+    with _open_bytes(path) as f:  # bytes: a kill can tear a line inside a multi-byte character
         for n, raw in enumerate(f, 1):
             if torn_tail and not raw.endswith(b"\n"):
                 return
@@ -90,9 +91,14 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
         yield from (row for _, row in read_lines(path, bad="skip", torn_tail=True))
 
 
+def _open_bytes(path: str | os.PathLike):
+    """``path`` opened for reading bytes, decompressed when it ends in ``.gz`` (kept predictions are gzipped)."""
+    return gzip.open(path, "rb") if os.fspath(path).endswith(".gz") else open(path, "rb")
+
+
 def starts_json_list(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds one JSON list (``[`` first) rather than JSON lines; both layouts are published."""
-    with open(path, "rb") as f:
+    with _open_bytes(path) as f:
         while chunk := f.read(4096):
             if stripped := chunk.lstrip():
                 return stripped.startswith(b"[")
@@ -102,10 +108,10 @@ def starts_json_list(path: str | os.PathLike) -> bool:
 def read_json_rows(path: str | os.PathLike) -> tuple[Any, list[tuple[int, str]]]:
     """A published file in either layout: ``(rows, [(line, why) for every line that is not JSON])``. A JSON list is
     parsed whole (a ``json.JSONDecodeError`` when it does not parse, and whatever it holds as ``rows``); JSON lines
-    are read line by line, values of any type."""
+    are read line by line, values of any type. Either may be gzipped (``.gz``)."""
     if starts_json_list(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f), []
+        with _open_bytes(path) as f:
+            return json.loads(f.read().decode("utf-8")), []
     rows, bad = [], []
     for n, row in read_lines(path, bad="report", objects=False):
         if isinstance(row, BadLine):

@@ -6,7 +6,6 @@ another.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -35,10 +34,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     if not os.path.isfile(path):
         raise EchoError(f"{path}: predictions file not found")
     try:
-        if path.endswith(".gz"):
-            records, bad = _read_gzip(path)
-        else:
-            records, bad = read_json_rows(path)
+        records, bad = read_json_rows(path)
     except json.JSONDecodeError as exc:
         raise EchoError(f"{path}: not JSON or JSONL (line {exc.lineno}: {exc.msg})") from None
     except (OSError, EOFError, UnicodeDecodeError) as exc:  # a corrupt or truncated .gz
@@ -50,21 +46,6 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     if not records:
         raise EchoError(f"{path}: no predictions to score (the file is empty)")
     return records
-
-
-def _read_gzip(path: str) -> tuple[Any, list[tuple[int, str]]]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
-        return json.loads(text), []
-    rows, bad = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                bad.append((n, exc.msg))
-    return rows, bad
 
 
 def compare(mine: Sequence[Mapping[str, Any]], other: Sequence[Mapping[str, Any]], benchmark: str,
