@@ -145,6 +145,13 @@ def heard_between(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneT
 
 
 WHICH_FIRST = ("x first", "y first", "same time", "neither")
+NEITHER = "neither of them is heard"  # a real answer of the two-sound families: neither named sound is mixed in
+
+
+def _neither_thought(events: list[scenes.Event], x: scenes.Sound, y: scenes.Sound) -> str:
+    """The reasoning of a "neither" item: it cites every sound that does play."""
+    cited = ", ".join(f"{e.label} {seg(e.start, e.end)}" for e in events)
+    return f"Listening through the clip, I hear {cited}. Neither the {x.name} nor the {y.name} is among them."
 
 
 def which_first(rng: np.random.Generator, d: Difficulty, pool: Pool, draw: Draw | None = None) -> SceneTask:
@@ -164,12 +171,9 @@ def which_first(rng: np.random.Generator, d: Difficulty, pool: Pool, draw: Draw 
         if (ix < iy) != (outcome == "x first"):
             order[ix], order[iy] = y, x
     wave, events, meta = _scene(rng, d, pool, order)
-    same_time, neither = "they start at the same time", "neither of them is heard"
+    same_time = "they start at the same time"
     if outcome == "neither":
-        answer = neither
-        heard = list(events)
-        cited = ", ".join(f"{e.label} {seg(e.start, e.end)}" for e in heard)
-        thought = f"Listening through the clip, I hear {cited}. Neither the {x.name} nor the {y.name} is among them."
+        answer, heard, thought = NEITHER, list(events), _neither_thought(events, x, y)
     else:
         ex, ey = (next(e for e in events if e.recording == s.recording) for s in (x, y))
         heard = sorted((ex, ey), key=lambda e: (e.start, e.recording != x.recording))
@@ -179,7 +183,7 @@ def which_first(rng: np.random.Generator, d: Difficulty, pool: Pool, draw: Draw 
                 f"The {first.name} starts at {_t(first.start)} s, before the {second.name} at {_t(second.start)} s.")
         thought = (f"The {first.name} plays here {seg(first.start, first.end)} and the {second.name} here "
                    f"{seg(second.start, second.end)}. {when}")
-    choices = _choices(rng, answer, [f"the {x.name}", f"the {y.name}", same_time, neither], [])
+    choices = _choices(rng, answer, [f"the {x.name}", f"the {y.name}", same_time, NEITHER], [])
     return SceneTask(wave, f"Which comes first: the {x.name} or the {y.name}?", choices, answer,
                      [(e.start, e.end) for e in heard], thought, meta)
 
@@ -288,11 +292,9 @@ def longer(rng: np.random.Generator, d: Difficulty, pool: Pool, draw: Draw | Non
                           exclude={x.name, y.name})
     named = [] if outcome == "neither" else [x, y]
     wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [*named, *others, *_speech_distractor(rng, pool, d)]))
-    equal, neither = "they last equally long", "neither of them is heard"
+    equal = "they last equally long"
     if outcome == "neither":
-        answer, heard = neither, list(events)
-        cited = ", ".join(f"{e.label} {seg(e.start, e.end)}" for e in heard)
-        thought = f"Listening through the clip, I hear {cited}. Neither the {x.name} nor the {y.name} is among them."
+        answer, heard, thought = NEITHER, list(events), _neither_thought(events, x, y)
     else:
         ex, ey = (next(e for e in events if e.recording == s.recording) for s in (x, y))
         heard = [ex, ey]
@@ -303,7 +305,7 @@ def longer(rng: np.random.Generator, d: Difficulty, pool: Pool, draw: Draw | Non
             f"The {ex.name} plays here {seg(ex.start, ex.end)}, {ex.end - ex.start:.2f} s long, and the {ey.name} "
             f"here {seg(ey.start, ey.end)}, {ey.end - ey.start:.2f} s long, so {verdict}."
         )
-    choices = _choices(rng, answer, [f"the {x.name}", f"the {y.name}", equal, neither], [])
+    choices = _choices(rng, answer, [f"the {x.name}", f"the {y.name}", equal, NEITHER], [])
     return SceneTask(wave, f"Which sound lasts longer: the {x.name} or the {y.name}?", choices, answer,
                      [(e.start, e.end) for e in heard], thought, meta)
 
