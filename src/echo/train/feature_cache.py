@@ -39,8 +39,7 @@ def tower_fingerprint(model) -> str:
         if name.startswith(TOWER_PREFIXES):
             t = p.detach().to("cpu").contiguous()
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bfloat16
-                     else t.view(torch.int16).numpy().tobytes())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # the raw bytes, whatever the dtype
     return h.hexdigest()
 
 
