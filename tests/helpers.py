@@ -12,6 +12,16 @@ from echo.data.tasks import FAMILIES as _TASK_FAMILIES
 NON_SPEECH = tuple(name for name, (_, needs_espeak) in _TASK_FAMILIES.items() if not needs_espeak)
 
 
+def synthetic_benchmark(out, n: int, seed: int, families: tuple[str, ...] = NON_SPEECH, **config):
+    """``echo data synth``'s items (``SynthConfig(n, seed, families, **config)``) written to ``out`` and loaded as
+    ``echo eval --benchmark synthetic`` reads them."""
+    from echo.data.synthetic import SynthConfig, write_synthetic
+    from echo.eval.datasets import load_benchmark
+
+    write_synthetic(SynthConfig(n=n, seed=seed, families=families, **config), out)
+    return load_benchmark("synthetic", out)
+
+
 def tree(d) -> dict[str, bytes]:
     """Every file under ``d`` by relative path (the whole observable result of a command)."""
     from pathlib import Path

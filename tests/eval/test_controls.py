@@ -13,14 +13,13 @@ import soundfile as sf
 
 from echo.audio import load as load_audio
 from echo.cli import main
-from echo.data.synthetic import SynthConfig, write_synthetic
 from echo.errors import ConfigError
 from echo.eval.compare import compare, read_records
-from echo.eval.datasets import EvalItem, load_benchmark
+from echo.eval.datasets import EvalItem
 from echo.eval.runner import RunConfig, derangement, read_predictions, run_eval, silence_like
 from echo.eval.scoring import score_records
 from echo.stats import mcnemar, wilson
-from helpers import NON_SPEECH, AnswerOracle
+from helpers import AnswerOracle, synthetic_benchmark
 
 
 class Recorder(AnswerOracle):
@@ -37,9 +36,7 @@ class Recorder(AnswerOracle):
 
 @pytest.fixture
 def synth(tmp_path):
-    data = tmp_path / "data"
-    write_synthetic(SynthConfig(n=8, seed=5, families=NON_SPEECH, difficulties=("easy",)), data)
-    return load_benchmark("synthetic", data)
+    return synthetic_benchmark(tmp_path / "data", 8, 5, difficulties=("easy",))
 
 
 def _cfg(**kw):
@@ -142,8 +139,7 @@ def test_silence_through_the_engine(tmp_path):
 
     model_dir, data = tmp_path / "tiny", tmp_path / "synth"
     assert main(["make-tiny", str(model_dir)]) == 0
-    write_synthetic(SynthConfig(n=2, seed=1, families=("beep_count",)), data)
-    bench = load_benchmark("synthetic", data)
+    bench = synthetic_benchmark(data, 2, 1, families=("beep_count",))
     model = echo.load(model_dir)
 
     class Checked:

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from echo.data.synthetic import SynthConfig, write_synthetic
 from echo.eval.datasets import BenchmarkError, load_benchmark
 from echo.eval.runner import RunConfig, merge_and_score, read_predictions, run_eval, shard_items, shard_path
 from echo.eval.scoring import string_match
-from helpers import NON_SPEECH, AnswerOracle
+from helpers import NON_SPEECH, AnswerOracle, synthetic_benchmark
 
 
 
@@ -49,15 +48,12 @@ class Crashing(AnswerOracle):
 @pytest.fixture(scope="module")
 def synth100(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth100")
-    write_synthetic(SynthConfig(n=100, seed=7, families=NON_SPEECH), out)
-    return load_benchmark("synthetic", out)
+    return synthetic_benchmark(out, 100, 7)
 
 
 @pytest.fixture
 def synth10(tmp_path):
-    data = tmp_path / "data"
-    write_synthetic(SynthConfig(n=10, seed=3, families=NON_SPEECH, difficulties=("easy",)), data)
-    return load_benchmark("synthetic", data)
+    return synthetic_benchmark(tmp_path / "data", 10, 3, difficulties=("easy",))
 
 
 def _cfg(**kw):
