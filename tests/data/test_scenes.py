@@ -25,6 +25,8 @@ from echo.data import sounds
 from echo.cli import main
 from echo.data.cli import register
 from echo.data.formats import parse_cot, read_eaqa
+from echo.eval.scoring import answer_span
+from echo.protocol import format_span, span_iou
 from echo.data.scene_tasks import SCENE_DIFFICULTIES, SCENE_FAMILIES
 from echo.data.synthetic import SynthConfig, make_item, write_synthetic
 from echo.data.tasks import _events
@@ -226,6 +228,17 @@ def _check_answer_from_meta(rec):
             else:
                 assert rec.answer == f"the {(ex if lx > ly else ey)['name']}"
             assert rec.spans == [span(ex), span(ey)]
+    elif rec.task == "scene_when":
+        name = re.search(r"(?:is|does) the (.+) (?:heard|play)\?", q).group(1)
+        (e,) = [e for e in events if e["name"] == name]
+        assert rec.answer == format_span(e["start"], e["end"]) and rec.spans == [span(e)]
+        assert len(events) == 1 if rec.difficulty == "easy" else len(events) >= 3
+        for c in rec.choices:  # every other choice is another sound's span or a stretch where none plays
+            if c != rec.answer:
+                a, b = answer_span(c)
+                others = [x for x in events if x is not e]
+                assert [a, b] in [span(x) for x in others] or all(b <= x["start"] or a >= x["end"] for x in events)
+                assert span_iou((a, b), (e["start"], e["end"])) == 0.0
     elif rec.task == "scene_which_heard":
         labels = {e["label"] for e in events}
         assert rec.answer in labels and not labels & (set(rec.choices) - {rec.answer})
@@ -260,12 +273,13 @@ def test_every_family_is_exact(family, level, standins):
             assert round(e["start"] * 100) == pytest.approx(e["start"] * 100)
             seg = wave[round(e["start"] * SR) : round(e["end"] * SR)]
             assert np.sqrt(np.mean(seg**2)) > 1e-3
-            if level == "easy" and e["recording"] in by_id and starts.count(e["start"]) == 1:  # no music bed: the
-                # span holds exactly that recording (unless another starts with it)
+            if "background" not in rec.meta and e["recording"] in by_id and starts.count(e["start"]) == 1:
+                # no music bed: the span holds exactly that recording (unless another starts with it)
                 ref = sounds.load(by_id[e["recording"]])[: seg.shape[0]]
                 corr = float(np.dot(seg, ref) / (np.linalg.norm(seg) * np.linalg.norm(ref)))
                 assert corr > 0.98, (e, corr)
-        if level == "easy":  # and nothing sounds outside the events
+        if level == "easy" and "background" not in rec.meta:  # and nothing sounds outside the events (half the
+            # easy scene_when items are over a music bed)
             mask = np.ones(wave.shape[0], dtype=bool)
             for e in events:
                 mask[round(e["start"] * SR) : round(e["end"] * SR)] = False
@@ -292,6 +306,26 @@ def test_outcomes_and_answer_positions_are_exactly_balanced(family, standins):
     # Every choice is offered in every item: the two sounds named, "the same", and "neither".
     assert all(set(r.choices) == {f"the {n}" for n in re.search(r"the (.+) or the (.+)\?", r.question).groups()}
                | {other, "neither of them is heard"} for r in recs)
+
+
+def test_grounding_items_score_by_their_span(standins):
+    """scene_when: easy items are one sound alone, over silence or a music bed; the reference answer extracts to the
+    answer choice, a span near it scores right and another sound's span wrong; positions are balanced."""
+    from echo.eval.answers import extract_answer
+    from echo.eval.scoring import prediction_correct
+
+    cfg = SynthConfig(n=16, seed=3, families=("scene_when",), difficulties=("easy",), split="train", sources=standins)
+    recs = [make_item(cfg, i).record for i in range(cfg.n)]
+    assert 4 <= sum("background" in r.meta for r in recs) <= 12
+    assert Counter(r.choices.index(r.answer) for r in recs) == {0: 4, 1: 4, 2: 4, 3: 4}
+    for rec in recs:
+        _check_answer_from_meta(rec)
+        assert extract_answer(rec.cot, rec.choices).choice_index == rec.choices.index(rec.answer)
+        (a, b), wrong = rec.spans[0], next(c for c in rec.choices if c != rec.answer)
+        near = extract_answer(f"<answer>{a + 0.04:.2f}, {b - 0.03:.2f}</answer>", rec.choices)
+        assert prediction_correct(rec.answer, near.prediction, rec.choices)
+        assert not prediction_correct(rec.answer, extract_answer(f"<answer>{wrong}</answer>", rec.choices).prediction,
+                                      rec.choices)
 
 
 def test_distractor_labels_come_from_the_split_itself(standins):

@@ -80,3 +80,34 @@ def test_shortened_choice_maps_only_when_unambiguous():
     assert extract_answer("<answer>barking</answer>", choices).method == "subset"
     assert extract_answer("<answer>dog</answer>", choices).choice_index is None  # two choices have "dog"
     assert extract_answer("<answer>a</answer>", ["A man", "A woman"]).choice_index == 0  # "a" as option letter
+
+
+SPAN_CHOICES = ["<seg>1.00, 2.00</seg>", "<seg>4.00, 6.00</seg>", "<seg>7.50, 8.10</seg>", "<seg>9.00, 9.90</seg>"]
+
+
+@pytest.mark.parametrize("response, index, prediction", [
+    ("<think>x</think><answer><seg>4.00, 6.00</seg></answer>", 1, SPAN_CHOICES[1]),  # the choice itself
+    ("<think>x</think><answer><seg>4.2, 5.9</seg><|audio_bos|><|AUDIO|><|audio_eos|></answer>", 1,
+     SPAN_CHOICES[1]),  # a close span, the re-listened audio after it: IoU 0.85
+    ("<answer>7.4, 8.2</answer>", 2, SPAN_CHOICES[2]),  # bare span grammar: IoU 0.75
+    ("<answer><seg>4.0, 5.0</seg></answer>", 1, SPAN_CHOICES[1]),  # IoU exactly 0.5: the threshold is inclusive
+    ("<answer><seg>4.0, 4.9</seg></answer>", None, "<seg>4.00, 4.90</seg>"),  # IoU 0.45
+    ("<answer><seg>2.5, 3.5</seg></answer>", None, "<seg>2.50, 3.50</seg>"),  # on no choice: wrong, not missing
+    ("<answer>C</answer>", 2, SPAN_CHOICES[2]),  # a letter still names a choice
+])
+def test_a_written_span_names_the_choice_it_overlaps(response, index, prediction):
+    ex = extract_answer(response, SPAN_CHOICES)
+    assert (ex.choice_index, ex.prediction) == (index, prediction)
+    assert not ex.no_answer
+    assert ex.method == ("letter" if response == "<answer>C</answer>" else "span")
+
+
+def test_span_answers_score_by_iou_once_extracted():
+    """What the extraction writes scores as the IoU rule says, through the one scoring function."""
+    from echo.eval.scoring import prediction_correct
+
+    truth = SPAN_CHOICES[1]
+    for response, right in (("<answer><seg>4.2, 5.9</seg></answer>", True), ("<answer>4.0, 4.9</answer>", False),
+                            ("<answer><seg>6.00, 4.00</seg></answer>", False)):  # reversed: the same tokens, no IoU
+        ex = extract_answer(response, SPAN_CHOICES)
+        assert prediction_correct(truth, ex.prediction, SPAN_CHOICES) is right, response

@@ -166,3 +166,24 @@ def test_official_rule_agrees_on_real_metadata(name, fname):
             assert string_match(item.answer, pred, item.choices) == official_string_match(item.answer, pred, item.choices)
             checked += 1
     assert checked > 4000
+
+
+def test_span_answers_score_by_iou():
+    from echo.eval.scoring import SPAN_ANSWER_IOU, answer_span, prediction_correct
+
+    truth = "<seg>2.00, 4.00</seg>"
+    assert answer_span(truth) == (2.0, 4.0) and answer_span("2, 4") == (2.0, 4.0)
+    assert answer_span("2, 4", bare=False) is None and answer_span("<seg>1, 2</seg><seg>3, 4</seg>") is None
+    assert answer_span("a dog barking") is None
+    assert SPAN_ANSWER_IOU == 0.5
+    cases = [("<seg>2.00, 4.00</seg>", True), ("<seg>2.5, 4.2</seg>", True), ("3.0, 4.0", True),  # IoU 1, .77, .5
+             ("<seg>3.1, 4.0</seg>", False), ("<seg>5, 6</seg>", False), ("<seg>4.00, 2.00</seg>", False), ("", False)]
+    for prediction, right in cases:
+        assert prediction_correct(truth, prediction, [truth, "<seg>5.00, 6.00</seg>"]) is right, prediction
+    # An answer that only looks like two numbers is scored by the token rule, as released benchmarks are.
+    assert prediction_correct("1, 2", "1, 2", ["1, 2", "3, 4"])
+    assert not prediction_correct("1, 2", "1, 3", ["1, 2", "3, 4"])  # by IoU it would be right (0.5)
+    recs = [{"id": "a", "answer": truth, "choices": [truth, "<seg>5.00, 6.00</seg>"], "model_output": p, "task": "w"}
+            for p in ("<seg>2.1, 3.9</seg>", "<seg>5.00, 6.00</seg>")]
+    score = score_records(recs, "synthetic")
+    assert (score.overall.correct, score.overall.total, score.overall.no_answer) == (1, 2, 0)

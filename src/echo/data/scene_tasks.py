@@ -3,7 +3,7 @@
 Each family is ``fn(rng, d, pool) -> SceneTask``: it picks sounds from the pool (the recordings of one split plus
 echo's synthesised events), mixes them at known times (:mod:`scenes`), and asks about a detail at a time: what is
 heard between a and b, which comes first, how many times, what is said at t, when something starts, which lasts
-longer, which of four sounds is heard. The reasoning cites the ground-truth spans as ``<seg>a, b</seg>``; the item's
+longer, which of four sounds is heard, and when a named sound is heard (grounding: the answer is its span). The reasoning cites the ground-truth spans as ``<seg>a, b</seg>``; the item's
 ``meta`` lists every event (recording, onset, end, gain) and the music bed, so any answer can be re-derived.
 """
 
@@ -92,14 +92,16 @@ def _choices(rng: np.random.Generator, answer: str, preferred: list[str], pool: 
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def _scene(rng: np.random.Generator, d: Difficulty, pool: Pool, sounds: list[scenes.Sound]):
-    """Mix ``sounds`` (already in clip order) into a clip of the level's length, with the level's music bed."""
+def _scene(rng: np.random.Generator, d: Difficulty, pool: Pool, sounds: list[scenes.Sound],
+           music_db: float | None = None):
+    """Mix ``sounds`` (already in clip order) into a clip of the level's length, with the level's music bed (or one
+    ``music_db`` below the events' peak)."""
     need = sum(_seconds(s) for s in sounds) + d.gap_s * (len(sounds) - 1) + 0.5
     clip_s = _clip_len(rng, d, need_s=need)
     gains_db = [float(rng.uniform(-6.0, 0.0)) for _ in sounds]  # each sound's level, kept in the item's meta
     wave, events = scenes.mix(rng, sounds, clip_s, d.gap_s, gains_db)
     meta: dict = {"split": pool.split, "events": [e.to_json() for e in events]}
-    level_db = MUSIC_DB.get(pool.level)
+    level_db = MUSIC_DB.get(pool.level) if music_db is None else music_db
     if level_db is not None and pool.music:
         track = pool.music[int(rng.integers(0, len(pool.music)))]
         bed = scenes.add_music(rng, wave, load(track), level_db)
@@ -348,6 +350,35 @@ def which_heard(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTas
                      [(ev.start, ev.end)], thought, meta)
 
 
+WHEN_QUESTIONS = ("When is the {} heard?", "When does the {} play?")
+
+
+def when(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
+    """Grounding: when is a named sound heard? The answer is its span, ``<seg>a, b</seg>`` (scored by IoU, see
+    ``eval.scoring.prediction_correct``). Easy: the sound alone, in silence or over a music bed; from medium on, a
+    mixture with distractor sounds whose spans are offered beside it, so naming where *a* sound is does not do.
+    Spans of silence fill the choices up, as long as spans of sounds drawn the same way (so length tells nothing)."""
+    alone = pool.level == "easy"
+    target, *others = _draw_events(rng, pool, 1 + (0 if alone else d.distractors))
+    bed_db = MUSIC_DB["medium"] if alone and rng.random() < 0.5 else None
+    order = _shuffle(rng, [target, *others, *([] if alone else _speech_distractor(rng, pool, d))])
+    wave, events, meta = _scene(rng, d, pool, order, bed_db)
+    ev = next(e for e in events if e.recording == target.recording)
+    taken = [(e.start, e.end) for e in events]
+    quiet: list[tuple[float, float]] = []
+    for ghost in _draw_events(rng, pool, 3, exclude={target.name}):  # lengths drawn as the target's was
+        try:
+            (onset,) = S.free_slots(rng, 1, [ghost.seconds], wave.shape[0] / S.SR, 0.1, taken=taken + quiet)
+        except ValueError:
+            continue
+        quiet.append((S.on_grid(onset), S.on_grid(onset + ghost.seconds)))
+    answer = seg(ev.start, ev.end)
+    choices = _choices(rng, answer, [seg(e.start, e.end) for e in events if e is not ev], [seg(*q) for q in quiet])
+    question = WHEN_QUESTIONS[int(rng.integers(0, len(WHEN_QUESTIONS)))].format(target.name)
+    return SceneTask(wave, question, choices, answer, [(ev.start, ev.end)], f"The {target.name} is heard here {answer}.",
+                     meta)
+
+
 DRAWS = {"scene_which_first", "scene_count", "scene_longer"}  # the families whose outcome is a balanced draw
 SCENE_FAMILIES = {  # name -> (function, needs espeak-ng)
     "scene_heard_between": (heard_between, False),
@@ -357,6 +388,7 @@ SCENE_FAMILIES = {  # name -> (function, needs espeak-ng)
     "scene_starts_when": (starts_when, False),
     "scene_longer": (longer, False),
     "scene_which_heard": (which_heard, False),
+    "scene_when": (when, False),
 }
 
 

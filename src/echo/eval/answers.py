@@ -13,6 +13,10 @@ Order of attempts on the candidate text (see :func:`extract_answer`):
    the official token rule (:func:`echo.eval.scoring.string_match`) when exactly one choice passes it, and last a
    shortened choice: the candidate's words all belong to exactly one choice and include a word only it has
    (``woman`` -> ``A woman``; the official rule alone would reject it for lacking ``a``).
+
+Items whose choices are spans (``<seg>a, b</seg>``: "when is the dog heard?") take a written span instead: it
+names the choice it overlaps with IoU >= ``SPAN_ANSWER_IOU`` (method ``span``), and a span that lands on no choice
+is a wrong answer, not a missing one (its prediction is the span itself, which scores wrong).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..protocol import ANSWER_BLOCK, ANSWER_OPEN, SEG_BLOCK, THINK_BLOCK, THINK_OPEN
-from .scoring import string_match, word_tokens
+from .scoring import SPAN_ANSWER_IOU, answer_span, string_match, word_tokens
 
 # the format's patterns, read leniently here: a model's answer may spell a tag in capitals
 _ANSWER_CLOSED = re.compile(ANSWER_BLOCK.pattern, re.IGNORECASE | re.DOTALL)
@@ -44,11 +48,14 @@ class Extraction:
     """Result of :func:`extract_answer`.
 
     Attributes:
-        choice_index: index into the item's choices, or ``None`` when nothing could be extracted.
-        prediction: the string written for the official scorers: ``choices[choice_index]``, or ``""``.
+        choice_index: index into the item's choices, or ``None`` when nothing could be extracted (or a written span
+            lands on no choice).
+        prediction: the string written for the official scorers: ``choices[choice_index]``, a written span that
+            lands on no choice, or ``""`` (no answer).
         source: where the candidate text came from: ``answer_tag``, ``answer_tag_unclosed``, ``answer_phrase``,
             ``bare``, or ``none`` (empty response or cut off inside ``<think>``).
-        method: how it was mapped: ``text``, ``letter``, ``letter_text``, ``tokens``, ``subset``, or ``none``.
+        method: how it was mapped: ``text``, ``letter``, ``letter_text``, ``tokens``, ``subset``, ``span``, or
+            ``none``.
         candidate: the candidate text itself (useful when reading failures).
     """
 
@@ -60,7 +67,7 @@ class Extraction:
 
     @property
     def no_answer(self) -> bool:
-        return self.choice_index is None
+        return not self.prediction
 
 
 def extract_answer(response: str, choices: Sequence[str]) -> Extraction:
@@ -69,10 +76,26 @@ def extract_answer(response: str, choices: Sequence[str]) -> Extraction:
     source, candidate = _candidate(response or "")
     if source == "none":
         return Extraction(None, "", "none", "none", "")
+    spans = [answer_span(c, bare=False) for c in choices]
+    if choices and all(s is not None for s in spans) and (said := answer_span(candidate)) is not None:
+        return _span_choice(said, spans, choices, source, candidate)
     index, method = match_choice(candidate, choices)
     if index is None:
         return Extraction(None, "", source, "none", candidate)
     return Extraction(index, choices[index], source, method, candidate)
+
+
+def _span_choice(said: tuple[float, float], spans: list, choices: list[str], source: str, candidate: str
+                 ) -> Extraction:
+    """The choice a written span names: the one it overlaps best, with IoU >= ``SPAN_ANSWER_IOU``; else a wrong
+    answer whose prediction is the span as written."""
+    from ..protocol import format_span, span_iou
+
+    ious = [span_iou(said, s) for s in spans]
+    best = max(range(len(ious)), key=ious.__getitem__)
+    if ious[best] >= SPAN_ANSWER_IOU and ious.count(ious[best]) == 1:
+        return Extraction(best, choices[best], source, "span", candidate)
+    return Extraction(None, format_span(*said), source, "span", candidate)
 
 
 def match_choice(candidate: str, choices: Sequence[str]) -> tuple[int | None, str]:

@@ -14,7 +14,7 @@ from ..durable import read_json_rows, write_atomic
 from ..errors import EchoError
 from ..stats import mcnemar
 from .runner import MERGED_FILE
-from .scoring import BENCHMARKS, group_key, string_match
+from .scoring import BENCHMARKS, group_key, prediction_correct
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
@@ -99,7 +99,8 @@ def _scorable(record: Mapping[str, Any], key: str) -> bool:
 
 
 def _correct(record: Mapping[str, Any], key: str) -> bool:
-    return string_match(record["answer"], record[key] if record[key] is not None else "", record.get("choices") or [])
+    return prediction_correct(record["answer"], record[key] if record[key] is not None else "",
+                              record.get("choices") or [])
 
 
 def _row(ids: list[str], right_a: dict[str, bool], right_b: dict[str, bool]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..protocol import cited_span_ious
+from ..protocol import cited_span_ious, parse_span, seg_bodies, span_iou
 from ..stats import uniform_chance, wilson
 
 _WORD = re.compile(r"\b\w+\b")
@@ -68,6 +68,30 @@ def string_match(answer: Any, prediction: Any, choices: Iterable[Any]) -> bool:
         if choice_tokens != answer_tokens:
             incorrect_tokens |= choice_tokens - answer_tokens
     return answer_tokens <= prediction_tokens and prediction_tokens.isdisjoint(incorrect_tokens)
+
+
+SPAN_ANSWER_IOU = 0.5  # a span answer is right when it overlaps the true span by at least this IoU
+
+
+def answer_span(text: Any, bare: bool = True) -> tuple[float, float] | None:
+    """The span an answer gives, when it is one: a single ``<seg>a, b</seg>`` (what echo writes, the clip's audio
+    spliced after it or not), or with ``bare`` also the plain ``a, b`` of the span grammar; None otherwise."""
+    text = str(text)
+    bodies = seg_bodies(text)
+    if len(bodies) == 1:
+        return parse_span(bodies[0])
+    return parse_span(text.strip().rstrip(".")) if bare and not bodies else None
+
+
+def prediction_correct(answer: Any, prediction: Any, choices: Iterable[Any]) -> bool:
+    """Whether a prediction string is right: an answer written as a span (``<seg>a, b</seg>``, echo's grounding
+    items) by IoU >= ``SPAN_ANSWER_IOU`` with the span the prediction gives (:func:`answer_span`); any other answer by
+    the official token rule."""
+    truth = answer_span(answer, bare=False)
+    if truth is not None:
+        said = answer_span(prediction)
+        return said is not None and span_iou(said, truth) >= SPAN_ANSWER_IOU
+    return string_match(answer, prediction, choices)
 
 
 @dataclass(slots=True)
@@ -170,7 +194,7 @@ def score_records(records: Sequence[Mapping[str, Any]], benchmark: str) -> Score
             result.no_ground_truth += 1
             continue
         prediction = record[key] if record[key] is not None else ""
-        correct = string_match(record["answer"], prediction, record.get("choices") or [])
+        correct = prediction_correct(record["answer"], prediction, record.get("choices") or [])
         no_answer = bool(record["no_answer"]) if "no_answer" in record else not word_tokens(prediction)
         tallies = [result.overall]
         for dim in dims:
