@@ -12,12 +12,12 @@ run() {  # name, extra flags
   local name=$1; shift
   [ -f "$out/$name/summary.json" ] && return
   python -m echo eval --benchmark synthetic --data "$data" --model "$model" --out "$out/$name" \
-    --max-tokens 256 --batch-size 16 --no-progress "$@"
+    --max-new-tokens 256 --batch-size 16 --no-progress "$@"
 }
 run audio-relisten
-run audio-norelisten --relisten-turns 0
+run audio-norelisten --max-relistens 0
 run silence-relisten --audio silence
-run silence-norelisten --audio silence --relisten-turns 0
+run silence-norelisten --audio silence --max-relistens 0
 for other in audio-norelisten silence-relisten silence-norelisten; do
   python -m echo eval --benchmark synthetic --predictions "$out/audio-relisten" --compare "$out/$other" \
     --out "$out/compare-$other" > /dev/null

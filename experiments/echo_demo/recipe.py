@@ -265,14 +265,14 @@ def stage_eval(work: Path, model: Path, name: str, limit: int | None, relisten: 
     out = work / "eval" / name
     if not (out / "summary.json").is_file():
         cmd = [sys.executable, "-m", "echo", "eval", "--benchmark", "synthetic", "--data", str(work / "data" / "test"),
-               "--model", str(model), "--out", str(out), "--max-tokens", "256", "--batch-size", "16",
+               "--model", str(model), "--out", str(out), "--max-new-tokens", "256", "--batch-size", "16",
                "--audio", audio]
         if compare:
             cmd += ["--compare", str(work / "eval" / compare)]
         if limit:
             cmd += ["--limit", str(limit)]
         if not relisten:  # the grounded format cites spans but never hears them again
-            cmd += ["--relisten-turns", "0"]
+            cmd += ["--max-relistens", "0"]
         t = time.time()
         subprocess.run(cmd, check=True)
         log(work, f"eval-{name}", seconds=round(time.time() - t))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import non_negative_int, positive_int
 from .console import print_warnings
-from .engine_flags import add_engine_flags, engine_config
+from .engine_flags import add_engine_flags, add_model_flags, add_sampling_flags, engine_config, model_dtype
 from .errors import EchoError
 
 
@@ -20,15 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the instruction to think with timestamped segments), the format Echo models are trained on")
     g.add_argument("--model", required=True, help="local Hugging Face checkpoint directory, or echo-demo")
     g.add_argument("--input", help="JSONL of requests ({'audio', 'prompt', optional 'id' and sampling fields})")
-    g.add_argument("--output", help="JSONL of results, one per request line, appended as each finishes; "
-                                     "rerun the same command to resume")
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=non_negative_int, default=0)
-    g.add_argument("--max-new-tokens", type=positive_int, default=1024)
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--out", help="with --input: JSONL of results, one per request line, appended as each "
+                                  "finishes; rerun the same command to resume")
+    add_model_flags(g)
+    add_sampling_flags(g)
     add_engine_flags(g)
     g.set_defaults(func=_generate)
 
@@ -43,31 +37,23 @@ def _relisten_mark(record) -> str:
     return f" [no re-listen: {d.reason}] "
 
 
-def _sampling(args: argparse.Namespace):
-    from .config import SamplingParams
-
-    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                          max_new_tokens=args.max_new_tokens, seed=args.seed)
-
-
 def _generate(args: argparse.Namespace) -> int:
-    import torch
-
     from . import generate_jsonl as batch
+    from .engine_flags import sampling_params
 
     # every check that needs no model runs first: a bad argument costs no model load and no KV cache
     batch.check_device(args.device)
     if args.input and args.choices:
         raise EchoError("--choices applies to one AUDIO PROMPT; put the full prompt in each --input line")
-    params = _sampling(args)
+    params = sampling_params(args)
     config = engine_config(args)
     if args.input:
-        if not args.output:
-            raise EchoError("--input needs --output")
-        pending, done = batch.prepare(args.input, args.output, params)
+        if not args.out:
+            raise EchoError("--input needs --out")
+        pending, done = batch.prepare(args.input, args.out, params)
         total = len(pending) + len(done)
     elif not (args.audio and args.prompt):
-        raise EchoError("give AUDIO and PROMPT, or --input requests.jsonl --output results.jsonl")
+        raise EchoError("give AUDIO and PROMPT, or --input requests.jsonl --out results.jsonl")
     else:
         from .audio import load as load_audio
 
@@ -76,17 +62,16 @@ def _generate(args: argparse.Namespace) -> int:
     from .engine.llm import Engine
     from .models import load
 
-    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     if args.input and not pending:
-        batch.finish(args.output, total)
-        print(f"all {total} results already in {args.output}")
+        batch.finish(args.out, total)
+        print(f"all {total} results already in {args.out}")
         return 0
-    engine = Engine(load(args.model, device=args.device, dtype=dtype), config)
+    engine = Engine(load(args.model, device=args.device, dtype=model_dtype(args)), config)
     if args.input:
-        written, bad, warnings = batch.run(engine, pending, args.output, total)
-        batch.finish(args.output, total)
-        print_warnings("generate", warnings, where=f"the warnings field of the rows in {args.output}")
-        print(f"wrote {written} results to {args.output}" + (f" ({bad} with errors)" if bad else "") +
+        written, bad, warnings = batch.run(engine, pending, args.out, total)
+        batch.finish(args.out, total)
+        print_warnings("generate", warnings, where=f"the warnings field of the rows in {args.out}")
+        print(f"wrote {written} results to {args.out}" + (f" ({bad} with errors)" if bad else "") +
               (f"; {len(warnings)} warnings" if warnings else "") +
               (f"; {len(done)} were already there" if done else ""))
         return 0

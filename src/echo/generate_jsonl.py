@@ -1,4 +1,4 @@
-"""``echo generate --input requests.jsonl --output results.jsonl``: a batch of requests through one engine.
+"""``echo generate --input requests.jsonl --out results.jsonl``: a batch of requests through one engine.
 
 Everything that can be checked is checked before the model is loaded and the KV cache allocated: the output is
 writable, every input line is a JSON object with ``audio`` and ``prompt`` and valid sampling fields. Each result is
@@ -66,15 +66,15 @@ def prepare(input_path: str, output_path: str, defaults) -> tuple[list, dict[int
     """Validate the requests and the output before any model time; returns (pending requests, rows done)."""
     requests = read_requests(input_path, defaults)
     if os.path.isdir(output_path):
-        raise IsADirectoryError(f"--output {output_path} is a directory, not a file")
-    check_writable_dir(os.path.dirname(output_path) or ".", "--output directory")
+        raise IsADirectoryError(f"--out {output_path} is a directory, not a file")
+    check_writable_dir(os.path.dirname(output_path) or ".", "--out directory")
     drop_partial_line(output_path)
     with open(output_path, "a", encoding="utf-8"):  # fails now, not after hours, on a read-only file
         pass
     done = {int(r["index"]): r for r in read_jsonl(output_path) if isinstance(r.get("index"), int)}
     if done and max(done) >= len(requests):
         raise EchoError(f"{output_path} holds results for {max(done) + 1} input lines but {input_path} has "
-                        f"{len(requests)}: it belongs to another input (use another --output)")
+                        f"{len(requests)}: it belongs to another input (use another --out)")
     return [r for r in requests if r[0] not in done], done
 
 

@@ -18,7 +18,7 @@ def test_make_tiny_synth_sft_grpo_eval(tmp_path, monkeypatch, capsys):
         ["train", "grpo", "--model", "sft/final", "--data", "synth/synthetic.jsonl", "--out", "grpo",
          "--group-size", "2", "--prompts-per-step", "2", "--max-new-tokens", "12", "--kv-cache-gb", "0.02"],
         ["eval", "--benchmark", "synthetic", "--data", "synth", "--model", "grpo/final", "--out", "eval",
-         "--max-tokens", "12", "--no-progress"],
+         "--max-new-tokens", "12", "--no-progress"],
     ]
     for argv in steps:
         assert main(argv) == 0, argv

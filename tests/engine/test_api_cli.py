@@ -69,7 +69,7 @@ def test_cli_stream_and_batch(tiny, tmp_path, capsys):
         {"id": "b", "audio": str(tmp_path / "missing.wav"), "prompt": "What?"},
     ]) + "\n")
     out = tmp_path / "res.jsonl"
-    assert main(["generate", "--model", str(path), "--input", str(requests), "--output", str(out)]) == 0
+    assert main(["generate", "--model", str(path), "--input", str(requests), "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["id"] == "a" and rows[0]["samples"][0]["text"] == expected and rows[0]["error"] is None
     assert rows[1]["id"] == "b" and "missing.wav: file not found" in rows[1]["error"]
@@ -87,7 +87,7 @@ def test_cli_choices_ask_with_echos_evaluation_prompt(tiny, capsys):
     assert streamed == model.generate(str(clip), build_prompt("What is it?", choices), temperature=0,
                                       max_new_tokens=6).text
     assert streamed != model.generate(str(clip), "What is it?", temperature=0, max_new_tokens=6).text
-    assert main(["generate", "--model", str(path), "--input", "x.jsonl", "--output", "y.jsonl",
+    assert main(["generate", "--model", str(path), "--input", "x.jsonl", "--out", "y.jsonl",
                  "--choices", "a"]) == 2
     assert "--choices applies to one AUDIO PROMPT" in capsys.readouterr().err
 
@@ -99,7 +99,7 @@ def test_eval_runs_through_the_engine(tiny, tmp_path):
                  "--no-progress"]) == 0
     out = tmp_path / "eval"
     assert main(["eval", "--benchmark", "synthetic", "--data", str(data), "--model", str(path), "--out", str(out),
-                 "--max-tokens", "8", "--no-progress"]) == 0
+                 "--max-new-tokens", "8", "--no-progress"]) == 0
     preds = json.loads((out / "predictions.json").read_text())
     assert len(preds) == 2 and all("response" in p for p in preds)
     summary = json.loads((out / "summary.json").read_text())

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from echo.cli import main
-from echo.config import SamplingParams
+from echo.config import RelistenPolicy, SamplingParams
 from echo.data.synthetic import SynthConfig, write_synthetic
 from echo.eval import cli
 from echo.eval.runner import RunConfig
@@ -46,7 +46,7 @@ def test_eval_with_a_model_writes_predictions_and_summary(synth, tmp_path, monke
     oracle = _Oracle(synth)
     monkeypatch.setattr(cli, "load_model", lambda path: oracle)
     args = _parse(["--benchmark", "synthetic", "--data", str(synth), "--model", "m", "--out", str(tmp_path / "o"),
-                   "--max-tokens", "64", "--batch-size", "4", "--no-progress"])
+                   "--max-new-tokens", "64", "--batch-size", "4", "--no-progress"])
     assert args.func(args) == 0
     assert oracle.calls == 2
     assert "100.00%" in capsys.readouterr().out
@@ -99,9 +99,9 @@ def test_arguments():
     assert (args.batch_size, args.limit, args.prompt_style, args.check_audio) == (
         defaults.batch_size, defaults.limit, defaults.prompt_style, defaults.check_audio)
     params = cli.sampling_params(args)
-    assert (params.temperature, params.top_p, params.max_new_tokens, params.seed) == (0.0, 1.0, 2048, 0)
-    assert params.relisten is None  # the engine's policy
-    args = _parse(["--benchmark", "mmar", "--model", "m", "--relisten-turns", "0"])
+    assert (params.temperature, params.top_p, params.max_new_tokens, params.seed) == (0.0, 1.0, 1024, 0)
+    assert params.relisten == RelistenPolicy()  # the engine's own policy
+    args = _parse(["--benchmark", "mmar", "--model", "m", "--max-relistens", "0"])
     assert cli.sampling_params(args).relisten.max_turns == 0  # tags written, no audio inserted (grounded format)
     args = _parse(["--benchmark", "mmar", "--model", "m", "--batch-size", "3", "--check-audio", "decode"])
     assert (args.batch_size, args.check_audio) == (3, "decode")

@@ -115,18 +115,18 @@ CASES = [
     ("generate truncated wav", lambda d: _generate(d, str(d / "cut.wav"), "hi"), ["cut.wav", "truncated"]),
     ("generate missing audio", lambda d: _generate(d, str(d / "nope.wav"), "hi"), ["nope.wav", "not found"]),
     ("generate no prompt", lambda d: _generate(d, str(d / "clip.wav")), ["AUDIO and PROMPT"]),
-    ("generate input without output", lambda d: _generate(d, "--input", str(d / "req_ok.jsonl")), ["--output"]),
-    ("generate input missing", lambda d: _generate(d, "--input", str(d / "nope.jsonl"), "--output",
+    ("generate input without output", lambda d: _generate(d, "--input", str(d / "req_ok.jsonl")), ["--out"]),
+    ("generate input missing", lambda d: _generate(d, "--input", str(d / "nope.jsonl"), "--out",
                                                    str(d / "r.jsonl")), ["nope.jsonl", "not found"]),
-    ("generate input non-object", lambda d: _generate(d, "--input", str(d / "req_list.jsonl"), "--output",
+    ("generate input non-object", lambda d: _generate(d, "--input", str(d / "req_list.jsonl"), "--out",
                                                       str(d / "r.jsonl")), ["line 1", "JSON object"]),
-    ("generate input no prompt", lambda d: _generate(d, "--input", str(d / "req_noprompt.jsonl"), "--output",
+    ("generate input no prompt", lambda d: _generate(d, "--input", str(d / "req_noprompt.jsonl"), "--out",
                                                      str(d / "r.jsonl")), ["line 1", "'prompt'"]),
-    ("generate input bad temperature", lambda d: _generate(d, "--input", str(d / "req_badtemp.jsonl"), "--output",
+    ("generate input bad temperature", lambda d: _generate(d, "--input", str(d / "req_badtemp.jsonl"), "--out",
                                                            str(d / "r.jsonl")), ["line 1", "temperature"]),
-    ("generate output under a file", lambda d: _generate(d, "--input", str(d / "req_ok.jsonl"), "--output",
+    ("generate output under a file", lambda d: _generate(d, "--input", str(d / "req_ok.jsonl"), "--out",
                                                          str(d / "a_file" / "r.jsonl")), ["a_file"]),
-    ("generate output is a directory", lambda d: _generate(d, "--input", str(d / "req_ok.jsonl"), "--output",
+    ("generate output is a directory", lambda d: _generate(d, "--input", str(d / "req_ok.jsonl"), "--out",
                                                            str(d / "full")), ["full", "directory"]),
     ("generate max-new-tokens 0", lambda d: _generate(d, "--max-new-tokens", "0"), ["--max-new-tokens", "positive"]),
     ("generate kv-cache-gb 0", lambda d: _generate(d, "--kv-cache-gb", "0"), ["--kv-cache-gb", "positive"]),
@@ -134,7 +134,7 @@ CASES = [
     ("generate device bogus", lambda d: _generate(d, str(d / "clip.wav"), "hi", "--device", "tpu9"), ["tpu9"]),
     # make-tiny, data synth, eval, features
     ("make-tiny bogus preset", lambda d: ["make-tiny", str(d / "t1"), "--preset", "bogus"], ["bogus", "preset"]),
-    ("make-tiny non-empty dir", lambda d: ["make-tiny", str(d / "full")], ["full", "not empty", "--force"]),
+    ("make-tiny non-empty dir", lambda d: ["make-tiny", str(d / "full")], ["full", "not empty", "--overwrite"]),
     ("make-tiny onto a file", lambda d: ["make-tiny", str(d / "a_file")], ["a_file", "file"]),
     ("synth out is a file", lambda d: ["data", "synth", "--n", "2", "--out", str(d / "a_file"), "--no-progress"],
      ["a_file", "not a directory"]),
@@ -156,7 +156,7 @@ CASES = [
     ("sft data is a directory", lambda d: _sft(d, data="full", out="o7"), ["full", "is a directory, not a file"]),
     ("grpo data is a directory", lambda d: _grpo(d, data="full"), ["full", "is a directory, not a file"]),
     ("generate audio is a directory", lambda d: _generate(d, str(d / "full"), "hi"), ["full", "is a directory"]),
-    ("generate input is a directory", lambda d: _generate(d, "--input", str(d / "full"), "--output",
+    ("generate input is a directory", lambda d: _generate(d, "--input", str(d / "full"), "--out",
                                                           str(d / "r.jsonl")), ["full", "is a directory"]),
     ("eval meta is a directory", lambda d: ["eval", "--benchmark", "synthetic", "--data", str(d), "--meta",
                                             str(d / "full"), "--model", str(d / "good"), "--out", str(d / "e1")],
@@ -205,15 +205,15 @@ def test_read_only_output_directory_is_refused_before_loading(env, capsys, monke
     ro.chmod(0o555)
     loads = []
     monkeypatch.setattr(echo.models, "load", lambda *a, **k: loads.append(a))
-    code, err = run_cli(_generate(env, "--input", str(env / "req_ok.jsonl"), "--output", str(ro / "r.jsonl")), capsys)
+    code, err = run_cli(_generate(env, "--input", str(env / "req_ok.jsonl"), "--out", str(ro / "r.jsonl")), capsys)
     assert code == 2 and "not writable" in err and not loads
 
 
 def test_generate_input_checks_everything_before_loading_the_model(env, capsys, monkeypatch):
     loads = []
     monkeypatch.setattr(echo.models, "load", lambda *a, **k: loads.append(a))
-    for argv in (_generate(env, "--input", str(env / "req_badtemp.jsonl"), "--output", str(env / "r.jsonl")),
-                 _generate(env, "--input", str(env / "req_ok.jsonl"), "--output", str(env / "a_file" / "r.jsonl"))):
+    for argv in (_generate(env, "--input", str(env / "req_badtemp.jsonl"), "--out", str(env / "r.jsonl")),
+                 _generate(env, "--input", str(env / "req_ok.jsonl"), "--out", str(env / "a_file" / "r.jsonl"))):
         assert run_cli(argv, capsys)[0] == 2
     assert not loads
 
@@ -225,7 +225,7 @@ def test_make_tiny_force_replaces_and_default_refuses(env, capsys):
     code, err = run_cli(["make-tiny", str(target), "--seed", "1"], capsys)
     assert code == 2 and "not empty" in err
     assert (target / "model.safetensors").read_bytes() == before  # the refused run touched nothing
-    assert main(["make-tiny", str(target), "--seed", "1", "--force"]) == 0
+    assert main(["make-tiny", str(target), "--seed", "1", "--overwrite"]) == 0
     assert (target / "model.safetensors").read_bytes() != before
     assert not (env / "tiny_target.tmp").exists() and not (env / "tiny_target.old").exists()
 

@@ -282,20 +282,20 @@ def test_generate_input_killed_mid_batch_keeps_finished_results_and_resumes(task
     (tmp_path / "req.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     argv = ["generate", "--model", str(base), "--input", str(tmp_path / "req.jsonl"), "--kv-cache-gb", "0.01",
             "--max-num-seqs", "2"]
-    assert main(argv + ["--output", str(tmp_path / "straight.jsonl")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "straight.jsonl")]) == 0
     steps = kill_on_call(monkeypatch, llm.Engine, "step", at=9)  # some requests finished, others in flight
     with pytest.raises(Killed):
-        main(argv + ["--output", str(tmp_path / "resumed.jsonl")])
+        main(argv + ["--out", str(tmp_path / "resumed.jsonl")])
     monkeypatch.undo()
     kept = [json.loads(x) for x in (tmp_path / "resumed.jsonl").read_text().splitlines()]
     assert steps["n"] == 9 and 2 <= len(kept) < len(rows)  # finished results were on disk before the kill
     added = kill_on_call(monkeypatch, llm.Engine, "add_request", at=10**9)
-    assert main(argv + ["--output", str(tmp_path / "resumed.jsonl")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "resumed.jsonl")]) == 0
     assert added["n"] == len(rows) - len(kept)  # only the missing lines ran again
     assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
     out = [json.loads(x) for x in (tmp_path / "straight.jsonl").read_text().splitlines()]
     assert [r["id"] for r in out] == [r["id"] for r in rows] and [r["index"] for r in out] == list(range(6))
     assert "missing.wav" in out[2]["error"] and all(r["error"] is None for r in out if r["id"] != "bad")
     capsys.readouterr()
-    assert main(argv + ["--output", str(tmp_path / "resumed.jsonl")]) == 0  # everything there: nothing to run
+    assert main(argv + ["--out", str(tmp_path / "resumed.jsonl")]) == 0  # everything there: nothing to run
     assert "all 6 results already in" in capsys.readouterr().out

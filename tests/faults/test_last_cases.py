@@ -56,7 +56,7 @@ def test_generate_prints_the_warning_once_and_every_output_row_carries_warnings(
     assert TRUNCATED in line and out.strip()  # the answer still comes, on stdout; the warning on stderr
     (short / "req.jsonl").write_text(json.dumps({"id": "a", "audio": str(short / "long.wav"), "prompt": "Hi?"}) + "\n"
                                      + json.dumps({"id": "b", "audio": str(short / "ok.wav"), "prompt": "Hi?"}) + "\n")
-    assert main(argv + ["--input", str(short / "req.jsonl"), "--output", str(short / "res.jsonl")]) == 0
+    assert main(argv + ["--input", str(short / "req.jsonl"), "--out", str(short / "res.jsonl")]) == 0
     out, err = capsys.readouterr()
     rows = [json.loads(x) for x in (short / "res.jsonl").read_text().splitlines()]
     assert [len(r["warnings"]) for r in rows] == [1, 0] and TRUNCATED in rows[0]["warnings"][0]
@@ -73,7 +73,7 @@ def test_eval_warnings_go_to_each_record_the_summary_and_stderr(short, tmp_path,
                  "--no-progress", "--out", str(tmp_path / "ds")]) == 0
     capsys.readouterr()
     assert main(["eval", "--benchmark", "synthetic", "--data", str(tmp_path / "ds"), "--model", str(tmp_path / "model"),
-                 "--out", str(tmp_path / "ev"), "--max-tokens", "3", "--no-progress"]) == 0
+                 "--out", str(tmp_path / "ev"), "--max-new-tokens", "3", "--no-progress"]) == 0
     err = capsys.readouterr().err
     records = json.loads((tmp_path / "ev" / "predictions.json").read_text())
     assert all(len(r["warnings"]) == 1 and "truncated to its first 3 s" in r["warnings"][0] for r in records)
@@ -321,7 +321,7 @@ def test_make_tiny_force_killed_between_the_renames_is_recovered_by_the_next_run
     first = (out / "model.safetensors").read_bytes()
     killed = kill_at_rename(monkeypatch, out)
     with pytest.raises(killed):
-        main(["make-tiny", str(out), "--seed", "1", "--force"])
+        main(["make-tiny", str(out), "--seed", "1", "--overwrite"])
     monkeypatch.undo()
     assert not out.exists() and siblings(out) == ["tiny.new", "tiny.old"]
     assert main(["make-tiny", str(out), "--seed", "1"]) == 2  # the finished new checkpoint is back, and kept

@@ -131,8 +131,8 @@ def test_manifest_detects_altered_and_missing_files(sources, tmp_path):
     assert set(manifest["files"]) >= {"model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json"}
     cfg = d / "config.json"
     cfg.write_text(cfg.read_text().replace("float32", "float16"))
-    with pytest.raises(CheckpointError, match=r"config.json: contents differ from the checksum.*--force"):
-        verify_manifest(d, rebuild_hint="rebuild with --force")
+    with pytest.raises(CheckpointError, match=r"config.json: contents differ from the checksum.*--overwrite"):
+        verify_manifest(d, rebuild_hint="rebuild with --overwrite")
     cfg.unlink()
     with pytest.raises(CheckpointError, match="config.json: missing"):
         verify_manifest(d)
@@ -258,7 +258,7 @@ def test_model_echo_demo_builds_once_then_verifies(demo_cache, monkeypatch):
     assert demo_mod.resolve("echo-demo") == demo_cache
     assert (demo_cache / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
     monkeypatch.setattr(demo_mod, "package_version", lambda dist: "0.1-newer")
-    with pytest.raises(CheckpointError, match=r"echo-demo is stale.*python -m echo convert demo --force"):
+    with pytest.raises(CheckpointError, match=r"echo-demo is stale.*python -m echo convert demo --overwrite"):
         echo.load("echo-demo")
 
 
@@ -267,7 +267,7 @@ def test_tampered_cache_is_a_clear_error(demo_cache):
     with open(demo_cache / "model.safetensors", "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\x01\x02\x03\x04")
-    with pytest.raises(CheckpointError, match=r"model.safetensors: contents differ.*convert demo --force"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors: contents differ.*convert demo --overwrite"):
         echo.load("echo-demo")
     (demo_cache / MANIFEST).unlink()
     with pytest.raises(CheckpointError, match=f"without its {MANIFEST}"):
@@ -280,8 +280,8 @@ def test_cli_convert_demo_and_force(demo_cache, capsys):
     assert main(["convert", "demo"]) == 0
     assert "assembled echo-demo in" in capsys.readouterr().out and demo_cache.is_dir()
     assert main(["convert", "demo"]) == 2
-    assert "already exists; remove it or pass --force" in capsys.readouterr().err
-    assert main(["convert", "demo", "--force"]) == 0
+    assert "already exists; remove it or pass --overwrite" in capsys.readouterr().err
+    assert main(["convert", "demo", "--overwrite"]) == 0
     verify_manifest(demo_cache, demo_mod.sources(None))
 
 

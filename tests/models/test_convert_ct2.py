@@ -58,7 +58,7 @@ def test_converted_directory_loads_in_transformers_with_the_same_outputs(whisper
                return_tensors="pt")["input_features"]
     with torch.no_grad():
         assert_close("encoder output", enc(feats).last_hidden_state, loaded(feats).last_hidden_state, atol=1e-6)
-    with pytest.raises(CheckpointError, match="already exists.*--force"):
+    with pytest.raises(CheckpointError, match="already exists.*--overwrite"):
         convert_whisper_ct2(path, out)
 
 

@@ -31,7 +31,7 @@ def test_echo_serve_command_answers_and_shuts_down_cleanly(checkpoint, tmp_path)
     log = open(tmp_path / "serve.log", "w+")
     server = subprocess.Popen([sys.executable, "-m", "echo", "serve", "--model", str(path), "--port", str(port),
                                "--api-key", "k1", "--served-model-name", "tiny", "--kv-cache-gb", "0.05",
-                               "--max-model-len", "2048", "--max-tokens", "6"],
+                               "--max-model-len", "2048", "--max-new-tokens", "6"],
                               env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -46,5 +46,5 @@ def test_train_and_merge_commands_accept_echo_demo(demo_is_tiny, tmp_path, capsy
 def test_eval_accepts_echo_demo(demo_is_tiny, tmp_path, capsys):
     write_synthetic(SynthConfig(n=2, seed=9, families=("pitch_at",), difficulties=("easy",)), tmp_path / "data")
     assert main(["eval", "--benchmark", "synthetic", "--data", "data", "--model", "echo-demo", "--out", "ev",
-                 "--max-tokens", "4", "--no-progress"]) == 0
+                 "--max-new-tokens", "4", "--no-progress"]) == 0
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["overall"]["total"] == 2

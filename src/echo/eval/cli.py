@@ -6,10 +6,12 @@ import argparse
 import os
 import sys
 
-from ..argtypes import share
+from ..argtypes import non_negative_int, share
+from ..config import EngineConfig
 from ..console import print_warnings
 from ..config_flags import Flag, add_config_flags
 from ..data.formats import MAX_BAD_SHARE
+from ..engine_flags import add_sampling_flags
 from ..errors import EchoError
 from .datasets import BENCHMARK_NAMES
 
@@ -49,14 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from .runner import RunConfig
 
     add_config_flags(p, RunConfig, RUN_FLAGS)
-    # sampling: SamplingParams' fields, with eval's own defaults (greedy, a fixed seed, long answers)
-    p.add_argument("--max-tokens", type=int, default=2048, help="max new tokens per answer (default 2048)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--relisten-turns", type=int, default=None,
+    add_sampling_flags(p)  # also seeds the shuffled-audio control
+    p.add_argument("--max-relistens", type=non_negative_int, default=EngineConfig().relisten.max_turns,
                    help="re-listens per answer at most (0: none, the tags are written but no audio is inserted; "
-                   "default: the engine's policy)")
+                   "default %(default)s, the engine's)")
     p.add_argument("--allow-unknown-fields", action="store_true", help="accept fields outside the published layout")
     p.add_argument("--max-bad-share", type=share, default=MAX_BAD_SHARE,
                    help="malformed benchmark items are left out and reported; fail when more than this share of them "
@@ -162,9 +160,8 @@ def load_model(path: str):
 
 
 def sampling_params(args: argparse.Namespace):
-    """The ``SamplingParams`` of eval's sampling flags."""
-    from ..config import RelistenPolicy, SamplingParams
+    """The ``SamplingParams`` of eval's sampling flags, with ``--max-relistens`` as the request's re-listen policy."""
+    from ..config import RelistenPolicy
+    from ..engine_flags import sampling_params as shared
 
-    relisten = None if args.relisten_turns is None else RelistenPolicy(max_turns=args.relisten_turns)
-    return SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens,
-                          seed=args.seed, relisten=relisten)
+    return shared(args, relisten=RelistenPolicy(max_turns=args.max_relistens))

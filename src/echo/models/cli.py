@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("out", help="directory to create")
     t.add_argument("--preset", default="omni-tiny-gqa2", help="a tiny preset of echo.models.presets")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--force", action="store_true", help="write into a non-empty directory (replacing a checkpoint)")
+    t.add_argument("--overwrite", action="store_true", help="write into a non-empty directory (replacing a checkpoint)")
     t.set_defaults(func=_make_tiny)
 
 
@@ -20,6 +20,6 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
     from .tiny import make_checkpoint_dir
 
-    make_checkpoint_dir(Path(args.out), args.preset, seed=args.seed, force=args.force)
+    make_checkpoint_dir(Path(args.out), args.preset, seed=args.seed, force=args.overwrite)
     print(f"wrote a random {args.preset} checkpoint to {args.out} (untrained: its text is noise)")
     return 0

@@ -123,7 +123,7 @@ def make_checkpoint_dir(path: Path, name: str, seed: int = 0, force: bool = Fals
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} is a file, not a directory")
     if path.is_dir() and any(path.iterdir()) and not force:
-        raise ConfigError(f"{path} is not empty (it may hold a trained checkpoint); pass --force to replace it, "
+        raise ConfigError(f"{path} is not empty (it may hold a trained checkpoint); pass --overwrite to replace it, "
                           "or choose another directory")
     with atomic_dir(path) as tmp:
         make_checkpoint(tmp, name, seed)

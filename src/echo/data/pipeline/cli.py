@@ -62,7 +62,8 @@ def _endpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-retries", type=int, default=6)
     p.add_argument("--backoff", type=float, default=1.0, help="base seconds of the exponential backoff")
     p.add_argument("--backoff-max", type=float, default=60.0)
-    p.add_argument("--max-tokens", type=int, default=4096, help="completion tokens per request")
+    p.add_argument("--max-new-tokens", type=int, default=4096,
+                   help="completion tokens per request (the requests' max_tokens)")
 
 
 def _endpoint(args, role: str):
@@ -77,7 +78,7 @@ def _endpoint(args, role: str):
     return EndpointConfig(url, model, api_key_env=getattr(args, f"{role}_api_key_env"), concurrency=args.concurrency,
                           rpm=args.rpm, tpm=args.tpm, timeout_s=args.timeout, max_retries=args.max_retries,
                           backoff_s=args.backoff, backoff_max_s=max(args.backoff, args.backoff_max),
-                          max_tokens=args.max_tokens, price_in=price_in, price_out=price_out)
+                          max_tokens=args.max_new_tokens, price_in=price_in, price_out=price_out)
 
 
 def config_from_args(args):

