@@ -32,7 +32,8 @@ def tree(d) -> dict[str, bytes]:
 def assert_close(name: str, ref, out, atol: float = 1e-4, rtol: float = 0.0) -> None:
     """Fail unless ``out`` matches ``ref`` elementwise within ``atol + rtol*|ref|``; NaNs and shape mismatches fail.
 
-    The message carries max-abs and RMS-relative error, so a failing run says how far off it was.
+    The message carries max-abs and RMS-relative error, so a failing run says how far off it was (the error
+    budgets: docs/practices.md §3).
     """
     ref_t = torch.as_tensor(np.asarray(ref) if not isinstance(ref, torch.Tensor) else ref).detach().double().cpu()
     out_t = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out).detach().double().cpu()

@@ -35,7 +35,8 @@ def _positive(obj, *names: str) -> None:
 @dataclasses.dataclass(slots=True)
 class RelistenPolicy:
     """What the engine does at each ``</seg>`` a sequence writes; one that ends inside a token merged
-    with what follows (``</seg>.``) is cut right after the tag first (engine/postprocess.py).
+    with what follows (``</seg>.``) is cut right after the tag first (engine/postprocess.py). The order in which
+    the checks below apply: docs/architecture.md §6.
 
     The last ``<seg>a, b</seg>`` gives the span in seconds. Model output is never an exception: every case below
     maps to an action recorded in the result (``relisten``, ``skip`` = keep decoding with nothing inserted, or

@@ -1,6 +1,7 @@
 """Re-listen decisions: the last ``<seg>a, b</seg>`` (``echo.protocol``'s span grammar) under the RelistenPolicy.
 
-Nothing here raises on what the model wrote: every outcome is a ``RelistenDecision`` the engine records.
+Nothing here raises on what the model wrote: every outcome is a ``RelistenDecision`` the engine records. The
+decisions in order: docs/architecture.md §6.
 """
 
 from __future__ import annotations
