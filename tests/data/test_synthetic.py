@@ -82,15 +82,20 @@ def _cut(wave, start_s, end_s):
 @pytest.mark.parametrize("index", range(4))
 def test_beep_count_window_holds_the_answer(index):
     rec, wave = _clean("beep_count", index)
-    window = _cut(wave, *rec.spans[0])
-    loud = (np.abs(window) > 0.05).astype(np.int8)
-    # Each beep is one run of loud samples (the 1 kHz sine crosses zero, so bridge gaps shorter than 2 ms).
-    runs, last = 0, -10_000
-    for i in np.flatnonzero(loud):
-        if i - last > 32:
-            runs += 1
-        last = i
-    assert runs == int(rec.answer)
+    a, b = map(float, re.search(r"between ([\d.]+) s and ([\d.]+) s", rec.question).groups())
+
+    def beeps(start_s, end_s):  # each beep is one run of loud samples (bridging the sine's zero crossings)
+        runs, last = 0, -10_000
+        for i in np.flatnonzero(np.abs(_cut(wave, start_s, end_s)) > 0.05):
+            runs, last = runs + (i - last > 32), i
+        return runs
+
+    assert beeps(a, b) == int(rec.answer) == len(rec.spans)
+    # The reasoning cites each beep inside the window, exactly: one beep per span, nothing just outside it.
+    for start, end in rec.spans:
+        assert a <= start < end <= b and beeps(start, end) == 1
+        assert np.max(np.abs(_cut(wave, start - 0.05, start))) < 1e-6
+        assert np.max(np.abs(_cut(wave, end, end + 0.05))) < 1e-6
 
 
 @pytest.mark.parametrize("index", range(4))
@@ -180,8 +185,10 @@ def test_speech_families(family, index):
         at = float(re.search(r"at ([\d.]+) s", rec.question).group(1))
         assert start <= at <= end
         assert f'the word is "{rec.answer}"' in rec.cot
-    else:
+    else:  # each of the two words around the change is cited where it is, a pause between them
         assert rec.cot.count('"') == 6 and f'"{rec.answer}" is the last word' in rec.cot
+        (_, end_before), (start_after, _) = rec.spans
+        assert end_before < start_after and np.max(np.abs(_cut(wave, end_before + 0.01, start_after - 0.01))) < 1e-3
 
 
 @pytest.mark.espeak

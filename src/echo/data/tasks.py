@@ -148,17 +148,16 @@ def beep_count(rng: np.random.Generator, d: Difficulty, draw: Draw | None = None
             outside += S.free_slots(rng, 1, [beep_s], clip_s, 0.15, lo, hi, taken=taken)
         except ValueError:
             continue  # that side is full; fewer distractor beeps is fine
-    for onset in inside + outside:
-        S.place(wave, S.beep(beep_s), S.on_grid(onset))
+    spans = [S.place(wave, S.beep(beep_s), S.on_grid(onset)) for onset in inside + outside][:k]
     choices = _choices(rng, str(k), [str(n) for n in range(low, low + 4) if n != k], [])
-    times = ", ".join(f"{_t(S.on_grid(o))} s" for o in inside)
+    # The reasoning cites each beep inside the window where it is, not the window the question gives.
     thought = (
-        f"I need to count the beeps between {_t(a)} s and {_t(b)} s, so I listen to that window again {seg(a, b)}. "
-        f"Inside it I hear {k} beep{'s' if k > 1 else ''}, starting at {times}; "
+        f"I need to count the beeps between {_t(a)} s and {_t(b)} s. Inside that window I hear "
+        f"{', '.join(seg(*sp) for sp in spans)}: {k} beep{'s' if k > 1 else ''}; "
         + (f"the other {len(outside)} beep{'s' if len(outside) > 1 else ''} of the clip "
            f"{'fall' if len(outside) > 1 else 'falls'} outside the window." if outside else "there are no other beeps.")
     )
-    return Task(wave, f"How many beeps are there between {_t(a)} s and {_t(b)} s?", choices, str(k), [(a, b)], thought)
+    return Task(wave, f"How many beeps are there between {_t(a)} s and {_t(b)} s?", choices, str(k), spans, thought)
 
 
 def pitch_at(rng: np.random.Generator, d: Difficulty) -> Task:
@@ -217,7 +216,7 @@ def event_order(rng: np.random.Generator, d: Difficulty, draw: Draw | None = Non
         if (ix < iy) != (outcome == "x first"):
             slots[ix], slots[iy] = (y,), (x,)
     sounds = {n: catalog[n](rng) for slot in slots for n in slot}
-    lengths = [max(sounds[n].shape[0] for n in slot) / S.SR for slot in slots]
+    lengths = [max(sounds[n].shape[0] for n in slot) / S.SAMPLING_RATE for slot in slots]
     clip_s = _clip_len(rng, d, need_s=sum(lengths) + 0.3 * len(lengths) + 0.4)
     wave = np.zeros(S.n_samples(clip_s), dtype=np.float32)
     spans = {n: S.place(wave, sounds[n], o) for slot, o in zip(slots, _layout(rng, lengths, clip_s, 0.3)) for n in slot}
@@ -253,7 +252,7 @@ def loudest_burst(rng: np.random.Generator, d: Difficulty) -> Task:
     for name in extra:  # other sounds in the remaining room, never overlapping a burst
         snd = catalog[name](rng)
         try:
-            (onset,) = S.free_slots(rng, 1, [snd.shape[0] / S.SR], clip_s, 0.1, taken=list(spans))
+            (onset,) = S.free_slots(rng, 1, [snd.shape[0] / S.SAMPLING_RATE], clip_s, 0.1, taken=list(spans))
         except ValueError:
             continue
         S.place(wave, snd, onset, gain=0.3)
@@ -284,7 +283,7 @@ def silence_gap(rng: np.random.Generator, d: Difficulty) -> Task:
     for i in rng.permutation(len(names))[: d.distractors]:  # brief sounds on top of the bed, away from the gap
         snd = catalog[names[i]](rng)
         try:
-            (onset,) = S.free_slots(rng, 1, [snd.shape[0] / S.SR], clip_s, 0.3, taken=[(g0, g1)])
+            (onset,) = S.free_slots(rng, 1, [snd.shape[0] / S.SAMPLING_RATE], clip_s, 0.3, taken=[(g0, g1)])
         except ValueError:
             continue
         S.place(wave, snd, onset, gain=0.5)
@@ -306,7 +305,7 @@ def spoken_word(rng: np.random.Generator, d: Difficulty) -> Task:
     words = [WORDS[i] for i in rng.choice(len(WORDS), size=3 + d.distractors, replace=False)]
     voice, speed, pitch = _voice(rng)
     sounds = [speak(w, voice, speed, pitch) for w in words]
-    lengths = [s.shape[0] / S.SR for s in sounds]
+    lengths = [s.shape[0] / S.SAMPLING_RATE for s in sounds]
     clip_s = _clip_len(rng, d, need_s=sum(lengths) + 0.4 * len(words) + 0.4)
     wave = np.zeros(S.n_samples(clip_s), dtype=np.float32)
     spans = [S.place(wave, snd, o) for snd, o in zip(sounds, _layout(rng, lengths, clip_s, 0.4))]
@@ -330,20 +329,20 @@ def voice_change(rng: np.random.Generator, d: Difficulty) -> Task:
     voice_b = [v for v in group_b if v != voice_a][int(rng.integers(0, len(group_b) - (group_b is group_a)))]
     speed = int(rng.integers(150, 176))
     sounds = [speak(w, voice_a if i < change else voice_b, speed) for i, w in enumerate(words)]
-    lengths = [s.shape[0] / S.SR for s in sounds]
+    lengths = [s.shape[0] / S.SAMPLING_RATE for s in sounds]
     clip_s = _clip_len(rng, d, need_s=sum(lengths) + 0.3 * m + 0.4)
     wave = np.zeros(S.n_samples(clip_s), dtype=np.float32)
     spans = [S.place(wave, snd, o) for snd, o in zip(sounds, _layout(rng, lengths, clip_s, 0.3))]
     before, after = words[change - 1], words[change]
-    span = (spans[change - 1][0], spans[change][1])
     others = [w for i, w in enumerate(words) if i not in (change - 1, change)]
     choices = _choices(rng, before, [after] + [others[i] for i in rng.permutation(len(others))], [])
-    thought = (
-        f"The words come one after another. Listening again around the change {seg(*span)}, \"{before}\" is still "
-        f"in the first voice and \"{after}\" is in a different voice, so \"{before}\" is the last word before it."
+    thought = (  # each of the two words where it is, not one span around both and the pause between
+        f"The words come one after another. Listening again to the two around the change, \"{before}\" "
+        f"{seg(*spans[change - 1])} is still in the first voice and \"{after}\" {seg(*spans[change])} is in a "
+        f"different voice, so \"{before}\" is the last word before it."
     )
     question = "The voice changes partway through this list of words. What is the last word spoken before the change?"
-    return Task(wave, question, choices, before, [span], thought)
+    return Task(wave, question, choices, before, [spans[change - 1], spans[change]], thought)
 
 
 FAMILIES = {  # name -> (function, needs espeak-ng)
