@@ -15,7 +15,7 @@ import torch
 
 from ..audio import FeatureConfig
 from ..audio import load as load_audio
-from ..audio.features import min_audio_samples, num_audio_tokens
+from ..audio.features import min_audio_samples
 from ..config import EngineConfig, SamplingParams
 from ..errors import AudioError, ConfigError, EchoError
 from .sequence import AudioRun
@@ -81,8 +81,9 @@ def _prompt_ids(model, prompt, num_frames: int) -> list[int]:
             isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt):
         ids = [int(t) for t in prompt]
         n = sum(1 for t in ids if t == model.config.audio_token_id)
-        if n != num_audio_tokens(num_frames):
-            raise EchoError(f"prompt ids hold {n} <|AUDIO|> tokens but the audio needs {num_audio_tokens(num_frames)}")
+        need = model.num_audio_tokens(num_frames)  # the family's frames -> tokens
+        if n != need:
+            raise EchoError(f"prompt ids hold {n} <|AUDIO|> tokens but the audio needs {need}")
         return ids
     if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
         _check_conversation(prompt)

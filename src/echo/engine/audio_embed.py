@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from ..audio import FeatureConfig
-from ..audio.features import num_audio_tokens, num_mel_frames
+from ..audio.features import num_mel_frames
 from ..ops.log_mel import log_mel_spans
 
 
@@ -58,4 +58,4 @@ def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor
             for j, piece in enumerate(torch.split(feats, got.tolist(), dim=1)):
                 padded[j, :, : piece.shape[1]] = piece
             emb = model.encode_audio(padded, frames)
-    return list(torch.split(emb, [num_audio_tokens(f) for f in frames]))
+    return list(torch.split(emb, [model.num_audio_tokens(f) for f in frames]))

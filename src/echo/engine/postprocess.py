@@ -10,7 +10,7 @@ sequences keep decoding; the next step embeds its rows together with every other
 from __future__ import annotations
 
 from ..audio import FeatureConfig
-from ..audio.features import min_audio_samples, num_audio_tokens, num_mel_frames
+from ..audio.features import min_audio_samples, num_mel_frames
 from ..config import EngineConfig
 from ..protocol import SEG_CLOSE, find_seg_close, splice_ids
 from .encoder_cache import EncoderCache
@@ -116,7 +116,7 @@ class Postprocessor:
     def _splice(self, sched, seq: Sequence, decision: RelistenDecision) -> None:
         cfg = self.model.config
         start, end = decision.applied_samples
-        n = num_audio_tokens(num_mel_frames(end - start, self.features))
+        n = self.model.num_audio_tokens(num_mel_frames(end - start, self.features))
         ids = splice_ids(n, cfg.audio_bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id)
         record = seq.relistens[-1]
         if len(seq) + len(ids) >= self.config.max_model_len:

@@ -15,11 +15,13 @@ from .rope import rotary_cos_sin
 class Decoder(nn.Module):
     """Embeddings in, final-normed hidden states out; the LM head lives on the model that owns this stack."""
 
+    layer_class = DecoderLayer  # built as layer_class(cfg, layer_idx, device, dtype); models/moe.py swaps it
+
     def __init__(self, cfg: DecoderConfig, device=None, dtype=None):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, device=device, dtype=dtype)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, device, dtype) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(self.layer_class(cfg, i, device, dtype) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, device, dtype)
         self.gradient_checkpointing = False  # training only: recompute each layer's activations in backward
 

@@ -130,7 +130,7 @@ def from_transformers(hf_model: nn.Module, processor=None) -> AudioLanguageModel
     if name in spec.wrappers:  # a larger model carrying this family's (Qwen2.5-Omni's thinker)
         hf_model = getattr(hf_model, spec.wrappers[name])
     cfg = ModelConfig.from_hf(hf_model.config)
-    params = dict(hf_model.named_parameters(remove_duplicate=False))
+    params = cfg.spec.module.transformers_params(dict(hf_model.named_parameters(remove_duplicate=False)))
     mapped = map_names(cfg, params)
     model = _build(cfg, next(iter(params.values())).dtype)
     _check_complete(model, mapped)
@@ -207,7 +207,11 @@ def _auto_dtype(config_dtype: torch.dtype, device: torch.device) -> torch.dtype:
 
 
 def _fill_audio_ids(model: AudioLanguageModel) -> None:
-    """Qwen2-Audio's config lacks the audio bos/eos ids; take them from the tokenizer."""
+    """Audio bos/eos ids a config lacks (Qwen2-Audio's both, Qwen3-Omni's eos) come from the tokenizer; the
+    processor counts audio tokens as the model does."""
     cfg, proc = model.config, model.processor
     if cfg.audio_bos_token_id is None:
-        cfg.audio_bos_token_id, cfg.audio_eos_token_id = proc.audio_bos_token_id, proc.audio_eos_token_id
+        cfg.audio_bos_token_id = proc.audio_bos_token_id
+    if cfg.audio_eos_token_id is None:
+        cfg.audio_eos_token_id = proc.audio_eos_token_id
+    proc.num_audio_tokens = model.num_audio_tokens

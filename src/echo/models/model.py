@@ -29,10 +29,12 @@ from .layers import Linear
 class AudioLanguageModel(nn.Module):
     """Base of ``Qwen2_5OmniThinker`` and ``Qwen2Audio``; subclasses add the audio tower (``_encode``)."""
 
+    decoder_class = Decoder  # a family with another layer stack (models/moe.py) names its own
+
     def __init__(self, cfg: ModelConfig, device=None, dtype=None):
         super().__init__()
         self.config = cfg
-        self.decoder = Decoder(cfg.decoder, device, dtype)
+        self.decoder = self.decoder_class(cfg.decoder, device, dtype)
         self.lm_head = Linear(cfg.decoder.hidden_size, cfg.decoder.vocab_size, bias=False, device=device,
                                  dtype=dtype)
         self.processor = None  # PromptProcessor, attached by the loader when the checkpoint ships a tokenizer
@@ -65,8 +67,15 @@ class AudioLanguageModel(nn.Module):
 
     @staticmethod
     def num_audio_tokens(num_frames: int) -> int:
-        """Audio tokens for ``num_frames`` mel frames: ``((L - 1) // 2 + 1 - 2) // 2 + 1``."""
+        """Audio tokens for ``num_frames`` mel frames: ``((L - 1) // 2 + 1 - 2) // 2 + 1`` (a family whose encoder
+        counts otherwise overrides it; the engine, prompts and trainers all count through the model)."""
         return num_audio_tokens(num_frames)
+
+    @staticmethod
+    def transformers_params(params: dict) -> dict:
+        """A transformers model's named parameters as the key map reads them (``from_transformers``); a family
+        whose in-memory layout differs from its checkpoints' overrides it (models/moe.py's fused experts)."""
+        return params
 
     # ---- embeddings ---------------------------------------------------------------------------------------------
 

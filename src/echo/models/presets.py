@@ -31,6 +31,31 @@ def _qwen2_audio(decoder: DecoderConfig, audio: dict) -> ModelConfig:
                        audio_token_id=3, audio_bos_token_id=4, audio_eos_token_id=5)
 
 
+def _qwen3_omni(kv_heads: int, norm_topk: bool, layers: int = 3, **moe) -> ModelConfig:
+    """Tiny Qwen3-Omni thinker: 1 s chunks (n_window 50), 2 s attention windows, 8 experts of width 24."""
+    from .moe import MoeDecoderConfig
+    from .qwen3_omni import Qwen3AudioConfig
+
+    base = dataclasses.asdict(_tiny_decoder(kv_heads, False))
+    decoder = MoeDecoderConfig(**dict(base, num_layers=layers), num_experts=8, num_experts_per_tok=2,
+                               moe_intermediate_size=24, norm_topk_prob=norm_topk, **moe)
+    audio = Qwen3AudioConfig(**_TINY_AUDIO, n_window=50, output_dim=64, downsample_hidden_size=8, n_window_infer=200)
+    return ModelConfig(family="qwen3_omni_moe", decoder=decoder, audio=audio, audio_token_id=3, audio_bos_token_id=4,
+                       audio_eos_token_id=5)
+
+
+def _qwen3_omni_bench() -> ModelConfig:
+    """A mid-size MoE decoder for the decode benchmark: 64 experts of width 256, 8 per token, 6 layers."""
+    from .moe import MoeDecoderConfig
+    from .qwen3_omni import Qwen3AudioConfig
+
+    decoder = MoeDecoderConfig(**dict(dataclasses.asdict(_BENCH_DECODER), num_layers=6), num_experts=64,
+                               num_experts_per_tok=8, moe_intermediate_size=256)
+    audio = Qwen3AudioConfig(**_BENCH_AUDIO, n_window=50, output_dim=1024, downsample_hidden_size=64)
+    return ModelConfig(family="qwen3_omni_moe", decoder=decoder, audio=audio, audio_token_id=3, audio_bos_token_id=4,
+                       audio_eos_token_id=5)
+
+
 _BENCH_DECODER = DecoderConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_layers=12,
                                num_heads=16, num_kv_heads=4, head_dim=64, rope_theta=1_000_000.0)
 _BENCH_AUDIO = dict(num_mel_bins=128, d_model=512, num_layers=6, num_heads=8, ffn_dim=2048, max_source_positions=1500)

@@ -35,6 +35,7 @@ class PromptProcessor:
             eos_token_ids = [i for i in (tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>"))
                              if i is not None]
         self.eos_token_ids = list(eos_token_ids)
+        self.num_audio_tokens = num_audio_tokens  # mel frames -> audio tokens; the loader sets the model's own
         self._template = None
 
     def _special(self, token: str) -> int:
@@ -85,7 +86,7 @@ class PromptProcessor:
             raise EchoError(f"{len(slots)} {AUDIO} placeholders in the prompt but {len(audio_num_frames)} audios")
         out, prev = [], 0
         for slot, frames in zip(slots, audio_num_frames):
-            out += ids[prev:slot] + [self.audio_token_id] * num_audio_tokens(int(frames))
+            out += ids[prev:slot] + [self.audio_token_id] * self.num_audio_tokens(int(frames))
             prev = slot + 1
         return out + ids[prev:]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from ..audio.io import SAMPLING_RATE
 from .config import ModelConfig
 from .families import family as get_family
 from .presets import preset
@@ -58,7 +59,7 @@ def build_tokenizer():
 def feature_extractor(family: str):
     from transformers import WhisperFeatureExtractor
 
-    return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, n_fft=400,
+    return WhisperFeatureExtractor(feature_size=128, sampling_rate=SAMPLING_RATE, hop_length=160, n_fft=400,
                                    chunk_length=get_family(family).feature_chunk_s, padding_value=0.0,
                                    return_attention_mask=True)
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from ..audio import FeatureConfig, load as load_audio
-from ..audio.features import min_audio_samples, num_audio_tokens, num_mel_frames
+from ..audio.features import min_audio_samples, num_mel_frames
+from ..audio.io import SAMPLING_RATE
 from ..config import RelistenPolicy
 from ..engine.admission import truncation_warning
 from ..engine.relisten import decide
@@ -134,15 +135,15 @@ def build_example(record: SFTRecord, processor, fmt: Format = "interleaved", *,
         if not closes:
             break
         d = decide(text_so_far, i, num_samples, policy, min_samples=min_audio_samples(features))
-        if d.requested_s is not None and (min(d.requested_s) < 0 or max(d.requested_s) > num_samples / 16000):
+        if d.requested_s is not None and (min(d.requested_s) < 0 or max(d.requested_s) > num_samples / SAMPLING_RATE):
             raise EchoError(f"{record.id}: <seg> tag {i + 1} ({d.text!r}) lies outside the "
-                            f"{num_samples / 16000:.2f} s clip")
+                            f"{num_samples / SAMPLING_RATE:.2f} s clip")
         if d.reason in ("malformed", "out of range", "outside clip", "reversed") or d.action == "stop":
-            raise EchoError(f"{record.id}: <seg> tag {i + 1} is {d.reason} for a {num_samples / 16000:.2f} s clip "
+            raise EchoError(f"{record.id}: <seg> tag {i + 1} is {d.reason} for a {num_samples / SAMPLING_RATE:.2f} s clip "
                             f"({d.text!r})")
         if fmt == "interleaved" and d.action == "relisten":
             s, e = d.applied_samples
-            splice = processor.splice_ids(num_audio_tokens(num_mel_frames(e - s, features)))
+            splice = processor.splice_ids(processor.num_audio_tokens(num_mel_frames(e - s, features)))
             ids += splice
             labels += [IGNORE] * len(splice)
             spans.append((s, e))

@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from ..audio.io import SAMPLING_RATE
 from ..config import EngineConfig, SamplingParams
 from ..data.formats import MAX_BAD_SHARE, check_share, refuse_bad_share
 from ..engine.audio_embed import feature_config_for
@@ -211,7 +212,7 @@ class GRPOTrainer:
         t3 = time.perf_counter()
         self.step += 1
         # every process's trajectories and token metrics, so the log describes the global batch
-        per_traj = dist.gather([(float(rw), t, [(r.decision.applied_samples[1] - r.decision.applied_samples[0]) / 16000
+        per_traj = dist.gather([(float(rw), t, [(r.decision.applied_samples[1] - r.decision.applied_samples[0]) / SAMPLING_RATE
                                                for r in x.relistens if r.inserted], sum(x.mask))
                                 for rw, t, x in zip(rewards.tolist(), terms, rolls)])
         tok = dist.gather([(m["tokens"], {k: v for k, v in m.items() if k not in ("tokens", "loss")}, m["loss"])
