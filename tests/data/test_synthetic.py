@@ -219,6 +219,7 @@ def test_speech_families_need_espeak(monkeypatch):
         ({"n": 1, "difficulties": ("brutal",)}, "difficulties must be"),
         ({"n": 1, "clip_s": (5.0, 1.0)}, "clip_s"),
         ({"n": 1, "distractors": 20}, "distractors"),
+        ({"n": 1, "format": "essay"}, "format must be one of cot, direct"),
     ],
 )
 def test_config_validation(kw, match):
@@ -261,3 +262,42 @@ def test_extreme_knobs_still_make_valid_items(family):
         for index in range(3):
             rec = make_item(cfg, index).record
             assert rec.answer in rec.choices and all(b <= rec.duration_s for _, b in rec.spans)
+
+
+def test_direct_format_targets_the_answer_alone(tmp_path):
+    """--format direct: the same items, each target just <answer>X</answer> (the spans stay as ground truth)."""
+    from echo.data.formats import check_record, is_direct
+    from echo.eval.answers import extract_answer
+
+    parser = argparse.ArgumentParser(prog="echo")
+    register(parser.add_subparsers(dest="command"))
+    flags = ["--n", "6", "--seed", "4", "--families", "beep_count", "event_order", "--no-progress"]
+    for fmt in ("cot", "direct"):
+        args = parser.parse_args(["data", "synth", "--out", str(tmp_path / fmt), "--format", fmt, *flags])
+        assert args.func(args) == 0
+    cot, direct = (read_eaqa(tmp_path / fmt / "synthetic.jsonl") for fmt in ("cot", "direct"))
+    for a, b in zip(cot, direct):
+        assert b.cot == f"<answer>{b.answer}</answer>" and is_direct(b.cot) and not is_direct(a.cot)
+        assert (a.question, a.choices, a.answer, a.spans) == (b.question, b.choices, b.answer, b.spans)
+        assert parse_cot(b.cot) == ([], b.answer) and check_record(b) == []
+        assert extract_answer(b.cot, b.choices).prediction == b.answer
+    assert _digest(tmp_path / "cot" / "audio") == _digest(tmp_path / "direct" / "audio")
+    assert json.loads((tmp_path / "direct" / "manifest.json").read_text())["config"]["format"] == "direct"
+    wrong = read_eaqa(tmp_path / "direct" / "synthetic.jsonl")[0]
+    wrong.cot = "<answer>nope</answer>"
+    assert any("cot answers 'nope'" in p for p in check_record(wrong))
+
+
+def test_a_dataset_from_before_a_new_config_field_still_resumes(tmp_path):
+    """A manifest written before a SynthConfig field existed resumes when the new field keeps its default."""
+    cfg = SynthConfig(n=2, seed=1, families=("beep_count",))
+    write_synthetic(cfg, tmp_path / "s")
+    path = tmp_path / "s" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["config"]["format"]
+    path.write_text(json.dumps(manifest))
+    os.remove(tmp_path / "s" / "synthetic.jsonl")  # as if a kill came before the end
+    write_synthetic(cfg, tmp_path / "s")  # the same config: accepted, and finished
+    assert len(read_eaqa(tmp_path / "s" / "synthetic.jsonl")) == 2
+    with pytest.raises(ConfigError, match=r"format \('cot' -> 'direct'\)"):
+        write_synthetic(SynthConfig(n=2, seed=1, families=("beep_count",), format="direct"), tmp_path / "s")

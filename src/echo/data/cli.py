@@ -57,7 +57,7 @@ def synth_flags() -> dict[str, Flag]:
     """The ``SynthConfig`` fields ``echo data synth`` exposes, with their help (defaults come from the fields)."""
     from ..argtypes import non_negative_int, positive_int
     from .sounds import SPLITS
-    from .synthetic import ALL_FAMILIES as FAMILIES
+    from .synthetic import ALL_FAMILIES as FAMILIES, TARGET_FORMATS
     from .tasks import DIFFICULTIES
 
     def optional_tuple(v):
@@ -79,6 +79,9 @@ def synth_flags() -> dict[str, Flag]:
         "distractors": Flag("override the number of distractor events", type=non_negative_int),
         "snr_db": Flag("override the background-noise SNR, dB", group="noise"),
         "clean": Flag("no background noise", group="noise"),
+        "format": Flag("each item's target: cot (the reference chain of thought, then the answer) or direct (the "
+                       "answer alone, <answer>X</answer>: for teaching a base model to answer); default cot",
+                       choices=TARGET_FORMATS),
     }
 
 

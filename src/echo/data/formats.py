@@ -7,6 +7,9 @@ Layout of a line (all times in seconds)::
      "cot": "<think>... <seg>2.50, 3.10</seg> ...</think><answer>A4 (440 Hz)</answer>",
      "spans": [[2.5, 3.1]], "task": "pitch_at", "difficulty": "medium", "duration_s": 6.0}
 
+``cot`` may instead be a direct answer, ``<answer>A4 (440 Hz)</answer>`` (``echo data synth --format direct``): it
+cites no span, and ``spans`` still hold the ground truth.
+
 ``audio`` is relative to the JSONL file's directory (absolute paths are kept as they are). Writers check every record
 (:func:`check_record`) and, given the audio, that the file is 16 kHz mono and lasts ``duration_s``; readers report the
 file, line and reason of every bad line.
@@ -20,7 +23,8 @@ import os
 from typing import Any, Iterable, Sequence
 
 from ..durable import BadLine, read_lines, require_file
-from ..protocol import SPAN_DECIMALS, format_span, read_span, seg_bodies, split_cot  # noqa: F401  (re-exported)
+from ..protocol import (ANSWER_CLOSE, ANSWER_OPEN, SPAN_DECIMALS, THINK_OPEN, format_span, read_span,  # noqa: F401
+                        seg_bodies, split_cot)  # (format_span re-exported)
 from ..errors import ConfigError, EchoError
 from .item import DataFormatError, QuestionItem  # noqa: F401  (re-exported)
 
@@ -31,13 +35,29 @@ OPTIONAL_FIELDS = ("difficulty", "duration_s", "meta")
 EAQARecord = QuestionItem  # one EAQA line: every EAQA field is one of the question item's
 
 
+def format_direct(answer: str) -> str:
+    """A direct-answer target: ``<answer>answer</answer>`` and no reasoning (``echo data synth --format direct``:
+    items a base model learns to answer at all from, before it learns to reason)."""
+    return f"{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
+
+
+def is_direct(cot: str) -> bool:
+    """Whether a target is a direct answer (:func:`format_direct`): one ``<answer>`` block, no ``<think>``."""
+    text = cot.strip()
+    return (text.startswith(ANSWER_OPEN) and text.endswith(ANSWER_CLOSE) and THINK_OPEN not in text
+            and text.count(ANSWER_OPEN) == 1)
+
+
 def parse_cot(cot: str) -> tuple[list[list[float]], str]:
-    """The ``<seg>`` spans (seconds) and the answer of a reference chain of thought in Echo's format.
+    """The ``<seg>`` spans (seconds) and the answer of a reference chain of thought in Echo's format, or of a direct
+    answer (no spans: it cites nothing).
 
     Raises:
-        DataFormatError: not ``<think>…</think><answer>…</answer>``, or a ``<seg>`` the span grammar
-            (``echo.protocol``, the engine's) rejects.
+        DataFormatError: not ``<think>…</think><answer>…</answer>`` nor ``<answer>…</answer>``, or a ``<seg>`` the
+            span grammar (``echo.protocol``, the engine's) rejects.
     """
+    if is_direct(cot):
+        return [], cot.strip()[len(ANSWER_OPEN): -len(ANSWER_CLOSE)].strip()
     parts = split_cot(cot)
     if parts is None:
         raise DataFormatError("cot is not in the format <think>...</think><answer>...</answer>")
@@ -92,7 +112,7 @@ def check_record(rec: EAQARecord, required: Iterable[str] = REQUIRED_FIELDS, *, 
         problems.append(str(exc))
     else:
         rounded = [[round(a, SPAN_DECIMALS), round(b, SPAN_DECIMALS)] for a, b in _good_spans(rec.spans)]
-        if "spans" in present and cot_spans != rounded:
+        if "spans" in present and cot_spans != rounded and not is_direct(rec.cot):  # a direct answer cites none
             problems.append(f"cot spans {cot_spans} differ from the ground-truth spans {rounded}")
         if "answer" in present and cot_answer != rec.answer:
             problems.append(f"cot answers {cot_answer!r} but the answer is {rec.answer!r}")

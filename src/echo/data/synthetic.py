@@ -14,7 +14,7 @@ import json
 import os
 import warnings
 import zlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Iterator
 
 import numpy as np
@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..protocol import format_cot
 from . import signals
 from .audit import LeakWarning, audit
-from .formats import DataFormatError, write_eaqa
+from .formats import DataFormatError, format_direct, write_eaqa
 from .item import QuestionItem
 from .speech import SpeechUnavailable, have_espeak
 from .scene_tasks import SCENE_DIFFICULTIES, SCENE_FAMILIES, dataset_manifest, make_scene_task
@@ -32,6 +32,7 @@ from .sounds import SPLITS, find_library
 from .tasks import DIFFICULTIES, FAMILIES, Difficulty, Draw
 
 ALL_FAMILIES = {**FAMILIES, **SCENE_FAMILIES}  # the scene families need recorded sounds (``sounds``)
+TARGET_FORMATS = ("cot", "direct")  # SynthConfig.format
 
 JSONL_NAME = "synthetic.jsonl"
 PARTIAL_NAME = "synthetic.partial.jsonl"  # records of the items written so far, while a run is unfinished
@@ -55,6 +56,8 @@ class SynthConfig:
         split: ``train``/``val``/``test``: its own seed stream, and scene families draw only that split's recordings;
             None: no split (the seed stream of earlier versions, every recording).
         sources: where the recorded sounds' packages are (see ``sounds``); None: where they install by default.
+        format: each item's target: ``cot``, the reference chain of thought citing the spans then the answer;
+            ``direct``, the answer alone (``<answer>X</answer>``). The items are the same either way.
     """
 
     n: int
@@ -67,6 +70,7 @@ class SynthConfig:
     clean: bool = False
     split: str | None = None
     sources: str | None = None
+    format: str = "cot"
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -81,6 +85,8 @@ class SynthConfig:
             raise ConfigError(f"difficulties must be a non-empty subset of {list(DIFFICULTIES)}, got {self.difficulties}")
         if self.clip_s is not None and not 2.0 <= self.clip_s[0] <= self.clip_s[1] <= 600.0:
             raise ConfigError(f"clip_s must be (min_s, max_s) with 2 <= min_s <= max_s <= 600, got {self.clip_s}")
+        if self.format not in TARGET_FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(TARGET_FORMATS)}, got {self.format!r}")
         if self.distractors is not None and not 0 <= self.distractors <= 8:
             raise ConfigError(f"distractors must be in [0, 8], got {self.distractors}")
 
@@ -140,7 +146,7 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
         question=task.question,
         choices=choices,
         answer=task.answer,
-        cot=format_cot(task.thought, task.answer),
+        cot=format_cot(task.thought, task.answer) if config.format == "cot" else format_direct(task.answer),
         spans=spans,
         task=family,
         difficulty=level,
@@ -222,7 +228,9 @@ def _check_resumable(out_dir: str, manifest: dict) -> None:
     except (OSError, json.JSONDecodeError):
         raise ConfigError(f"{out_dir} is not empty and holds no echo synthetic dataset (no readable "
                           f"{MANIFEST_NAME}); choose another --out, or pass --overwrite to replace it") from None
-    old = {**saved.get("config", {}), "families": saved.get("families")}
+    defaults = {f.name: f.default for f in fields(SynthConfig)}  # a field added since: its default is what was made
+    old = {**{k: v for k, v in manifest["config"].items() if k not in saved.get("config", {}) and v == defaults[k]},
+           **saved.get("config", {}), "families": saved.get("families")}
     new = {**manifest["config"], "families": manifest["families"]}
     diff = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
