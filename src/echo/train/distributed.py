@@ -89,10 +89,12 @@ def barrier() -> None:
         tdist.barrier()
 
 
-def full_parameters(model: torch.nn.Module):
-    """(name, full tensor) of every parameter; a collective under FSDP2 (every rank must iterate it all)."""
+def full_parameters(model: torch.nn.Module, trainable_only: bool = False):
+    """(name, full tensor) of every parameter (those that require grad, with ``trainable_only``: the same on every
+    rank); a collective under FSDP2 (every rank must iterate it all)."""
     for name, p in model.named_parameters(remove_duplicate=False):  # tied weights under each of their names
-        yield name, p.full_tensor() if hasattr(p, "full_tensor") else p
+        if p.requires_grad or not trainable_only:
+            yield name, p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
 def optimizer_state(model, opt) -> dict:

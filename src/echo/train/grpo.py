@@ -8,16 +8,21 @@ dual clip, k3 KL; generated tokens only) -> the new weights reach the engine in 
 Colocated: one process holds the trainer's model and the engine. With one process they are the same module, so
 an optimizer step *is* the weight push (the engine only drops encoder outputs if the encoder was trained). Under
 torchrun the trainer's model is sharded with FSDP2 and the engine decodes on a full replica; after each step every
-rank gathers the full parameters (``full_tensor``) and copies them into its replica with ``Engine.update_weights``.
+rank gathers the trained parameters (``full_tensor``) and copies them into its replica with ``Engine.update_weights``.
+
+With ``lora_rank`` only a LoRA adapter on the decoder trains: the engine decodes through the same adapter modules
+over the same base tensors (nothing is merged or copied), the KL's reference is this model with its adapters
+switched off (no second model), and checkpoints are peft adapters like LoRA SFT's, which ``adapter_parts`` turns
+into an assembly part. The loading, trainable selection, optimizer, resume and checkpoints are ``train/loop.py``'s.
 Each rank rolls out its own share of the prompts (whole groups, so advantages need no communication); loss
 denominators are global, so the result equals one process with the same global batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import json
 import math
 import random
 import time
@@ -36,12 +41,13 @@ from ..engine.sampler import LogitsProcessor
 from ..errors import ConfigError, EchoError
 from ..models.loader import load, resolve_model
 from . import distributed as dist
-from .checkpoint import load_trainer_state, save_checkpoint
 from .grpo_loss import PolicyLossConfig, group_advantages, policy_loss
+from .lora import DEFAULT_TARGETS, without_adapters
+from .loop import Run, Trainables, lora_settings
 from .rewards import RewardFn
 from .rl_data import RLRecord, read_rl_records
 from .rollout import Rollout, old_logprobs, response_logprobs, rollout
-from .run_state import describe, prepare_run, trim_log
+from .run_state import describe, prepare_run
 
 
 @dataclasses.dataclass(slots=True)
@@ -64,6 +70,10 @@ class GRPOConfig:
     loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
     train_audio_encoder: bool = False
     train_only: tuple[str, ...] = ()   # train just these parameter-name prefixes, e.g. ("projector",)
+    lora_rank: int = 0                 # > 0: train a LoRA adapter of this rank on the decoder, nothing else
+    lora_alpha: float | None = None    # None: 2 * lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
     val_data: str | None = None
     val_every: int = 0                 # steps between greedy validations (0: never)
     save_every: int = 0                # steps between checkpoints (0: only at the end)
@@ -80,7 +90,7 @@ class GRPOConfig:
                 raise ConfigError(f"GRPOConfig.{name} must be positive, got {getattr(self, name)}")
         if self.steps is not None and self.steps <= 0:
             raise ConfigError(f"GRPOConfig.steps must be positive (or None), got {self.steps}")
-        for name in ("warmup_steps", "save_every", "val_every"):
+        for name in ("warmup_steps", "save_every", "val_every", "lora_rank"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"GRPOConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -110,42 +120,47 @@ class GRPOTrainer:
         self.rank, self.world = dist.setup()
         if cfg.prompts_per_step % self.world:
             raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split over {self.world} processes")
-        self.resume_dir = self.out / "checkpoint"
-        state = load_trainer_state(self.resume_dir)
-        source = self.resume_dir if state is not None else model_dir
-        model = load(source, device=dist.device(), dtype=torch.float32)  # fp32 master weights for AdamW
-        model.requires_grad_(False)
-        trainable = [p for n, p in model.named_parameters() if n.startswith(tuple(cfg.train_only))] if cfg.train_only \
-            else [p for n, p in model.named_parameters() if cfg.train_audio_encoder or not n.startswith("audio_tower")]
-        if not trainable:
-            raise ConfigError(f"train_only={cfg.train_only}: no parameter name starts with these prefixes")
-        for p in trainable:
-            p.requires_grad_(True)
+        self.lora = lora_settings(model_dir, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
+                                  tuple(cfg.train_only), cfg.train_audio_encoder)
+        self.run = Run(model_dir, self.out, Trainables(self.lora, tuple(cfg.train_only), 0, cfg.train_audio_encoder),
+                       cfg.seed)
+        self.resume_dir = self.run.resume_dir
+        model = self.run.model
         # a trainable projector (Qwen2-Audio's sits outside the tower) needs the policy pass's audio rows in the
         # graph, and the engine's cached encoder outputs (which include it) go stale at every step
-        self.audio_grad = any(p.requires_grad for n, p in model.named_parameters()
-                              if n.startswith(("audio_tower", "projector")))
+        self.audio_grad = self.run.audio_grad
         self.features = feature_config_for(model, model_dir)
-        self.ref = None
-        if cfg.loss.kl_coef:
+        self.ref = None  # the KL's reference: the base model; with LoRA, this model with its adapters off
+        if cfg.loss.kl_coef and self.lora is None:
             self.ref = load(model_dir, device=dist.device(), dtype=torch.float32).requires_grad_(False).eval()
-        if self.world > 1:
-            self.engine_model = copy.deepcopy(model).requires_grad_(False)
-            self.model = dist.shard(model)
-        else:
-            self.model = self.engine_model = model
+        # one process: the engine decodes with this very module (base tensors and adapters), so an optimizer step
+        # is the weight push; FSDP2: the engine's full replica receives the trained tensors after each step
+        self.engine_model = copy.deepcopy(model).requires_grad_(False) if self.world > 1 else model
         self.engine = Engine(self.engine_model, cfg.engine, self.features, logits_processors)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
-        self.step = 0
-        if state is not None:
-            dist.load_optimizer(self.model, self.opt, state["optimizer"])
-            self.sched.load_state_dict(state["scheduler"])
-            self.step = int(state["step"])
-            torch.set_rng_state(state["torch_rng"])
+        self.run.shard()
+        self.run.optimizer(cfg.lr, cfg.weight_decay,
+                           lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
         self.waves: dict[str, torch.Tensor] = {}
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.run.model
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        return self.run.opt
+
+    @property
+    def sched(self):
+        return self.run.sched
+
+    @property
+    def step(self) -> int:
+        return self.run.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.run.step = value
 
     # ---- data ------------------------------------------------------------------------------------------------------
 
@@ -184,9 +199,10 @@ class GRPOTrainer:
         n_seq = dist.all_reduce_sum(float(len(rolls)))
         device = dist.device()
         ref = [None] * len(micro)
-        if self.ref is not None:
-            with torch.no_grad():
-                ref = [response_logprobs(self.ref, [rolls[i] for i in mb], self.features, self.waves,
+        if cfg.loss.kl_coef:
+            reference = self.ref if self.ref is not None else self.model
+            with torch.no_grad(), (without_adapters(self.model) if self.ref is None else contextlib.nullcontext()):
+                ref = [response_logprobs(reference, [rolls[i] for i in mb], self.features, self.waves,
                                          cfg.temperature)[0] for mb in micro]
         t2 = time.perf_counter()
         self.model.train()
@@ -238,12 +254,13 @@ class GRPOTrainer:
         return metrics
 
     def push_weights(self) -> None:
-        """Trainer -> engine. Same module (one process): nothing to copy. FSDP2: gather and copy in place."""
+        """Trainer -> engine. Same module (one process): nothing to copy. FSDP2: gather the trained tensors (the
+        adapters alone under LoRA) and copy them into the engine's replica in place."""
         clear = self.audio_grad
         if self.engine_model is self.model:
             self.engine.update_weights((), clear_encoder_cache=clear)
         else:
-            self.engine.update_weights(dist.full_parameters(self.model), clear_encoder_cache=clear)
+            self.engine.update_weights(dist.full_parameters(self.model, trainable_only=True), clear_encoder_cache=clear)
 
     # ---- validation, checkpoints, loop -----------------------------------------------------------------------------
 
@@ -258,14 +275,7 @@ class GRPOTrainer:
         return out
 
     def save(self, path: Path, trainer_state: bool) -> None:
-        optim = dist.optimizer_state(self.model, self.opt) if trainer_state else None
-        if self.rank == 0:
-            state = None
-            if trainer_state:
-                state = {"optimizer": optim, "scheduler": self.sched.state_dict(), "step": self.step,
-                         "torch_rng": torch.get_rng_state()}
-            save_checkpoint(self.engine_model, self.model_dir, path, state)
-        dist.barrier()
+        self.run.save(path, resumable=trainer_state)
 
     def usable(self, records: list[RLRecord]) -> tuple[list[RLRecord], list[tuple[str, str]]]:
         """The records whose audio the engine accepts, and (id, reason) for the others: a clip the encoder refuses
@@ -300,34 +310,23 @@ class GRPOTrainer:
         val = self.usable(read_rl_records(self.cfg.val_data)[0])[0] if self.cfg.val_data else []
         cfg = self.cfg
         total = cfg.steps or cfg.epochs * (len(records) // cfg.prompts_per_step)
-        main = self.rank == 0
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            trim_log(self.out, self.step)
-        writer = _tensorboard(self.out) if cfg.tensorboard and main else None
-        history = []
-        log = (self.out / "log.jsonl").open("a") if main else None
+
+        def step_fn() -> dict:
+            metrics = self.train_step(records)
+            if val and cfg.val_every and self.step % cfg.val_every == 0:
+                metrics.update(self.validate(val))
+            return metrics
+
+        writer = _tensorboard(self.out) if cfg.tensorboard and self.rank == 0 else None
+
+        def on_metrics(metrics: dict) -> None:
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, self.step)
+
         try:
-            with tqdm(total=total, initial=self.step, disable=not (cfg.progress and main), desc="grpo",
-                      unit="step") as bar:
-                while self.step < total:
-                    metrics = self.train_step(records)
-                    if val and cfg.val_every and self.step % cfg.val_every == 0:
-                        metrics.update(self.validate(val))
-                    history.append(metrics)
-                    if main:
-                        log.write(json.dumps(metrics) + "\n")
-                        log.flush()
-                        if writer is not None:
-                            for k, v in metrics.items():
-                                writer.add_scalar(k, v, self.step)
-                    bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
-                    bar.update(1)
-                    if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == total:
-                        self.save(self.resume_dir, trainer_state=True)
+            history = self.run.fit(total, step_fn, cfg.save_every, cfg.progress, desc="grpo", postfix=("reward", "kl"),
+                                   on_metrics=on_metrics if writer is not None else None)
         finally:
-            if log is not None:
-                log.close()
             if writer is not None:
                 writer.close()
         self.save(self.out / "final", trainer_state=False)

@@ -5,6 +5,7 @@ reads them onto an ``echo.load``-ed base too), and merged into a full checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -59,6 +60,20 @@ def add_lora(model, config: LoraConfig) -> list[torch.nn.Parameter]:
     _peft().inject_adapter_in_model(config, model)
     model.train(model.training)  # new modules (LoRA dropout) start in train mode; follow the model's
     return [p for n, p in model.named_parameters() if ".lora_" in n]
+
+
+@contextlib.contextmanager
+def without_adapters(model):
+    """``model`` as its base inside the block (every LoRA layer passes its input to the base layer alone); the
+    adapters are back, trainable, after it."""
+    layers = [m for m in model.modules() if isinstance(m, _peft().tuners.tuners_utils.BaseTunerLayer)]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.enable_adapters(True)
 
 
 def read_config(adapter_dir: str | os.PathLike) -> LoraConfig:

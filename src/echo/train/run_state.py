@@ -15,12 +15,17 @@ from pathlib import Path
 from ..durable import read_jsonl, require_file, write_atomic
 from ..errors import ConfigError
 from . import distributed as dist
+from .lora import DEFAULT_TARGETS
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
 # settings that change neither the weights nor the data order: a resume may change them
 _FREE = {"progress", "save_every", "tensorboard", "max_bad_share", "feature_cache", "engine.kv_cache_bytes", "engine.num_blocks",
          "engine.max_num_seqs", "engine.max_num_batched_tokens", "engine.encoder_cache_bytes"}
+
+# settings added after runs were recorded, with the value those runs trained with: a recorded run without the key
+# resumes when the rerun asks for that value
+_ADDED = {"lora_rank": 0, "lora_alpha": None, "lora_dropout": 0.0, "lora_targets": list(DEFAULT_TARGETS)}
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
@@ -74,7 +79,7 @@ def differences(saved: dict, now: dict) -> list[str]:
         if key in ("model", "data"):
             if (old or {}).get("sha256") != (new or {}).get("sha256"):
                 out.append(f"{key} ({(old or {}).get('path')} -> {new['path']}: contents differ)")
-        elif old != new:
+        elif old != new and not (key not in a and name in _ADDED and new == _ADDED[name]):
             out.append(f"{name} ({old!r} -> {new!r})")
     return out
 
