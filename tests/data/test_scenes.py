@@ -51,6 +51,10 @@ PROMPTS = {
     "silence/1": "(1 second of silence)", "long-menu": "Press one for sales, two for support, three for billing.",
 }
 MUSIC = ("track-a", "track-b", "track-c")
+LOMIRI = {"ringtones/Harp arp": "CC-BY-SA-3.0", "ringtones/Koto chords": "CC-BY-4.0",
+          "ringtones/Wind chime": "CC0-1.0", "notifications/Xylo": "GPL-3+",  # GPL: skipped
+          "ringtones/Bliss": "CC-BY-SA-3.0"}  # a name that does not say what is heard: skipped
+YARU = ("bell", "complete", "battery-low", "desktop-login")  # desktop-login: no name for what is heard, skipped
 
 
 def _signal(k: int, seconds: float, rate: int) -> np.ndarray:
@@ -111,6 +115,26 @@ def standins(tmp_path_factory) -> str:
     for name in MUSIC:
         k += 1
         sf.write(moh / f"{name}.wav", _signal(k, 40.0, 8000), 8000, subtype="PCM_16")
+    stanzas = ["Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n",
+               "Files: *\nCopyright: someone\nLicense: GPL-3\n"]  # later stanzas override, as in dep5
+    for stem, lic in LOMIRI.items():
+        k += 1
+        (root / sounds.LOMIRI_DIR / stem).parent.mkdir(parents=True, exist_ok=True)
+        (root / sounds.LOMIRI_DIR / f"{stem}.ogg").write_bytes(_wave_bytes(_signal(k, 3.5, 48000), 48000, "OGG"))
+        glob = stem.replace(' ', '?')
+        stanzas.append(f"Files: share/sounds/lomiri/{glob}.ogg\nCopyright: someone\nLicense: {lic}\n")
+    (root / sounds.LOMIRI_COPYRIGHT).parent.mkdir(parents=True)
+    (root / sounds.LOMIRI_COPYRIGHT).write_text("\n".join(stanzas))
+    (root / sounds.YARU_DIR).mkdir(parents=True)
+    for stem in YARU:
+        k += 1
+        (root / sounds.YARU_DIR / f"{stem}.oga").write_bytes(_wave_bytes(_signal(k, 1.3, 48000), 48000, "OGG"))
+    (root / sounds.YARU_COPYRIGHT).parent.mkdir(parents=True)
+    (root / sounds.YARU_COPYRIGHT).write_text("Files: *\nCopyright: x\nLicense: GPL-3.0+\n\n"
+                                              "Files: sounds/*\nCopyright: Mads Rosendahl\nLicense: CC-BY-SA-4.0\n")
+    for pkg, version in (("lomiri-sounds", "22.02-1"), ("sound-theme-freedesktop", "0.8-2")):
+        with gzip.open(root / "usr/share/doc" / pkg / "changelog.Debian.gz", "wt") as f:
+            f.write(f"{pkg} ({version}) unstable; urgency=medium\n\n  * a change\n")
     return str(root)
 
 
@@ -139,12 +163,90 @@ def test_missing_packages_are_named_with_their_install_commands(tmp_path):
     assert set(lib.missing) == set(sounds.SOURCES)
     with pytest.raises(sounds.SoundsUnavailable) as err:
         SynthConfig(n=1, families=("scene_count",), sources=str(tmp_path)).resolved_families()
-    for src in sounds.SOURCES.values():
-        assert src.install in str(err.value)
+    for key in sounds.CORE:  # the sources a default dataset needs; the others only when asked for
+        assert sounds.SOURCES[key].install in str(err.value)
+    assert sounds.SOURCES["lomiri"].install not in str(err.value)
+    with pytest.raises(sounds.SoundsUnavailable, match="apt-get install lomiri-sounds"):
+        SynthConfig(n=1, families=("scene_count",), sources=str(tmp_path), sounds=("lomiri",)).resolved_families()
     (tmp_path / sounds.WHEEL_NAME).write_bytes(b"not a zip")
     sounds.find_library.cache_clear()
     with pytest.raises(sounds.SoundsUnavailable, match="not a readable wheel"):
         sounds.find_library(str(tmp_path))
+
+
+def test_added_sources_take_only_named_free_files_and_record_their_versions(standins, tmp_path):
+    lib = sounds.find_library(standins)
+    got = {r.id: r.licence for r in lib.recordings if r.source in ("lomiri", "yaru")}
+    assert got == {"lomiri/ringtones/Harp-arp": "CC-BY-SA-3.0", "lomiri/ringtones/Koto-chords": "CC-BY-4.0",
+                   "lomiri/ringtones/Wind-chime": "CC0-1.0", "yaru/bell": "CC-BY-SA-4.0",
+                   "yaru/complete": "CC-BY-SA-4.0", "yaru/battery-low": "CC-BY-SA-4.0"}
+    labels = {r.id: r.label for r in lib.recordings}
+    assert labels["yaru/bell"] == labels["freedesktop/bell"] == "a bell ringing"  # one class, two recordings
+    assert lib.versions["lomiri"] == "lomiri-sounds 22.02-1" and "yaru" not in lib.versions  # no changelog there
+    cfg = SynthConfig(n=14, seed=1, families=("scene_which_heard", "scene_when"), split="train", sources=standins,
+                      sounds=("animals", "freedesktop", "asterisk", "moh", "lomiri", "yaru"))
+    out = tmp_path / "d"
+    write_synthetic(cfg, out)
+    recs = read_eaqa(out / "synthetic.jsonl")
+    for rec in recs:
+        _check_answer_from_meta(rec)
+        names = [e["name"] for e in rec.meta["events"] if e["kind"] == "event"]
+        assert len(names) == len(set(names))  # the two bells are never in one clip: each name is one sound
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sources"]["freedesktop"]["version"] == "sound-theme-freedesktop 0.8-2"
+    used = {v["source"] for v in manifest["recordings"].values()}
+    assert used & {"lomiri", "yaru"}
+    # The default dataset draws from the four core sources only: its items are those of earlier versions.
+    default = make_item(SynthConfig(n=1, seed=1, families=("scene_count",), split="train", sources=standins), 0)
+    core = make_item(SynthConfig(n=1, seed=1, families=("scene_count",), split="train", sources=standins,
+                                 sounds=sounds.CORE), 0)
+    assert default.record == core.record and not _used(default.record) & {i for i in got}
+
+
+def test_reserved_packages_are_refused(standins, monkeypatch):
+    """The packages kept for held-out evaluation can be neither a source nor where a recording comes from."""
+    for pkg in ("openttd-opensfx", "sound-icons", "tuxpaint-data", "ktuberling-data"):
+        assert pkg in sounds.RESERVED
+        with pytest.raises(sounds.ReservedSource, match=pkg):
+            sounds.Source("x", pkg, f"apt-get install {pkg}", "CC0-1.0", "someone", (pkg,))
+        with pytest.raises(sounds.ReservedSource, match=pkg):
+            sounds.Source("x", "y", f"apt-get install {pkg}", "CC0-1.0", "someone")
+    assert not {p for s in sounds.SOURCES.values() for p in s.debian} & set(sounds.RESERVED)
+    with pytest.raises(sounds.ReservedSource, match="reserved for held-out evaluation"):
+        sounds.refuse_reserved(paths=["/usr/share/sounds/sound-icons/cow.wav"])
+    sounds.refuse_reserved(paths=["/usr/share/sounds/sound-iconsx/cow.wav"])  # another directory: fine
+    # A reader pointed at a reserved package's files is refused at discovery.
+    root = os.path.join(standins, "usr/share/sounds/sound-icons")
+    monkeypatch.setattr(sounds, "YARU_DIR", "usr/share/sounds/sound-icons")
+    shutil.copytree(os.path.join(standins, "usr/share/sounds/Yaru/stereo"), root, dirs_exist_ok=True)
+    sounds.find_library.cache_clear()
+    try:
+        with pytest.raises(sounds.ReservedSource, match="sound-icons"):
+            sounds.find_library(standins)
+    finally:
+        shutil.rmtree(root)
+        sounds.find_library.cache_clear()
+
+
+def test_held_out_classes_keep_every_test_class_out_of_train(standins, tmp_path):
+    """--held-out-classes: event sounds are split by class (label), echo's own sounds too, so no sound class of the
+    test split is heard in train, however many recordings or sources it has."""
+    every = ("animals", "freedesktop", "asterisk", "moh", "lomiri", "yaru")
+    fams = tuple(f for f in FAMILIES if f != "scene_said_at")
+    heard = {}
+    for split in ("train", "test"):
+        cfg = SynthConfig(n=3 * len(fams), seed=2, families=fams, split=split, sources=standins, sounds=every,
+                          held_out_classes=True)
+        write_synthetic(cfg, tmp_path / split)
+        recs = read_eaqa(tmp_path / split / "synthetic.jsonl")
+        for rec in recs:
+            _check_answer_from_meta(rec)
+        heard[split] = {e["label"] for r in recs for e in r.meta["events"] if e["kind"] == "event"}
+        offered = {c for r in recs if r.task in ("scene_heard_between", "scene_which_heard") for c in r.choices}
+        assert all(sounds.class_split(lab) == split for lab in heard[split] | (offered - {"a woman speaking"}))
+        manifest = json.loads((tmp_path / split / "manifest.json").read_text())
+        assert manifest["classes"] == {lab: split for lab in sorted(heard[split])}
+    assert heard["train"] and heard["test"] and not heard["train"] & heard["test"]
 
 
 def test_splits_partition_every_source_by_recording(standins):
@@ -389,3 +491,14 @@ def test_scene_items_are_fixed_by_seed_split_and_index(standins):
     assert a.record == b.record and np.array_equal(a.wave, b.wave)
     c = make_item(SynthConfig(n=3, seed=5, families=NO_SPEECH, split="val", sources=standins), 2)
     assert c.record.meta != a.record.meta
+
+
+@pytest.mark.skipif(bool({"lomiri", "yaru"} & set(REAL.missing)), reason="needs the optional sound packages: "
+                    "apt-get install lomiri-sounds yaru-theme-sound")
+def test_real_added_sources_are_free_named_and_versioned():
+    added = [r for r in REAL.recordings if r.source in ("lomiri", "yaru")]
+    assert len(added) >= 20 and all(r.licence.startswith(("CC-BY", "CC0")) for r in added)
+    assert {r.name for r in added if r.source == "lomiri"} == {n for n, _ in sounds.LOMIRI_NAMES.values()}
+    assert REAL.versions["lomiri"].startswith("lomiri-sounds ") and REAL.versions["yaru"].startswith("yaru-theme")
+    for r in added:
+        assert sounds.load(r).shape[0] > 0.05 * SR

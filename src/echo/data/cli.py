@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def synth_flags() -> dict[str, Flag]:
     """The ``SynthConfig`` fields ``echo data synth`` exposes, with their help (defaults come from the fields)."""
     from ..argtypes import non_negative_int, positive_int
-    from .sounds import SPLITS
+    from .sounds import CORE, SOURCES, SPLITS
     from .synthetic import ALL_FAMILIES as FAMILIES, TARGET_FORMATS
     from .tasks import DIFFICULTIES
 
@@ -79,6 +79,11 @@ def synth_flags() -> dict[str, Flag]:
         "distractors": Flag("override the number of distractor events", type=non_negative_int),
         "snr_db": Flag("override the background-noise SNR, dB", group="noise"),
         "clean": Flag("no background noise", group="noise"),
+        "sounds": Flag("the recorded-sound sources scene_* families draw from (default: the four core ones, "
+                       f"{' '.join(CORE)})", nargs="+", choices=list(SOURCES), metavar="SOURCE",
+                       convert=optional_tuple),
+        "held_out_classes": Flag("split scene_* event sounds by class (label), not by recording: no sound class of "
+                                 "the test split occurs in train (a proxy for evaluation on unseen sounds)"),
         "format": Flag("each item's target: cot (the reference chain of thought, then the answer) or direct (the "
                        "answer alone, <answer>X</answer>: for teaching a base model to answer); default cot",
                        choices=TARGET_FORMATS),

@@ -18,10 +18,10 @@ from ..protocol import format_span as seg
 from . import scenes
 from . import signals as S
 from .formats import DataFormatError
-from .sounds import SPLITS, Library, Recording, find_library, load
+from .sounds import CORE, SPLITS, Library, Recording, class_split, find_library, load
 from .sounds import manifest as sounds_manifest
 from .speech import speak
-from .tasks import WORDS, Difficulty, Draw, Task, _clip_len, _events, _t, uniform_draw
+from .tasks import WORDS, Difficulty, Draw, Task, _clip_len, _t, uniform_draw
 
 # The scene levels: longer clips, more distractor sounds, a music bed and noise as the level rises.
 SCENE_DIFFICULTIES = {
@@ -49,11 +49,19 @@ class Pool:
     music: list[Recording]
     split: str | None
     level: str
+    by_class: bool = False  # whole event classes per split (echo's own sounds too), not recordings
 
     @classmethod
-    def of(cls, library: Library, split: str | None, level: str) -> "Pool":
-        return cls(library.pick(split, "event"), library.pick(split, "speech"), library.pick(split, "music"),
-                   split, level)
+    def of(cls, library: Library, split: str | None, level: str, sources=CORE, by_class: bool = False) -> "Pool":
+        return cls(*(library.pick(split, kind, sources, by_class) for kind in ("event", "speech", "music")),
+                   split, level, by_class)
+
+    def own(self, sound: scenes.Sound) -> bool:
+        """Whether one of echo's synthesised sounds may play in this split (all of them, unless classes are split)."""
+        return not self.by_class or self.split is None or class_split(sound.label) == self.split
+
+    def synthesised(self, rng: np.random.Generator) -> list[scenes.Sound]:
+        return [s for s in scenes.synthesised(rng) if self.own(s)]  # drawn in full: the same rng use either way
 
 
 def _pick(rng: np.random.Generator, items: list, k: int) -> list:
@@ -64,9 +72,18 @@ def _draw_events(rng: np.random.Generator, pool: Pool, k: int, exclude: set[str]
                  length_s: tuple[float, float] = EVENT_S) -> list[scenes.Sound]:
     """``k`` event sounds with distinct names (not in ``exclude``): recorded ones from the split and echo's own."""
     options: list = [r for r in pool.events if r.name not in exclude]
-    options += [s for s in scenes.synthesised(rng) if s.name not in exclude]
+    options += [s for s in pool.synthesised(rng) if s.name not in exclude]
+    picked = _pick(rng, options, k)
+    names = [p.name for p in picked]
+    if len(set(names)) < len(names):  # two sources' recordings of one sound (a bell): each name once
+        rest = [o for o in options if o.name not in names]
+        keep = [p for i, p in enumerate(picked) if p.name not in names[:i]]
+        for o in _pick(rng, rest, len(rest)):
+            if len(keep) < len(picked) and all(o.name != p.name for p in keep):
+                keep.append(o)
+        picked = keep
     out = []
-    for item in _pick(rng, options, k):
+    for item in picked:
         out.append(scenes.recorded(item, round(float(rng.uniform(*length_s)), 1)) if isinstance(item, Recording)
                    else item)
     return out
@@ -76,7 +93,11 @@ def _split_labels(pool: Pool) -> list[str]:
     """The labels of every event sound this split's items can play: its recordings and echo's own. Distractor
     choices come from here only, so each label is offered about as often as it is the answer (a label from another
     split or source would be offered and never be right: a guesser would learn to avoid it)."""
-    return list(dict.fromkeys([r.label for r in pool.events] + [f"a {name}" for name in _events()]))
+    return list(dict.fromkeys([r.label for r in pool.events] + [s.label for s in _own_echo_sounds(pool)]))
+
+
+def _own_echo_sounds(pool: Pool) -> list[scenes.Sound]:
+    return [s for s in scenes.synthesised(np.random.default_rng(0)) if pool.own(s)]  # labels only: any rng
 
 
 def _choices(rng: np.random.Generator, answer: str, preferred: list[str], pool: list[str], k: int = 4) -> list[str]:
@@ -200,7 +221,8 @@ def count(rng: np.random.Generator, d: Difficulty, pool: Pool, draw: Draw | None
         if scenes.longest_pause_s(target.wave) <= MAX_PAUSE_S:
             break
     else:
-        (target,) = [s for s in scenes.synthesised(rng) if s.name == "high beep"]
+        own = pool.synthesised(rng)  # echo's sounds are single bursts; the high beep unless classes are split
+        target = next((s for s in own if s.name == "high beep"), own[0] if own else target)
     others = _draw_events(rng, pool, d.distractors, exclude={target.name})
     order = _shuffle(rng, [target] * k + others + _speech_distractor(rng, pool, d))
     wave, events, meta = _scene(rng, d, pool, order)
@@ -334,7 +356,8 @@ def _cut(wave: np.ndarray, seconds: float) -> np.ndarray:
 
 
 def which_heard(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
-    target, *others = _draw_events(rng, pool, 1 + d.distractors)
+    # Three labels of the split must stay unplayed, to be offered (a split of few classes plays fewer sounds).
+    target, *others = _draw_events(rng, pool, max(1, min(1 + d.distractors, len(_split_labels(pool)) - 3)))
     wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [target, *others, *_speech_distractor(rng, pool, d)]))
     ev = next(e for e in events if e.recording == target.recording)
     # Absent means not played: a label that only shares a word with a played one ("a rising chirp" beside "a falling
@@ -393,13 +416,14 @@ SCENE_FAMILIES = {  # name -> (function, needs espeak-ng)
 
 
 def make_scene_task(family: str, rng: np.random.Generator, d: Difficulty, split: str | None,
-                    sources: str | None, draw: Draw | None = None) -> SceneTask:
+                    sources: str | None, draw: Draw | None = None, *, sounds=CORE,
+                    by_class: bool = False) -> SceneTask:
     """One item of a scene family, drawing from ``split``'s recordings under ``sources`` (None: the default places)."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     library = find_library(sources)
-    library.require()
-    fn, pool = SCENE_FAMILIES[family][0], Pool.of(library, split, d.name)
+    library.require(sounds)
+    fn, pool = SCENE_FAMILIES[family][0], Pool.of(library, split, d.name, sounds, by_class)
     task = fn(rng, d, pool, draw=draw) if family in DRAWS else fn(rng, d, pool)
     placed = {(e["start"], e["end"]) for e in task.meta["events"]}
     stray = [span for span in task.spans if tuple(span) not in placed]
@@ -408,10 +432,15 @@ def make_scene_task(family: str, rng: np.random.Generator, d: Difficulty, split:
     return task
 
 
-def dataset_manifest(records, sources: str | None) -> dict:
-    """What goes into a dataset's manifest for its scene items: the licences and splits of the recordings used."""
+def dataset_manifest(records, sources: str | None, by_class: bool = False) -> dict:
+    """What goes into a dataset's manifest for its scene items: the licences and splits of the recordings used, and
+    with ``by_class`` the split of every event class played (``classes``: label -> split)."""
     used = {e["recording"] for r in records for e in r.meta.get("events", [])}
     used |= {r.meta["background"]["recording"] for r in records if "background" in r.meta}
     if not used:
         return {}
-    return sounds_manifest(used, find_library(sources))
+    out = sounds_manifest(used, find_library(sources))
+    if by_class:
+        labels = {e["label"] for r in records for e in r.meta.get("events", []) if e["kind"] == "event"}
+        out["classes"] = {label: class_split(label) for label in sorted(labels)}
+    return out

