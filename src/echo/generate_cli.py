@@ -27,11 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=_generate)
 
 
-
 def _relisten_mark(record) -> str:
     d = record.decision
     if d.action == "relisten":
-        a, b = (x / 16_000 for x in d.applied_samples)
+        from .audio import SAMPLING_RATE
+
+        a, b = (x / SAMPLING_RATE for x in d.applied_samples)
         hit = "cached" if record.cache_hit else "encoded"
         return f" [re-listened {a:.2f}-{b:.2f} s: {record.num_audio_tokens} audio tokens, {hit}] "
     return f" [no re-listen: {d.reason}] "

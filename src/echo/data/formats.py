@@ -22,6 +22,7 @@ import math
 import os
 from typing import Any, Iterable, Sequence
 
+from ..audio.io import SAMPLING_RATE
 from ..durable import BadLine, read_lines, require_file
 from ..protocol import (ANSWER_CLOSE, ANSWER_OPEN, SPAN_DECIMALS, THINK_OPEN, format_span, read_span,  # noqa: F401
                         seg_bodies, split_cot)  # (format_span re-exported)
@@ -159,7 +160,7 @@ def check_audio_file(rec: EAQARecord, root: str | os.PathLike) -> list[str]:
     except Exception as exc:  # libsndfile raises several types for corrupt files
         return [f"audio file {path} cannot be read ({exc})"]
     problems = []
-    if info.samplerate != 16_000 or info.channels != 1:
+    if info.samplerate != SAMPLING_RATE or info.channels != 1:
         problems.append(f"audio file {path} is {info.samplerate} Hz x {info.channels} channels, not 16 kHz mono")
     duration_s = info.frames / info.samplerate
     if rec.duration_s is not None and abs(duration_s - rec.duration_s) > 1.0 / info.samplerate:

@@ -153,7 +153,7 @@ def heard_between(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneT
     j = int(rng.integers(0, len(events)))  # any sound of the clip, the speech too: every offered label can be right
     ev = events[j]
     prev_end = events[j - 1].end if j > 0 else 0.0
-    next_start = events[j + 1].start if j + 1 < len(events) else wave.shape[0] / S.SR
+    next_start = events[j + 1].start if j + 1 < len(events) else wave.shape[0] / S.SAMPLING_RATE
     a = max(np.floor((ev.start - float(rng.uniform(0.0, 1.0))) * 10) / 10, np.ceil(prev_end * 10) / 10)
     b = min(np.ceil((ev.end + float(rng.uniform(0.0, 1.0))) * 10) / 10, np.floor(next_start * 10) / 10)
     a, b = (round(float(a), 1) if a <= ev.start else ev.start), (round(float(b), 1) if b >= ev.end else ev.end)
@@ -269,7 +269,7 @@ def starts_when(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTas
     wave, events, meta = _scene(rng, d, pool, _shuffle(rng, [target, *others, *_speech_distractor(rng, pool, d)]))
     ev = next(e for e in events if e.recording == target.recording)
     answer = f"at {_t(ev.start)} s"
-    clip_s = wave.shape[0] / S.SR
+    clip_s = wave.shape[0] / S.SAMPLING_RATE
     # Every offered time is at least 1 s from every other (not only from the answer), so the answer is not the one
     # time set apart from the rest.
     times = [ev.start]
@@ -350,7 +350,7 @@ def _stretched(rng: np.random.Generator, snd: scenes.Sound, seconds: float = 3.0
 def _cut(wave: np.ndarray, seconds: float) -> np.ndarray:
     n = min(wave.shape[0], S.n_samples(S.on_grid(seconds)))
     out = wave[:n].copy()
-    fade = min(n // 4, S.SR // 20)
+    fade = min(n // 4, S.SAMPLING_RATE // 20)
     out[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
     return out
 
@@ -391,7 +391,7 @@ def when(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
     quiet: list[tuple[float, float]] = []
     for ghost in _draw_events(rng, pool, 3, exclude={target.name}):  # lengths drawn as the target's was
         try:
-            (onset,) = S.free_slots(rng, 1, [ghost.seconds], wave.shape[0] / S.SR, 0.1, taken=taken + quiet)
+            (onset,) = S.free_slots(rng, 1, [ghost.seconds], wave.shape[0] / S.SAMPLING_RATE, 0.1, taken=taken + quiet)
         except ValueError:
             continue
         quiet.append((S.on_grid(onset), S.on_grid(onset + ghost.seconds)))

@@ -27,7 +27,7 @@ class Sound:
 
     @property
     def seconds(self) -> float:
-        return self.wave.shape[0] / S.SR
+        return self.wave.shape[0] / S.SAMPLING_RATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class Event:
 def longest_pause_s(wave: np.ndarray, rel_db: float = -30.0) -> float:
     """The longest quiet stretch inside a sound (10 ms frames ``rel_db`` below its loudest): a dog excerpt with two
     barks has one, so it is not one occurrence to count, nor one continuous sound to time."""
-    hop = S.SR // 100
+    hop = S.SAMPLING_RATE // 100
     n = wave.shape[0] // hop * hop
     rms = np.sqrt(np.mean(wave[:n].reshape(-1, hop).astype(np.float64) ** 2, axis=1))
     active = np.flatnonzero(rms > rms.max() * 10 ** (rel_db / 20)) if n else np.zeros(0, dtype=int)
@@ -92,4 +92,4 @@ def add_music(rng: np.random.Generator, wave: np.ndarray, music: np.ndarray, lev
     bed = bed[offset : offset + n].astype(np.float32)
     bed *= (0.5 * 10 ** (level_db / 20)) / max(float(np.max(np.abs(bed))), 1e-9)
     wave += S._ramp(bed.copy(), 0.05)
-    return {"offset_s": round(offset / S.SR, 2), "level_db": level_db}
+    return {"offset_s": round(offset / S.SAMPLING_RATE, 2), "level_db": level_db}

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-SR = 16_000
+from ..audio.io import SAMPLING_RATE
+
 GRID_S = 0.01  # every onset, duration and clip length is a multiple of this, so spans are exact in samples
 
 
 def n_samples(seconds: float) -> int:
     """Seconds -> samples at 16 kHz (times are on the 10 ms grid, so this is exact)."""
-    return int(round(seconds * SR))
+    return int(round(seconds * SAMPLING_RATE))
 
 
 def on_grid(seconds: float) -> float:
@@ -34,10 +35,10 @@ def _ramp(x: np.ndarray, ramp_s: float = 0.01) -> np.ndarray:
 
 def tone(freq_hz: float, dur_s: float, amp: float = 0.5, harmonics: int = 3) -> np.ndarray:
     """A steady tone at ``freq_hz`` (fundamental) with a few decaying harmonics, like a simple instrument."""
-    t = np.arange(n_samples(dur_s)) / SR
+    t = np.arange(n_samples(dur_s)) / SAMPLING_RATE
     x = np.zeros_like(t)
     for k in range(1, harmonics + 1):
-        if k * freq_hz < SR / 2:
+        if k * freq_hz < SAMPLING_RATE / 2:
             x += np.sin(2 * np.pi * k * freq_hz * t) / k**1.5
     x *= amp / np.max(np.abs(x))
     return _ramp(x).astype(np.float32)
@@ -45,13 +46,13 @@ def tone(freq_hz: float, dur_s: float, amp: float = 0.5, harmonics: int = 3) -> 
 
 def beep(dur_s: float = 0.12, freq_hz: float = 1000.0, amp: float = 0.5) -> np.ndarray:
     """A pure sine beep."""
-    t = np.arange(n_samples(dur_s)) / SR
+    t = np.arange(n_samples(dur_s)) / SAMPLING_RATE
     return _ramp(amp * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
 
 
 def chirp(dur_s: float, f0_hz: float, f1_hz: float, amp: float = 0.5) -> np.ndarray:
     """A sweep from ``f0_hz`` to ``f1_hz`` (exponential in frequency, as pitch is heard)."""
-    t = np.arange(n_samples(dur_s)) / SR
+    t = np.arange(n_samples(dur_s)) / SAMPLING_RATE
     k = np.log(f1_hz / f0_hz) / dur_s
     phase = 2 * np.pi * f0_hz * (np.exp(k * t) - 1.0) / k
     return _ramp(amp * np.sin(phase)).astype(np.float32)
@@ -67,7 +68,7 @@ def click_train(dur_s: float, rate_hz: float = 20.0, amp: float = 0.6) -> np.nda
     """Short clicks (2 ms decaying pulses) at ``rate_hz``."""
     x = np.zeros(n_samples(dur_s))
     click = amp * np.exp(-np.arange(32) / 6.0) * np.sign(np.sin(np.arange(32) * 1.3) + 1e-9)
-    for start in range(0, x.shape[0] - click.shape[0], int(SR / rate_hz)):
+    for start in range(0, x.shape[0] - click.shape[0], int(SAMPLING_RATE / rate_hz)):
         x[start : start + click.shape[0]] += click
     return x.astype(np.float32)
 
@@ -77,9 +78,9 @@ def place(canvas: np.ndarray, event: np.ndarray, start_s: float, gain: float = 1
     start = n_samples(start_s)
     end = start + event.shape[0]
     if start < 0 or end > canvas.shape[0]:
-        raise ValueError(f"event [{start_s:.2f}, {end / SR:.2f}] s does not fit a {canvas.shape[0] / SR:.2f} s clip")
+        raise ValueError(f"event [{start_s:.2f}, {end / SAMPLING_RATE:.2f}] s does not fit a {canvas.shape[0] / SAMPLING_RATE:.2f} s clip")
     canvas[start:end] += gain * event
-    return start_s, on_grid(end / SR)
+    return start_s, on_grid(end / SAMPLING_RATE)
 
 
 def add_noise(rng: np.random.Generator, clip: np.ndarray, snr_db: float | None) -> np.ndarray:

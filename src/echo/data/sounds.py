@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import EchoError
-from .signals import SR
+from ..audio.io import SAMPLING_RATE
 
 SPLITS = ("train", "val", "test")
 SPLIT_SHARE = {"test": 0.2, "val": 0.1}  # of each source's recordings; the rest is train
@@ -442,9 +442,9 @@ def load(rec: Recording, max_s: float | None = None) -> np.ndarray:
     """The recording as float32 mono 16 kHz, trimmed to where it sounds, cut to ``max_s`` (with a fade-out), peak 0.5,
     length a multiple of 10 ms so spans stay on the grid."""
     wave = _decoded(rec.path)
-    if max_s is not None and wave.shape[0] > int(round(max_s * SR)):
-        wave = wave[: int(round(max_s * SR)) // 160 * 160].copy()
-        fade = min(wave.shape[0] // 4, SR // 20)
+    if max_s is not None and wave.shape[0] > int(round(max_s * SAMPLING_RATE)):
+        wave = wave[: int(round(max_s * SAMPLING_RATE)) // 160 * 160].copy()
+        fade = min(wave.shape[0] // 4, SAMPLING_RATE // 20)
         wave[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
     else:
         wave = wave.copy()
@@ -462,8 +462,8 @@ def _decoded(path: str) -> np.ndarray:
     except Exception:  # libsndfile rejects some mp3s whose first frame is damaged: start at a later frame sync
         wave, rate = _read_from_frame_sync(data, path)
     wave = wave.mean(axis=1)
-    if rate != SR:
-        wave = soxr.resample(wave, rate, SR, quality="HQ")
+    if rate != SAMPLING_RATE:
+        wave = soxr.resample(wave, rate, SAMPLING_RATE, quality="HQ")
     wave = _trim(np.asarray(wave, dtype=np.float32), path)
     wave = wave * (0.5 / float(np.max(np.abs(wave))))
     wave.flags.writeable = False
@@ -497,7 +497,7 @@ def _read_from_frame_sync(data: bytes, path: str):
 
 def _trim(wave: np.ndarray, path: str, rel_db: float = -40.0) -> np.ndarray:
     """Cut leading/trailing 10 ms frames quieter than ``rel_db`` below the loudest frame; pad to the 10 ms grid."""
-    hop = SR // 100
+    hop = SAMPLING_RATE // 100
     n = wave.shape[0] // hop * hop
     if n == 0:
         raise SoundsUnavailable(f"{path}: the recording is empty")

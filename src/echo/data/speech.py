@@ -16,7 +16,7 @@ import tempfile
 import numpy as np
 
 from ..errors import EchoError
-from .signals import SR
+from ..audio.io import SAMPLING_RATE
 
 # Variants that sound clearly different from each other (espeak-ng's "en+<variant>" voices).
 VOICES = ("en+m3", "en+m7", "en+f3", "en+f4")
@@ -59,8 +59,8 @@ def _speak(text: str, voice: str, speed_wpm: int, pitch: int) -> np.ndarray:
             raise SpeechUnavailable(f"espeak-ng failed for voice {voice!r}: {proc.stderr.strip() or proc.returncode}")
         wave, rate = sf.read(path, dtype="float32", always_2d=True)
     wave = wave.mean(axis=1)
-    if rate != SR:
-        wave = soxr.resample(wave, rate, SR, quality="HQ")
+    if rate != SAMPLING_RATE:
+        wave = soxr.resample(wave, rate, SAMPLING_RATE, quality="HQ")
     return _trim(np.asarray(wave, dtype=np.float32))
 
 
@@ -70,5 +70,5 @@ def _trim(wave: np.ndarray, rel_threshold: float = 0.02) -> np.ndarray:
     if loud.size == 0:
         raise SpeechUnavailable("espeak-ng produced silence")
     wave = wave[loud[0] : loud[-1] + 1]
-    pad = (-wave.shape[0]) % (SR // 100)
+    pad = (-wave.shape[0]) % (SAMPLING_RATE // 100)
     return np.pad(wave, (0, pad)).astype(np.float32)

@@ -165,7 +165,7 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
         spans=spans,
         task=family,
         difficulty=level,
-        duration_s=wave.shape[0] / signals.SR,
+        duration_s=wave.shape[0] / signals.SAMPLING_RATE,
         meta=getattr(task, "meta", {}),
     )
     _check_scorable(record)
@@ -282,7 +282,7 @@ def _write_resumable(config: SynthConfig, manifest: dict, out_dir: str, progress
             if rec is None or not os.path.isfile(os.path.join(out_dir, rec.audio)):
                 item = make_item(config, index, families)
                 wav = os.path.join(out_dir, item.record.audio)
-                sf.write(wav + ".tmp.wav", item.wave, signals.SR, subtype="PCM_16")
+                sf.write(wav + ".tmp.wav", item.wave, signals.SAMPLING_RATE, subtype="PCM_16")
                 os.replace(wav + ".tmp.wav", wav)  # a wav is whole under its final name, or absent
                 rec = item.record
                 append_row(log, rec.to_json())

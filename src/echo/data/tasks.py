@@ -216,7 +216,7 @@ def event_order(rng: np.random.Generator, d: Difficulty, draw: Draw | None = Non
         if (ix < iy) != (outcome == "x first"):
             slots[ix], slots[iy] = (y,), (x,)
     sounds = {n: catalog[n](rng) for slot in slots for n in slot}
-    lengths = [max(sounds[n].shape[0] for n in slot) / S.SR for slot in slots]
+    lengths = [max(sounds[n].shape[0] for n in slot) / S.SAMPLING_RATE for slot in slots]
     clip_s = _clip_len(rng, d, need_s=sum(lengths) + 0.3 * len(lengths) + 0.4)
     wave = np.zeros(S.n_samples(clip_s), dtype=np.float32)
     spans = {n: S.place(wave, sounds[n], o) for slot, o in zip(slots, _layout(rng, lengths, clip_s, 0.3)) for n in slot}
@@ -252,7 +252,7 @@ def loudest_burst(rng: np.random.Generator, d: Difficulty) -> Task:
     for name in extra:  # other sounds in the remaining room, never overlapping a burst
         snd = catalog[name](rng)
         try:
-            (onset,) = S.free_slots(rng, 1, [snd.shape[0] / S.SR], clip_s, 0.1, taken=list(spans))
+            (onset,) = S.free_slots(rng, 1, [snd.shape[0] / S.SAMPLING_RATE], clip_s, 0.1, taken=list(spans))
         except ValueError:
             continue
         S.place(wave, snd, onset, gain=0.3)
@@ -283,7 +283,7 @@ def silence_gap(rng: np.random.Generator, d: Difficulty) -> Task:
     for i in rng.permutation(len(names))[: d.distractors]:  # brief sounds on top of the bed, away from the gap
         snd = catalog[names[i]](rng)
         try:
-            (onset,) = S.free_slots(rng, 1, [snd.shape[0] / S.SR], clip_s, 0.3, taken=[(g0, g1)])
+            (onset,) = S.free_slots(rng, 1, [snd.shape[0] / S.SAMPLING_RATE], clip_s, 0.3, taken=[(g0, g1)])
         except ValueError:
             continue
         S.place(wave, snd, onset, gain=0.5)
@@ -305,7 +305,7 @@ def spoken_word(rng: np.random.Generator, d: Difficulty) -> Task:
     words = [WORDS[i] for i in rng.choice(len(WORDS), size=3 + d.distractors, replace=False)]
     voice, speed, pitch = _voice(rng)
     sounds = [speak(w, voice, speed, pitch) for w in words]
-    lengths = [s.shape[0] / S.SR for s in sounds]
+    lengths = [s.shape[0] / S.SAMPLING_RATE for s in sounds]
     clip_s = _clip_len(rng, d, need_s=sum(lengths) + 0.4 * len(words) + 0.4)
     wave = np.zeros(S.n_samples(clip_s), dtype=np.float32)
     spans = [S.place(wave, snd, o) for snd, o in zip(sounds, _layout(rng, lengths, clip_s, 0.4))]
@@ -329,7 +329,7 @@ def voice_change(rng: np.random.Generator, d: Difficulty) -> Task:
     voice_b = [v for v in group_b if v != voice_a][int(rng.integers(0, len(group_b) - (group_b is group_a)))]
     speed = int(rng.integers(150, 176))
     sounds = [speak(w, voice_a if i < change else voice_b, speed) for i, w in enumerate(words)]
-    lengths = [s.shape[0] / S.SR for s in sounds]
+    lengths = [s.shape[0] / S.SAMPLING_RATE for s in sounds]
     clip_s = _clip_len(rng, d, need_s=sum(lengths) + 0.3 * m + 0.4)
     wave = np.zeros(S.n_samples(clip_s), dtype=np.float32)
     spans = [S.place(wave, snd, o) for snd, o in zip(sounds, _layout(rng, lengths, clip_s, 0.3))]

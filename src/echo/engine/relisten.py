@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from ..audio.io import SAMPLING_RATE
 from ..config import RelistenPolicy
 # the format's names stay importable from here (the engine's public API before protocol.py held them)
 from ..protocol import SEG_CLOSE, SEG_OPEN, find_seg_close, last_seg_text, parse_span, splice_ids  # noqa: F401
@@ -41,7 +42,7 @@ def ends_with_seg(text: str) -> bool:
     return text.endswith(SEG_CLOSE)
 
 
-def decide(text: str, turn: int, num_samples: int, policy: RelistenPolicy, sampling_rate: int = 16_000,
+def decide(text: str, turn: int, num_samples: int, policy: RelistenPolicy, sampling_rate: int = SAMPLING_RATE,
            min_samples: int = 1) -> RelistenDecision:
     """Decide the re-listen for a sequence whose decoded ``text`` ends with ``</seg>``.
 

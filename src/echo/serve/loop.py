@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from ..audio.io import SAMPLING_RATE
 from ..config import SamplingParams
 from ..engine.llm import Engine
 from ..engine.sequence import RelistenRecord, Sequence
@@ -23,7 +24,6 @@ from ..errors import EchoError
 from .metrics import Metrics
 from .protocol import ApiError
 
-SAMPLING_RATE = 16_000
 
 
 @dataclasses.dataclass(slots=True)

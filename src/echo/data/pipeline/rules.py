@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 
+from ...audio.io import SAMPLING_RATE
 from ...config import RelistenPolicy
 from ...engine.relisten import decide
 from ...eval.answers import extract_answer
 from ...protocol import SEG_CLOSE, SEG_OPEN, SPAN_DECIMALS
 from ..formats import DataFormatError, parse_cot
 
-SAMPLING_RATE = 16_000
 # every tag is judged on its own (no turn limit); out-of-range and reversed tags are reported, never repaired
 _POLICY = RelistenPolicy(max_turns=1 << 30, out_of_range="skip", reversed_span="skip", malformed="skip")
 _SPAN_REASONS = {"malformed": "malformed_span", "reversed": "span_reversed", "out of range": "span_outside_clip",

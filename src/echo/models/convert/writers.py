@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...audio.io import SAMPLING_RATE
 from .ct2 import whisper_encoder
 from .gguf_llama import build_tokenizer, read_gguf_llama
 from .hf_dir import atomic_dir, save_tensors, save_tokenizer, sha256, write_json, write_manifest
@@ -19,7 +20,7 @@ def feature_extractor_config(num_mel_bins: int) -> dict:
     """Qwen2-Audio's Whisper front end (30 s window) for ``num_mel_bins`` mel bins, as preprocessor_config.json."""
     from transformers import WhisperFeatureExtractor
 
-    fe = WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=16000, hop_length=160, n_fft=400,
+    fe = WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=SAMPLING_RATE, hop_length=160, n_fft=400,
                                  chunk_length=30, padding_value=0.0, return_attention_mask=True)
     return fe.to_dict()
 
