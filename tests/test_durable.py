@@ -52,3 +52,19 @@ def test_json_list_or_lines(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"x": [1]}\n')
     (tmp_path / "c.jsonl").write_text("")
     assert [starts_json_list(tmp_path / n) for n in ("a.json", "b.jsonl", "c.jsonl")] == [True, False, False]
+
+
+def test_write_atomic_is_the_one_writer_of_whole_files(tmp_path):
+    """Text and bytes, a missing parent created, and a failed rename leaves no temporary file behind."""
+    from echo.durable import write_atomic
+
+    write_atomic(tmp_path / "a" / "b.txt", "é\n")
+    assert (tmp_path / "a" / "b.txt").read_bytes() == "é\n".encode("utf-8")
+    write_atomic(tmp_path / "a" / "b.txt", b"\x00\x01")
+    assert (tmp_path / "a" / "b.txt").read_bytes() == b"\x00\x01"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("keep")
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "d", "x")  # a directory cannot be replaced by a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "d"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b.txt"]

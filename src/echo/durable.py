@@ -128,14 +128,22 @@ def append_row(f, row: Any) -> None:
     os.fsync(f.fileno())
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename (readers see the old or the new file, never half of one)."""
-    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
+    """Replace ``path`` with ``text`` (str as UTF-8, or bytes) in one rename: readers see the old or the new file,
+    never half of one, and a kill leaves one of them. The one atomic file writer; a missing parent directory is
+    created. The temporary name carries the pid, so processes writing the same file at once do not mix."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the write or the rename failed: leave no temporary file behind
+            os.unlink(tmp)
 
 
 def require_file(path: str | os.PathLike, what: str = "file", error: type[Exception] | None = None,

@@ -23,7 +23,7 @@ import os
 from typing import Any, Iterable, Sequence
 
 from ..audio.io import SAMPLING_RATE
-from ..durable import BadLine, read_lines, require_file
+from ..durable import BadLine, read_lines, require_file, write_atomic
 from ..protocol import (ANSWER_CLOSE, ANSWER_OPEN, SPAN_DECIMALS, THINK_OPEN, format_span, read_span,  # noqa: F401
                         seg_bodies, split_cot)  # (format_span re-exported)
 from ..errors import ConfigError, EchoError
@@ -189,11 +189,7 @@ def write_eaqa(path: str | os.PathLike, records: Iterable[EAQARecord], *, check_
         seen.add(rec.id)
         if problems:
             raise DataFormatError(f"{path}: record {rec.id!r}: " + "; ".join(problems))
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(rec.to_json(), ensure_ascii=False) + "\n" for rec in records))
     return len(records)
 
 

@@ -20,7 +20,8 @@ from ...eval.prompts import build_prompt
 from ..formats import parse_cot, write_eaqa
 from ..item import QuestionItem
 from .clips import Clip
-from .store import ChunkStore, write_atomic
+from ...durable import write_atomic
+from .store import ChunkStore
 
 FILES = ("eaqa_sft.jsonl", "sft_messages.jsonl", "eaqa_rl.jsonl", "eaqa_rl.parquet")
 

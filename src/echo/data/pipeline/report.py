@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .cache import RequestCache
 from .config import EndpointConfig
-from .store import ChunkStore, write_atomic
+from ...durable import write_atomic
+from .store import ChunkStore
 
 
 def build_report(out_dir: Path, endpoints: dict[str, EndpointConfig | None] | None = None,

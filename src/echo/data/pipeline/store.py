@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from ...durable import read_object_lines
+from ...durable import read_object_lines, write_atomic
 
 
 class ChunkStore:
@@ -47,23 +47,6 @@ class ChunkStore:
         while f"{self.prefix}{index:06d}.jsonl" in taken:
             index += 1
         path = self.dir / f"{self.prefix}{index:06d}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in sorted(rows, key=lambda r: r["key"]):
-                f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
+                                   for row in sorted(rows, key=lambda r: r["key"])))
         return path
-
-
-def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
-    """Write a whole file so a reader never sees half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several shards may write the same file at once
-    with open(tmp, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
