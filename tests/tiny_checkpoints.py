@@ -12,6 +12,7 @@ import torch
 
 from echo.models import num_audio_tokens
 from echo.models.tiny import *  # noqa: F401,F403  (make_checkpoint, SPECIALS, special_ids, ... for the tests)
+from echo.models.families import family as get_family
 from echo.models.tiny import feature_extractor
 
 
@@ -55,10 +56,23 @@ def write_rl_task(d: Path, questions: list[str], seed: int) -> Path:
 
 
 def features_for(family: str, clips: list[np.ndarray]):
-    """WhisperFeatureExtractor output padded to the family's max length: (features, num_frames)."""
-    out = feature_extractor(family)(clips, sampling_rate=16000, return_attention_mask=True, padding="max_length",
+    """WhisperFeatureExtractor output padded to the family's max length: (features, num_frames). A family whose
+    processor cuts audio into windows (Audio Flamingo 3) gets one features row per window, as that processor
+    makes them, and each audio's frames summed over its windows (``hf_forward`` splits them back)."""
+    spec = get_family(family)
+    window = spec.feature_chunk_s * 16000
+    starts = [range(0, min(len(clip), window * spec.feature_windows), window) for clip in clips]
+    pieces = [clip[a: a + window] for clip, r in zip(clips, starts) for a in r]
+    out = feature_extractor(family)(pieces, sampling_rate=16000, return_attention_mask=True, padding="max_length",
                                     return_tensors="pt")
-    return out["input_features"], out["attention_mask"].sum(-1)
+    frames = out["attention_mask"].sum(-1).split([len(r) for r in starts])
+    return out["input_features"], torch.stack([f.sum() for f in frames])
+
+
+def _window_frames(family: str, num_frames) -> torch.Tensor:
+    """Each audio's frames as its windows' (full windows first), the rows ``features_for`` returned."""
+    full = get_family(family).feature_config().max_frames
+    return torch.tensor([min(full, int(n) - a) for n in num_frames for a in range(0, int(n), full)])
 
 
 def conversation(n_audios: int, question: str) -> list[dict]:
@@ -71,14 +85,17 @@ def hf_forward(hf, ids, mask, feats, num_frames):
     captured = []
     inner = hf.model
     family_omni = hasattr(inner, "visual")
+    windowed = type(hf).__name__ == "AudioFlamingo3ForConditionalGeneration"  # feats rows are windows
+    if windowed:
+        num_frames = _window_frames("audioflamingo3", num_frames)
     module = inner.audio_tower if family_omni else inner.multi_modal_projector
     handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
     feature_mask = (torch.arange(feats.shape[-1]) < num_frames[:, None]).long()
     kwargs = {} if family_omni else {"position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}  # what generate() passes
+    kwargs["input_features_mask" if windowed else "feature_attention_mask"] = feature_mask
     try:
         with torch.no_grad():
-            logits = hf(input_ids=ids, attention_mask=mask, input_features=feats, feature_attention_mask=feature_mask,
-                        **kwargs).logits
+            logits = hf(input_ids=ids, attention_mask=mask, input_features=feats, **kwargs).logits
     finally:
         handle.remove()
     out = captured[0]

@@ -121,6 +121,7 @@ def format_cot(thinking: str, answer: str) -> str:
     return f"{THINK_OPEN}{thinking}{THINK_CLOSE}{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
 
 
-def splice_ids(num_audio_tokens: int, bos_id: int, audio_id: int, eos_id: int) -> list[int]:
-    """The ids a re-listen inserts after ``</seg>``: ``<|audio_bos|> <|AUDIO|> x n <|audio_eos|>``."""
-    return [bos_id] + [audio_id] * num_audio_tokens + [eos_id]
+def splice_ids(num_audio_tokens: int, bos_id: int | None, audio_id: int, eos_id: int | None) -> list[int]:
+    """The ids a re-listen inserts after ``</seg>``: ``<|audio_bos|> <|AUDIO|> x n <|audio_eos|>``; a family
+    without bos/eos tokens (None) lays its audio out bare, as its processor does (Audio Flamingo 3)."""
+    return ([] if bos_id is None else [bos_id]) + [audio_id] * num_audio_tokens + ([] if eos_id is None else [eos_id])

@@ -22,7 +22,7 @@ from tiny_checkpoints import conversation
 
 
 def test_registry_answers_by_name_architecture_and_model_type():
-    assert set(families.FAMILIES) == {"qwen2_5_omni", "qwen2_audio"}
+    assert set(families.FAMILIES) == {"qwen2_5_omni", "qwen2_audio", "audioflamingo3"}
     for spec in families.FAMILIES.values():
         for arch in spec.architectures:
             assert families.family_for_architecture(arch) is spec
@@ -32,6 +32,7 @@ def test_registry_answers_by_name_architecture_and_model_type():
         assert FeatureConfig.for_family(spec.name) == spec.feature_config()
     assert FeatureConfig.for_family("qwen2_5_omni").chunk_length == 300
     assert FeatureConfig.for_family("qwen2_audio").chunk_length == 30
+    assert FeatureConfig.for_family("audioflamingo3").max_audio_s == 600  # 20 windows of 30 s
     with pytest.raises(ConfigError, match="'qwen2_5_omni', 'qwen2_audio'"):
         families.family("llama")
     with pytest.raises(CheckpointError, match="echo supports Qwen2_5OmniThinker"):
@@ -43,7 +44,8 @@ def test_config_writes_the_family_names(name):
     cfg = preset(name)
     d = cfg.to_hf_dict()
     assert d["architectures"] == [cfg.spec.architecture] and d["model_type"] == cfg.spec.model_type
-    assert isinstance(cfg.spec.module, type) and cfg.spec.module.__name__ in ("Qwen2_5OmniThinker", "Qwen2Audio")
+    assert isinstance(cfg.spec.module, type) and cfg.spec.module.__name__ in ("Qwen2_5OmniThinker", "Qwen2Audio",
+                                                                         "AudioFlamingo3")
 
 
 def test_double_registration_is_refused():

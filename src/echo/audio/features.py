@@ -23,6 +23,8 @@ class FeatureConfig:
     """What WhisperFeatureExtractor needs from a checkpoint's preprocessor_config.json.
 
     Defaults are Qwen2.5-Omni's (128 mels, 300 s max); Qwen2-Audio's differ only in ``chunk_length=30``.
+    ``max_windows`` > 1 is a processor that cuts longer audio into consecutive ``chunk_length`` windows, each
+    featurised and encoded as its own clip, up to that many (Audio Flamingo 3: 20 windows of 30 s); 1 truncates.
     """
 
     n_mels: int = 128
@@ -30,6 +32,7 @@ class FeatureConfig:
     hop_length: int = 160
     sampling_rate: int = SAMPLING_RATE
     chunk_length: int = 300  # seconds: clips are truncated / zero-padded to this length before the STFT
+    max_windows: int = 1  # chunk_length windows an audio is heard in (the processor's, not preprocessor_config's)
 
     def __post_init__(self):
         for name in ("n_mels", "n_fft", "hop_length", "chunk_length"):
@@ -40,6 +43,13 @@ class FeatureConfig:
                               f"{SAMPLING_RATE} Hz, so the extractor must expect {SAMPLING_RATE}")
         if self.n_fft % 2:
             raise ConfigError(f"FeatureConfig.n_fft={self.n_fft} must be even")
+        if not isinstance(self.max_windows, int) or self.max_windows < 1:
+            raise ConfigError(f"FeatureConfig.max_windows must be an int >= 1, got {self.max_windows!r}")
+        # a full window must give whole audio tokens (frames a multiple of 4), so that the tokens of the windows
+        # add up to num_audio_tokens of the audio's frames, which the prompts and splices are counted with
+        if self.max_windows > 1 and (self.max_samples % self.hop_length or self.max_frames % 4):
+            raise ConfigError(f"FeatureConfig: {self.chunk_length} s windows are {self.max_samples / self.hop_length}"
+                              " mel frames, not a multiple of 4; windowed audio needs whole audio tokens per window")
 
     @property
     def max_samples(self) -> int:
@@ -49,13 +59,22 @@ class FeatureConfig:
     def max_frames(self) -> int:
         return self.max_samples // self.hop_length
 
+    @property
+    def max_audio_samples(self) -> int:
+        """The longest audio the model hears (all its windows); longer clips are truncated to it."""
+        return self.max_windows * self.max_samples
+
+    @property
+    def max_audio_s(self) -> int:
+        return self.max_windows * self.chunk_length
+
     @classmethod
     def for_family(cls, family: str) -> "FeatureConfig":
         """The released checkpoints' extractor of a model family (``echo.models.families``): Qwen2.5-Omni 300 s,
         Qwen2-Audio 30 s (otherwise identical)."""
         from ..models.families import family as get_family  # models build on audio: looked up at call time
 
-        return cls(chunk_length=get_family(family).feature_chunk_s)
+        return get_family(family).feature_config()
 
     @classmethod
     def from_pretrained(cls, path_or_dict: str | os.PathLike | dict) -> "FeatureConfig":
@@ -89,8 +108,17 @@ def seconds_to_sample(seconds: float, sampling_rate: int = SAMPLING_RATE) -> int
 
 
 def num_mel_frames(num_samples: int, cfg: FeatureConfig = FeatureConfig()) -> int:
-    """Valid mel frames of a clip: ceil(min(num_samples, max_samples) / hop_length)."""
-    return math.ceil(min(num_samples, cfg.max_samples) / cfg.hop_length)
+    """Valid mel frames of a clip: ceil(min(num_samples, max_audio_samples) / hop_length), the sum over its windows
+    when it has several."""
+    return math.ceil(min(num_samples, cfg.max_audio_samples) / cfg.hop_length)
+
+
+def audio_windows(start: int, end: int, cfg: FeatureConfig = FeatureConfig()) -> list[tuple[int, int]]:
+    """The ``(start, end)`` sample ranges the audio ``[start, end)`` is heard in, each featurised and encoded as
+    its own clip: consecutive ``chunk_length`` windows, at most ``max_windows`` (one window: the audio itself,
+    truncated to ``chunk_length``), as Audio Flamingo 3's processor cuts them."""
+    end = min(end, start + cfg.max_audio_samples)
+    return [(a, min(a + cfg.max_samples, end)) for a in range(start, end, cfg.max_samples)] or [(start, end)]
 
 
 def num_audio_tokens(num_frames: int) -> int:

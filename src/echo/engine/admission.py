@@ -29,12 +29,12 @@ def load_clip(audio, features: FeatureConfig, config: EngineConfig) -> tuple[np.
     if len(wave) < shortest:
         raise AudioError(f"audio of {len(wave)} samples ({len(wave) / 16:.1f} ms) is too short: the encoder "
                          f"needs at least {shortest} samples to give one audio token")
-    limit = features.max_samples
+    limit = features.max_audio_samples
     if len(wave) > limit:
         if config.long_audio == "error":
             seconds = f"{len(wave) / features.sampling_rate:.1f} s"
             raise AudioError(f"audio lasts {seconds}, above the feature extractor's maximum of "
-                             f"{features.chunk_length} s (EngineConfig.long_audio='error')")
+                             f"{features.max_audio_s} s (EngineConfig.long_audio='error')")
         warnings.append(truncation_warning(len(wave), features))
         wave = np.ascontiguousarray(wave[:limit])
     return wave, warnings
@@ -42,7 +42,7 @@ def load_clip(audio, features: FeatureConfig, config: EngineConfig) -> tuple[np.
 
 def truncation_warning(num_samples: int, features: FeatureConfig) -> str:
     """What a clip longer than the feature extractor's maximum gets (the engine's and SFT's words alike)."""
-    return (f"audio of {num_samples / features.sampling_rate:.1f} s truncated to its first {features.chunk_length} s, "
+    return (f"audio of {num_samples / features.sampling_rate:.1f} s truncated to its first {features.max_audio_s} s, "
             "the feature extractor's maximum; re-listens are limited to them")
 
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from ..audio import FeatureConfig
-from ..audio.features import num_mel_frames
+from ..audio.features import audio_windows, num_mel_frames
 from ..ops.log_mel import log_mel_spans
 
 
@@ -27,7 +27,7 @@ def feature_config_for(model, model_dir=None) -> FeatureConfig:
     if isinstance(kept, FeatureConfig):
         return kept
     if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
-        return FeatureConfig.from_pretrained(model_dir)
+        return model.config.spec.feature_config(model_dir)
     return dataclasses.replace(model.config.spec.feature_config(), n_mels=model.config.audio.num_mel_bins)
 
 
@@ -37,6 +37,9 @@ def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor
     each. ``grad`` keeps the encoder in the autograd graph (training it); otherwise no_grad."""
     if not spans:
         return []
+    # each span as the windows it is heard in (one, unless the family cuts long audio into windows)
+    windows = [[(w, a, b) for a, b in audio_windows(s, e, features)] for w, s, e in spans]
+    spans = [piece for pieces in windows for piece in pieces]
     used = sorted({w for w, _, _ in spans})
     offset, start = {}, 0
     for w in used:
@@ -58,4 +61,9 @@ def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor
             for j, piece in enumerate(torch.split(feats, got.tolist(), dim=1)):
                 padded[j, :, : piece.shape[1]] = piece
             emb = model.encode_audio(padded, frames)
-    return list(torch.split(emb, [model.num_audio_tokens(f) for f in frames]))
+    rows = torch.split(emb, [model.num_audio_tokens(f) for f in frames])
+    out, i = [], 0
+    for pieces in windows:
+        out.append(rows[i] if len(pieces) == 1 else torch.cat(rows[i: i + len(pieces)]))
+        i += len(pieces)
+    return out

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..audio.features import FeatureConfig
 from ..errors import CheckpointError
 from . import checkpoint as ckpt
 from .config import ModelConfig
@@ -33,9 +32,9 @@ def map_names(cfg: ModelConfig, names) -> dict[str, str]:
     return cfg.spec.map_names(names, cfg.architecture)
 
 
-def _check_complete(model: AudioLanguageModel, mapped: dict[str, str]) -> None:
+def _check_complete(model: AudioLanguageModel, mapped: dict[str, str], label: str | None = None) -> None:
     """Every echo parameter gets exactly one tensor; names the gaps (echo names) and the leftovers (checkpoint
-    names)."""
+    names), after ``label`` (the checkpoint; default: the architecture)."""
     expected = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     targets = set(mapped.values())
     missing = expected - targets
@@ -45,7 +44,7 @@ def _check_complete(model: AudioLanguageModel, mapped: dict[str, str]) -> None:
     if missing or unknown:
         parts = ([f"missing tensors for echo parameters: {_names(missing)}"] if missing else []) + (
             [f"unexpected tensors: {_names(unknown)}"] if unknown else [])
-        raise CheckpointError(f"{model.config.architecture}: " + "; ".join(parts))
+        raise CheckpointError(f"{label or model.config.architecture}: " + "; ".join(parts))
 
 
 def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -86,12 +85,19 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
     """
     path, device = Path(resolve_model(path)), torch.device(device)
     raw = ckpt.read_config(path)
+    quant = raw.get("quantization_config")
+    if quant:  # its tensors are packed integers and scales, not the weights echo's modules take
+        method = quant.get("quant_method", "an unnamed method") if isinstance(quant, dict) else quant
+        raise CheckpointError(f"{path}: quantized ({method}); echo reads unquantized floating-point weights only")
     dtype = dtype or _auto_dtype(config_dtype(raw), device)
-    cfg = model_config(path, raw)
+    try:
+        cfg = model_config(path, raw)
+    except CheckpointError as e:  # an unsupported architecture or variant, named with the checkpoint
+        raise CheckpointError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
     files = ckpt.weight_map(path)
     mapped = map_names(cfg, sorted(files))
     model = _build(cfg, dtype)
-    _check_complete(model, mapped)
+    _check_complete(model, mapped, str(path))
     expected_shapes = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
     shapes = ckpt.tensor_shapes(files, list(mapped))
     wrong = [f"{name} {shapes[name]} (expected {expected_shapes[t]})" for name, t in mapped.items()
@@ -103,15 +109,14 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
     model = _finish(model, set(mapped.values()))
     if (path / "tokenizer.json").is_file():
         try:
-            model.processor = PromptProcessor.from_dir(path)
+            model.processor = PromptProcessor.from_dir(path, cfg.spec)
         except CheckpointError:
             raise
         except Exception as e:  # tokenizers reports a corrupt file as a bare Exception
             raise CheckpointError(f"{path / 'tokenizer.json'}: unreadable tokenizer ({e})") from None
         _fill_audio_ids(model)
     # the checkpoint's one feature config, read once: the engine, SFT and GRPO all take it from the model
-    model.feature_config = (FeatureConfig.from_pretrained(path) if (path / "preprocessor_config.json").is_file()
-                            else cfg.spec.feature_config())
+    model.feature_config = cfg.spec.feature_config(path if (path / "preprocessor_config.json").is_file() else None)
     return model
 
 
@@ -138,11 +143,10 @@ def from_transformers(hf_model: nn.Module, processor=None) -> AudioLanguageModel
         _set_param(model, target, params[hf_name])
     model = _finish(model, set(mapped.values()))
     if processor is not None:
-        model.processor = PromptProcessor.from_transformers(processor)
+        model.processor = PromptProcessor.from_transformers(processor, cfg.spec)
         _fill_audio_ids(model)
     extractor = getattr(processor, "feature_extractor", None)
-    model.feature_config = (FeatureConfig.from_pretrained(extractor.to_dict()) if extractor is not None
-                            else cfg.spec.feature_config())
+    model.feature_config = cfg.spec.feature_config(None if extractor is None else extractor.to_dict())
     return model
 
 

@@ -31,6 +31,12 @@ def _qwen2_audio(decoder: DecoderConfig, audio: dict) -> ModelConfig:
                        audio_token_id=3, audio_bos_token_id=4, audio_eos_token_id=5)
 
 
+def _audioflamingo3(decoder: DecoderConfig, audio: dict) -> ModelConfig:
+    return ModelConfig(family="audioflamingo3", decoder=decoder,
+                       audio=AudioEncoderConfig(**audio, n_window=0, output_dim=audio["d_model"]),
+                       audio_token_id=3, audio_bos_token_id=None, audio_eos_token_id=None)
+
+
 def _qwen3_omni(kv_heads: int, norm_topk: bool, layers: int = 3, **moe) -> ModelConfig:
     """Tiny Qwen3-Omni thinker: 1 s chunks (n_window 50), 2 s attention windows, 8 experts of width 24."""
     from .moe import MoeDecoderConfig
@@ -70,6 +76,8 @@ PRESETS = {
     "omni-tiny-tied": lambda: _omni(_tiny_decoder(2, True), _TINY_AUDIO),
     "qwen2audio-tiny-gqa2": lambda: _qwen2_audio(_tiny_decoder(2, False), _TINY_AUDIO),
     "qwen2audio-tiny-gqa4": lambda: _qwen2_audio(_tiny_decoder(1, False), _TINY_AUDIO),
+    "af3-tiny-gqa2": lambda: _audioflamingo3(_tiny_decoder(2, False), _TINY_AUDIO),
+    "af3-tiny-gqa4": lambda: _audioflamingo3(_tiny_decoder(1, False), _TINY_AUDIO),
     "omni-bench": lambda: _omni(_BENCH_DECODER, _BENCH_AUDIO),
     "qwen2audio-bench": lambda: _qwen2_audio(_BENCH_DECODER, _BENCH_AUDIO),
     "omni-7b": lambda: _omni(_7B_DECODER, _7B_AUDIO),

@@ -26,11 +26,14 @@ class PromptProcessor:
     """Chat template + tokenizer + the audio special tokens of one checkpoint."""
 
     def __init__(self, tokenizer: Tokenizer, chat_template: str | None = None,
-                 eos_token_ids: Sequence[int] | None = None):
+                 eos_token_ids: Sequence[int] | None = None, audio_tokens: tuple = (AUDIO, AUDIO_BOS, AUDIO_EOS)):
+        """``audio_tokens``: the placeholder and the tokens around a spliced run (None: the family has none), as
+        the model family names them (``ModelFamily.audio_token`` …)."""
         self.tokenizer, self.chat_template = tokenizer, chat_template
-        self.audio_token_id = self._special(AUDIO)
-        self.audio_bos_token_id = self._special(AUDIO_BOS)
-        self.audio_eos_token_id = self._special(AUDIO_EOS)
+        self.audio_token = audio_tokens[0]
+        self.audio_token_id = self._special(audio_tokens[0])
+        self.audio_bos_token_id, self.audio_eos_token_id = (None if t is None else self._special(t)
+                                                            for t in audio_tokens[1:])
         if eos_token_ids is None:
             eos_token_ids = [i for i in (tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>"))
                              if i is not None]
@@ -47,25 +50,26 @@ class PromptProcessor:
     # ---- construction -------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike) -> "PromptProcessor":
+    def from_dir(cls, path: str | os.PathLike, family=None) -> "PromptProcessor":
         """Read tokenizer.json, the chat template (chat_template.jinja, chat_template.json or
-        tokenizer_config.json) and the EOS ids of generation_config.json from a checkpoint directory."""
+        tokenizer_config.json) and the EOS ids of generation_config.json from a checkpoint directory; ``family``
+        (a ``ModelFamily``) names its audio tokens (default: the Qwen ones)."""
         path = Path(path)
         if not (path / "tokenizer.json").is_file():
             raise CheckpointError(f"{path}: no tokenizer.json")
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         eos = _json(path / "generation_config.json").get("eos_token_id")
-        return cls(tokenizer, _chat_template(path), [eos] if isinstance(eos, int) else eos)
+        return cls(tokenizer, _chat_template(path), [eos] if isinstance(eos, int) else eos, _audio_tokens(family))
 
     @classmethod
-    def from_transformers(cls, processor) -> "PromptProcessor":
+    def from_transformers(cls, processor, family=None) -> "PromptProcessor":
         """Wrap a transformers processor (or tokenizer) in memory: its fast tokenizer and chat template."""
         tok = getattr(processor, "tokenizer", processor)
         backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
         if not isinstance(backend, Tokenizer):
             raise ConfigError(f"{type(tok).__name__} has no fast (tokenizers) backend to wrap")
         template = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)
-        return cls(backend, template if isinstance(template, str) else None)
+        return cls(backend, template if isinstance(template, str) else None, audio_tokens=_audio_tokens(family))
 
     # ---- text -> ids --------------------------------------------------------------------------------------------
 
@@ -83,7 +87,8 @@ class PromptProcessor:
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         slots = [i for i, t in enumerate(ids) if t == self.audio_token_id]
         if len(slots) != len(audio_num_frames):
-            raise EchoError(f"{len(slots)} {AUDIO} placeholders in the prompt but {len(audio_num_frames)} audios")
+            raise EchoError(f"{len(slots)} {self.audio_token} placeholders in the prompt but {len(audio_num_frames)} "
+                            "audios")
         out, prev = [], 0
         for slot, frames in zip(slots, audio_num_frames):
             out += ids[prev:slot] + [self.audio_token_id] * self.num_audio_tokens(int(frames))
@@ -103,6 +108,11 @@ class PromptProcessor:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _audio_tokens(family) -> tuple:
+    return (AUDIO, AUDIO_BOS, AUDIO_EOS) if family is None else \
+        (family.audio_token, family.audio_bos_token, family.audio_eos_token)
 
 
 def _json(path: Path) -> dict:

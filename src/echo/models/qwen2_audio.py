@@ -55,11 +55,16 @@ class Qwen2Audio(AudioLanguageModel):
                              f"{cfg.audio.n_window} (a chunked Qwen2.5-Omni tower?)")
         super().__init__(cfg, device, dtype)
         self.audio_tower = WhisperEncoder(cfg.audio, device, dtype)
-        self.projector = nn.Linear(cfg.audio.d_model, cfg.decoder.hidden_size, bias=True, device=device, dtype=dtype)
+        self.projector = self._projector(cfg, device, dtype)
+
+    @staticmethod
+    def _projector(cfg: ModelConfig, device, dtype) -> nn.Module:
+        """Encoder states -> decoder embeddings (one linear layer here; a subclass may bring its own)."""
+        return nn.Linear(cfg.audio.d_model, cfg.decoder.hidden_size, bias=True, device=device, dtype=dtype)
 
     def _encode(self, features: torch.Tensor, num_frames: list[int]) -> torch.Tensor:
         if features.dim() != 3:
-            raise ValueError("Qwen2-Audio needs padded features (num_audios, num_mel_bins, T) that include the "
-                             "extractor's frames past each audio's end; packed features lack them")
+            raise ValueError(f"{type(self).__name__} needs padded features (num_audios, num_mel_bins, T) that "
+                             "include the extractor's frames past each audio's end; packed features lack them")
         states = self.projector(self.audio_tower(features, num_frames))
         return torch.cat([s[: num_audio_tokens(n)] for s, n in zip(states, num_frames)])

@@ -21,7 +21,7 @@ from .families import family as get_family
 from .presets import preset
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
-            "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>"]
+            "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>", "<sound>"]
 CORPUS = [
     "The audio contains a dog barking, then a car passes by. <seg>3.0, 5.5</seg> Listening again to the segment.",
     "Question: how many beeps are there between 2 and 4 seconds? Choices: (A) one (B) two (C) three.",
@@ -52,7 +52,7 @@ def build_tokenizer():
              "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "vision_bos_token": "<|vision_bos|>",
              "vision_eos_token": "<|vision_eos|>"}
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=extra)
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<sound>"]})
     return tok
 
 
@@ -75,9 +75,12 @@ def hf_config(cfg: ModelConfig):
 
 
 def config_for(name: str) -> ModelConfig:
-    ids = special_ids()
-    return dataclasses.replace(preset(name), audio_token_id=ids["<|AUDIO|>"], audio_bos_token_id=ids["<|audio_bos|>"],
-                               audio_eos_token_id=ids["<|audio_eos|>"])
+    """Preset ``name`` with the tiny tokenizer's ids of its family's audio tokens."""
+    ids, cfg = special_ids(), preset(name)
+    spec = cfg.spec
+    return dataclasses.replace(cfg, audio_token_id=ids[spec.audio_token],
+                               audio_bos_token_id=ids.get(spec.audio_bos_token),
+                               audio_eos_token_id=ids.get(spec.audio_eos_token))
 
 
 def hf_model_for(cfg: ModelConfig, seed: int = 0):

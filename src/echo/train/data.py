@@ -115,8 +115,8 @@ def build_example(record: SFTRecord, processor, fmt: Format = "interleaved", *,
     """Tokenise one record. Raises EchoError naming the record and the reason when it must be skipped."""
     if num_samples is None:
         num_samples = len(load_audio(record.audio, name=f"{record.id}: {record.audio}"))
-    warnings = [truncation_warning(num_samples, features)] if num_samples > features.max_samples else []
-    num_samples = min(num_samples, features.max_samples)  # what the encoder hears, as in the engine
+    warnings = [truncation_warning(num_samples, features)] if num_samples > features.max_audio_samples else []
+    num_samples = min(num_samples, features.max_audio_samples)  # what the encoder hears, as in the engine
     if num_samples < min_audio_samples(features):
         raise EchoError(f"{record.id}: audio of {num_samples} samples is too short to give any audio token")
     conversation = [{"role": "user", "content": [{"type": "audio", "audio": record.audio},

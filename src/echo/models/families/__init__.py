@@ -8,12 +8,13 @@ trainers' checkpoints, feature configs, tiny test checkpoints) looks the family 
 from __future__ import annotations
 
 from ...errors import CheckpointError, ConfigError
-from . import qwen2_5_omni, qwen2_audio
+from . import audioflamingo3, qwen2_5_omni, qwen2_audio
 from .spec import ModelFamily, list_names
 
 _REGISTERED = (
     qwen2_5_omni.FAMILY,
     qwen2_audio.FAMILY,
+    audioflamingo3.FAMILY,
 )
 
 FAMILIES: dict[str, ModelFamily] = {}

@@ -8,6 +8,7 @@ test checkpoint of it needs from transformers.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,6 +41,11 @@ class ModelFamily:
     feature_chunk_s: int = 30
     packed_features: bool = True
     extra_frames: int = 0
+    feature_windows: int = 1  # longer audio is heard in this many feature_chunk_s windows (FeatureConfig.max_windows)
+    # the tokens its tokenizer lays audio out with: the placeholder, and the ones around a spliced run (None: none)
+    audio_token: str = "<|AUDIO|>"
+    audio_bos_token: str | None = "<|audio_bos|>"
+    audio_eos_token: str | None = "<|audio_eos|>"
     hf_config_extras: Callable[[dict[str, int]], dict] = lambda special_ids: {}
 
     @property
@@ -66,11 +72,14 @@ class ModelFamily:
             raise CheckpointError(f"unexpected tensors for {label or self.architecture}: {list_names(unexpected)}")
         return mapped
 
-    def feature_config(self):
-        """The released checkpoints' feature extractor config (a checkpoint's preprocessor_config.json wins)."""
+    def feature_config(self, source=None):
+        """The feature config of a checkpoint of this family: ``source`` (its directory or preprocessor_config.json
+        dict) read when given, else the released checkpoints' extractor; windowed as this family's processor."""
         from ...audio.features import FeatureConfig
 
-        return FeatureConfig(chunk_length=self.feature_chunk_s)
+        cfg = FeatureConfig(chunk_length=self.feature_chunk_s) if source is None else \
+            FeatureConfig.from_pretrained(source)
+        return dataclasses.replace(cfg, max_windows=self.feature_windows)
 
 
 def list_names(names, limit: int = 12) -> str:
