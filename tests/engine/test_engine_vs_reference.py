@@ -242,3 +242,25 @@ def test_decode_graphs_replay_gives_the_eager_tokens(omni, monkeypatch):
     assert sorted(graphs.graphs) == [1, 2, 4] and graphs.replays == len(sizes)
     assert {3, 2, 1} <= set(sizes)  # padded buckets were replayed
     assert sum(r.decision.action == "relisten" for res in replayed for r in res.samples[0].relistens) == 4
+
+
+def test_audioflamingo3_matches_reference(checkpoint):
+    """Audio Flamingo 3 through the same engine: a 31 s clip (two 30 s windows) and two re-listens, the second a
+    31 s span heard as two windows; its splices are bare <sound> runs (no tokens around them)."""
+    path, hf = checkpoint("af3-tiny-gqa2")
+    model = echo.load(path)
+    proc = model.processor
+    clip = tc.sine_clip(31.0, seed=3)
+    question = "What is it?"
+    _, frames = tc.features_for("audioflamingo3", [clip])
+    prompt = proc(_conversation(question), frames.tolist())
+    plan = _plan(proc, [(2, "<seg>1.0, 2.5</seg>"), (20, "<seg>0.0, 31.0</seg>")], 38)
+    processor = _processor(model, [(prompt, plan)])
+    expected = reference_loop(hf, model, clip, question, processor)
+    [result] = _engine(model, processor, max_num_batched_tokens=256).generate(
+        [Request(clip, question, SamplingParams(temperature=0, max_new_tokens=60))])
+    sample = result.samples[0]
+    assert result.prompt_token_ids == prompt and sample.token_ids == expected
+    assert [r.decision.applied_samples for r in sample.relistens] == [(16_000, 40_000), (0, 496_000)]
+    assert [r.num_audio_tokens for r in sample.relistens] == [37, 775]  # 1.5 s; 30 s + 1 s windows
+    assert sum(sample.mask) == len(sample.token_ids) - 37 - 775  # the splices are the audio tokens alone
