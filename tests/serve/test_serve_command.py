@@ -22,8 +22,9 @@ import live  # noqa: E402
 import tiny_checkpoints as tc  # noqa: E402
 
 
-def test_echo_serve_command_answers_and_shuts_down_cleanly(checkpoint, tmp_path):
-    path, _ = checkpoint("omni-tiny-gqa2")
+@pytest.mark.parametrize("name", ["omni-tiny-gqa2", "af3-tiny-gqa2"])
+def test_echo_serve_command_answers_and_shuts_down_cleanly(checkpoint, tmp_path, name):
+    path, _ = checkpoint(name)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
