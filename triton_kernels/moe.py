@@ -79,14 +79,12 @@ def grouped_gemm(a: torch.Tensor, w: torch.Tensor, blocks) -> torch.Tensor:
 
 def moe_experts(x, ids, weights, gate_up, down) -> torch.Tensor:
     """echo.ops.moe.moe_experts on Triton: gather rows by expert, grouped gate_up GEMM, SwiGLU, grouped down
-    GEMM, weighted scatter-add."""
-    from echo.ops.moe import group_by_expert
+    GEMM, weighted sum per token (``combine``)."""
+    from echo.ops.moe import combine, group_by_expert
 
     top_k, inter = ids.shape[1], down.shape[-1]
     order, counts = group_by_expert(ids, gate_up.shape[0])
     token = order // top_k
     blocks = _blocks(counts)
     h = grouped_gemm(x[token], gate_up, blocks)
-    y = grouped_gemm(F.silu(h[:, :inter]) * h[:, inter:], down, blocks)
-    y = y * weights.flatten()[order, None]
-    return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
+    return combine(grouped_gemm(F.silu(h[:, :inter]) * h[:, inter:], down, blocks), order, weights)

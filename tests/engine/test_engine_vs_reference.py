@@ -75,7 +75,7 @@ def reference_loop(hf, model, clip, question, processor, max_new=60, policy=Reli
             if d.action == "relisten":
                 s, e = d.applied_samples
                 span_feats, span_frames = tc.features_for(family, [clip[s:e]])
-                ids += proc.splice_ids(echo.models.num_audio_tokens(int(span_frames[0])))
+                ids += proc.splice_ids(model.num_audio_tokens(int(span_frames[0])))
                 feats, frames = torch.cat([feats, span_feats]), torch.cat([frames, span_frames])
     return ids[n_prompt:]
 

@@ -22,7 +22,7 @@ import live  # noqa: E402
 import tiny_checkpoints as tc  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["omni-tiny-gqa2", "af3-tiny-gqa2"])
+@pytest.mark.parametrize("name", ["omni-tiny-gqa2", "qwen3omni-tiny-gqa2", "af3-tiny-gqa2"])
 def test_echo_serve_command_answers_and_shuts_down_cleanly(checkpoint, tmp_path, name):
     path, _ = checkpoint(name)
     with socket.socket() as s:

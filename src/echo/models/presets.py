@@ -8,6 +8,8 @@ Token ids are placeholders a test overrides with ``dataclasses.replace`` once it
 
 from __future__ import annotations
 
+import dataclasses
+
 from .config import AudioEncoderConfig, DecoderConfig, ModelConfig
 
 _TINY_AUDIO = dict(num_mel_bins=128, d_model=32, num_layers=2, num_heads=2, ffn_dim=64, max_source_positions=1500)
@@ -78,6 +80,10 @@ PRESETS = {
     "qwen2audio-tiny-gqa4": lambda: _qwen2_audio(_tiny_decoder(1, False), _TINY_AUDIO),
     "af3-tiny-gqa2": lambda: _audioflamingo3(_tiny_decoder(2, False), _TINY_AUDIO),
     "af3-tiny-gqa4": lambda: _audioflamingo3(_tiny_decoder(1, False), _TINY_AUDIO),
+    # layer 1 dense; then kv heads 1, raw top-k weights, every 2nd layer sparse, attention biases
+    "qwen3omni-tiny-gqa2": lambda: _qwen3_omni(2, True, mlp_only_layers=(1,)),
+    "qwen3omni-tiny-gqa4": lambda: _qwen3_omni(1, False, decoder_sparse_step=2, attention_bias=True),
+    "qwen3omni-moe-bench": _qwen3_omni_bench,
     "omni-bench": lambda: _omni(_BENCH_DECODER, _BENCH_AUDIO),
     "qwen2audio-bench": lambda: _qwen2_audio(_BENCH_DECODER, _BENCH_AUDIO),
     "omni-7b": lambda: _omni(_7B_DECODER, _7B_AUDIO),

@@ -21,7 +21,8 @@ from .families import family as get_family
 from .presets import preset
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
-            "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>", "<sound>"]
+            "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>", "<sound>",
+            "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>"]
 CORPUS = [
     "The audio contains a dog barking, then a car passes by. <seg>3.0, 5.5</seg> Listening again to the segment.",
     "Question: how many beeps are there between 2 and 4 seconds? Choices: (A) one (B) two (C) three.",
@@ -52,7 +53,8 @@ def build_tokenizer():
              "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "vision_bos_token": "<|vision_bos|>",
              "vision_eos_token": "<|vision_eos|>"}
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=extra)
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<sound>"]})
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<sound>", "<|audio_start|>",
+                                                            "<|audio_end|>", "<|audio_pad|>"]})
     return tok
 
 

@@ -5,7 +5,8 @@ Layout (transformers' in-memory one, e.g. ``Qwen3OmniMoeThinkerTextExperts``): `
 output is ``sum_j w_j * down_e(silu(gate_e(x)) * up_e(x))`` over its ``top_k`` experts ``e = ids[t, j]``.
 
 ``moe_experts_ref`` loops over the experts as transformers does (the specification); the dispatcher's ``torch``
-backend sorts the (token, expert) pairs by expert and runs two GEMMs per active expert over its contiguous rows;
+backend sorts the (token, expert) pairs by expert and runs two GEMMs per active expert over its contiguous rows,
+then puts the rows back in token order and sums each token's slots;
 ``triton`` runs each GEMM as one grouped launch over every active expert (echo.triton_kernels.moe).
 """
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from . import _backend
 
 BACKENDS = ("triton", "torch")
+FEW_ROWS = 64  # (token, expert) pairs up to which the CPU path runs on one thread
 
 
 def route(router_logits: torch.Tensor, top_k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +60,7 @@ def group_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, 
 
 def moe_experts_grouped(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate_up: torch.Tensor,
                         down: torch.Tensor) -> torch.Tensor:
-    """Tokens grouped by expert: one gather, two GEMMs per active expert over its contiguous rows, one scatter-add.
+    """Tokens grouped by expert: one gather, two GEMMs per active expert over its contiguous rows, then ``combine``.
     Same contract as ``moe_experts_ref``."""
     top_k, inter = ids.shape[1], down.shape[-1]
     order, counts = group_by_expert(ids, gate_up.shape[0])
@@ -71,8 +73,16 @@ def moe_experts_grouped(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tenso
             h = F.linear(rows[start:start + n], gate_up[e])
             out_rows[start:start + n] = F.linear(F.silu(h[:, :inter]) * h[:, inter:], down[e])
             start += n
-    out_rows = out_rows * weights.flatten()[order, None]
-    return torch.zeros_like(x).index_add_(0, token, out_rows.to(x.dtype))
+    return combine(out_rows, order, weights)
+
+
+def combine(rows: torch.Tensor, order: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Expert-sorted output rows back in (token, slot) order, weighted and summed over each token's slots: a
+    permutation and a sum, not a scatter-add (no atomics, the same sum order on every backend)."""
+    num_tokens, top_k = weights.shape
+    unsorted = torch.empty_like(rows)
+    unsorted[order] = rows
+    return (unsorted.view(num_tokens, top_k, rows.shape[-1]) * weights[..., None].to(rows.dtype)).sum(1)
 
 
 def moe_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate_up: torch.Tensor,
@@ -101,7 +111,10 @@ def moe_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate_
         from ..triton_kernels.moe import moe_experts as triton_moe
 
         return triton_moe(x, ids, weights, gate_up, down)
-    return moe_experts_grouped(x, ids, weights, gate_up, down)
+    # a decode step's few rows: each op is too small to share between threads, and torch's OpenMP workers
+    # waiting at every op's barrier cost more than the op (benchmarks/bench_moe.py)
+    with _backend.torch_on_one_thread(x.device.type == "cpu" and ids.numel() <= FEW_ROWS):
+        return moe_experts_grouped(x, ids, weights, gate_up, down)
 
 
 def _check(x, ids, weights, gate_up, down, check_ids: bool) -> None:

@@ -8,13 +8,14 @@ trainers' checkpoints, feature configs, tiny test checkpoints) looks the family 
 from __future__ import annotations
 
 from ...errors import CheckpointError, ConfigError
-from . import audioflamingo3, qwen2_5_omni, qwen2_audio
+from . import audioflamingo3, qwen2_5_omni, qwen2_audio, qwen3_omni_moe
 from .spec import ModelFamily, list_names
 
 _REGISTERED = (
     qwen2_5_omni.FAMILY,
     qwen2_audio.FAMILY,
     audioflamingo3.FAMILY,
+    qwen3_omni_moe.FAMILY,
 )
 
 FAMILIES: dict[str, ModelFamily] = {}
