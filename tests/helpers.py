@@ -165,3 +165,15 @@ class AnswerOracle:
         self.params.append(sampling_params)
         return [SimpleNamespace(text=f"<think>listen <seg>0.10, 1.00</seg></think><answer>{self.answers[r.id]}</answer>")
                 for r in requests]
+
+
+def save_perturbed(model, source, out, seed: int = 3) -> None:
+    """Change every weight of ``model`` a little (seeded), then write it with the trainers' checkpoint writer under
+    ``source``'s tensor names: a read-back that equals the source file cannot pass for one of the changed model."""
+    from echo.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    save_checkpoint(model, source, out)

@@ -18,7 +18,7 @@ from echo.engine.audio_embed import span_embeddings
 from echo.engine.llm import Engine, Request
 from echo.errors import CheckpointError
 from echo.models.config import ModelConfig
-from helpers import assert_close
+from helpers import assert_close, save_perturbed
 from tiny_checkpoints import sine_clip
 
 # one window short and full, one sample past a window (a last window of no token), two and three windows
@@ -143,15 +143,9 @@ def test_checkpoint_written_by_echo_is_read_by_transformers(checkpoint, tmp_path
     and computes echo's logits."""
     from transformers import AudioFlamingo3ForConditionalGeneration
 
-    from echo.train.checkpoint import save_checkpoint
-
     path, _ = checkpoint("af3-tiny-gqa2")
     model = echo.load(path)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    save_checkpoint(model, path, tmp_path / "out")
+    save_perturbed(model, path, tmp_path / "out")
     hf = AudioFlamingo3ForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
     proc = _processor(path)
     clip = sine_clip(2.0, seed=6)
