@@ -20,8 +20,10 @@ Span grammar (the text between ``<seg>`` and ``</seg>``), decided once for every
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from typing import ClassVar, Sequence
 
 SEG_OPEN, SEG_CLOSE = "<seg>", "</seg>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -121,7 +123,105 @@ def format_cot(thinking: str, answer: str) -> str:
     return f"{THINK_OPEN}{thinking}{THINK_CLOSE}{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
 
 
-def splice_ids(num_audio_tokens: int, bos_id: int | None, audio_id: int, eos_id: int | None) -> list[int]:
-    """The ids a re-listen inserts after ``</seg>``: ``<|audio_bos|> <|AUDIO|> x n <|audio_eos|>``; a family
-    without bos/eos tokens (None) lays its audio out bare, as its processor does (Audio Flamingo 3)."""
-    return ([] if bos_id is None else [bos_id]) + [audio_id] * num_audio_tokens + ([] if eos_id is None else [eos_id])
+@dataclasses.dataclass(frozen=True)
+class TimeMarks:
+    """Time written into an audio run, so that a model reads where a sound is instead of counting audio tokens.
+
+    A run of ``n`` audio rows that starts at ``start_s`` seconds of the clip is laid out as the mark of
+    ``start_s``, then the rows, with the mark of every multiple of ``every_s`` inside the run put before the row
+    that starts there (row ``j`` starts at ``start_s + j / tokens_per_s``). A mark is the text ``"3.0s"`` (the time
+    to 0.1 s), as the tokenizer's ids of its single characters (``char_ids``), so it reads the same in the clip,
+    in a re-listened span and after any text. The prompt's clip starts at 0; a re-listened span at its own start.
+    """
+
+    every_s: float
+    tokens_per_s: float
+    char_ids: tuple[tuple[str, int], ...]  # (character, token id) for "0123456789.s"
+
+    CHARS: ClassVar[str] = "0123456789.s"
+
+    def __post_init__(self):
+        if not (math.isfinite(self.every_s) and self.every_s > 0 and self.tokens_per_s > 0):
+            raise ValueError(f"time marks need every_s > 0 and tokens_per_s > 0, got {self.every_s}, "
+                             f"{self.tokens_per_s}")
+        missing = set(self.CHARS) - {c for c, _ in self.char_ids}
+        if missing:
+            raise ValueError(f"time marks need a token id for each of {sorted(missing)}")
+
+    def mark(self, t: float) -> list[int]:
+        ids = dict(self.char_ids)
+        return [ids[c] for c in time_mark_text(t)]
+
+    def run(self, num_tokens: int, audio_id: int, start_s: float = 0.0) -> list[int]:
+        """The ids of one audio run: marks and ``num_tokens`` audio tokens."""
+        at = {0: start_s}
+        k = math.floor(start_s / self.every_s + 1e-9) + 1
+        while True:  # the multiples of every_s after start_s, at the row that starts there
+            j = round((k * self.every_s - start_s) * self.tokens_per_s)
+            if j >= num_tokens:
+                break
+            if j > 0:
+                at[j] = k * self.every_s
+            k += 1
+        out = []
+        for j, t in sorted(at.items()):
+            nxt = min((i for i in at if i > j), default=num_tokens)
+            out += self.mark(t) + [audio_id] * (nxt - j)
+        return out
+
+
+def time_mark_text(t: float) -> str:
+    """The text of a time mark: ``"3.0s"``."""
+    return f"{max(t, 0.0):.1f}s"
+
+
+def audio_run_ids(num_audio_tokens: int, audio_id: int, start_s: float = 0.0,
+                  marks: TimeMarks | None = None) -> list[int]:
+    """The ids standing for one audio: ``<|AUDIO|> x n``, with the time marks laid in when the model has them."""
+    return [audio_id] * num_audio_tokens if marks is None else marks.run(num_audio_tokens, audio_id, start_s)
+
+
+def splice_ids(num_audio_tokens: int, bos_id: int | None, audio_id: int, eos_id: int | None, start_s: float = 0.0,
+               marks: TimeMarks | None = None) -> list[int]:
+    """The ids a re-listen inserts after ``</seg>``: ``<|audio_bos|> <|AUDIO|> x n <|audio_eos|>`` (with the span's
+    time marks inside when the model has them); a family without bos/eos tokens (None) lays its audio out bare,
+    as its processor does (Audio Flamingo 3)."""
+    run = audio_run_ids(num_audio_tokens, audio_id, start_s, marks)
+    return ([] if bos_id is None else [bos_id]) + run + ([] if eos_id is None else [eos_id])
+
+
+def audio_pieces(ids: Sequence[int], audio_id: int, first: int, num_audio_tokens: int
+                 ) -> tuple[tuple[int, int, int], ...]:
+    """Where the rows of one audio run go: ``(token offset from first, first row, end row)`` for each block of
+    consecutive ``<|AUDIO|>`` tokens from ``ids[first]`` on, until ``num_audio_tokens`` rows are placed (time marks
+    sit between the blocks)."""
+    pieces, row, i = [], 0, first
+    while row < num_audio_tokens:
+        if i >= len(ids):
+            raise ValueError(f"the audio run from {first} has {row} of its {num_audio_tokens} <|AUDIO|> tokens")
+        if ids[i] != audio_id:
+            i += 1
+            continue
+        j = i
+        while j < len(ids) and ids[j] == audio_id and row + j - i < num_audio_tokens:
+            j += 1
+        pieces.append((i - first, row, row + j - i))
+        row += j - i
+        i = j
+    return tuple(pieces)
+
+
+def without_audio_runs(ids: Sequence[int], bos_id: int | None, eos_id: int | None) -> list[int]:
+    """``ids`` less everything from each ``<|audio_bos|>`` to its ``<|audio_eos|>``: the text of a response whose
+    re-listens spliced audio (and time marks) in."""
+    if bos_id is None or eos_id is None or bos_id not in ids:
+        return list(ids)
+    out, inside = [], False
+    for t in ids:
+        if t == bos_id:
+            inside = True
+        elif t == eos_id and inside:
+            inside = False
+        elif not inside:
+            out.append(t)
+    return out

@@ -59,13 +59,14 @@ def reference_loop(hf, model, clip, question, processor, max_new=60, policy=Reli
     feats, frames = tc.features_for(family, [clip])
     ids = proc(_conversation(question), frames.tolist())
     n_prompt = len(ids)
-    turns = 0
+    turns = sampled = 0
     eos = set(proc.eos_token_ids)
-    while sum(1 for t in ids[n_prompt:] if t not in processor.audio_ids) < max_new:
+    while sampled < max_new:
         ids_t = torch.tensor(ids)[None]
         logits, _ = tc.hf_forward(hf, ids_t, torch.ones_like(ids_t), feats, frames)
         token = int(torch.argmax(processor(ids, logits[0, -1])))
         ids.append(token)
+        sampled += 1
         if token in eos:
             break
         text = proc.decode(ids[n_prompt:])
@@ -75,7 +76,7 @@ def reference_loop(hf, model, clip, question, processor, max_new=60, policy=Reli
             if d.action == "relisten":
                 s, e = d.applied_samples
                 span_feats, span_frames = tc.features_for(family, [clip[s:e]])
-                ids += proc.splice_ids(model.num_audio_tokens(int(span_frames[0])))
+                ids += proc.splice_ids(model.num_audio_tokens(int(span_frames[0])), s / SR)  # time marks
                 feats, frames = torch.cat([feats, span_feats]), torch.cat([frames, span_frames])
     return ids[n_prompt:]
 

@@ -18,6 +18,7 @@ from ..audio import load as load_audio
 from ..audio.features import min_audio_samples
 from ..config import EngineConfig, SamplingParams
 from ..errors import AudioError, ConfigError, EchoError
+from ..protocol import audio_pieces
 from .sequence import AudioRun
 
 
@@ -59,16 +60,24 @@ def prompt_ids(model, prompt, num_frames: int, max_model_len: int) -> list[int]:
     return ids
 
 
-def prompt_audio(ids: list[int], audio_token_id: int, clip) -> AudioRun:
-    """The prompt's audio run: its ``<|AUDIO|>`` tokens (one block, as every chat template writes them) are the
-    whole clip."""
-    n = ids.count(audio_token_id)
+def prompt_audio(ids: list[int], cfg, clip) -> AudioRun:
+    """The prompt's audio run: its ``<|AUDIO|>`` tokens (one block, as every chat template writes them, with time
+    marks between its pieces when ``cfg.time_marks_s``) are the whole clip."""
+    audio_id = cfg.audio_token_id
+    n = ids.count(audio_id)
     if not n:
         raise EchoError("the prompt holds no <|AUDIO|> token (the request's audio has nowhere to go)")
-    first = ids.index(audio_token_id)
-    if ids[first: first + n].count(audio_token_id) != n:
-        raise EchoError(f"the prompt's {n} <|AUDIO|> tokens are not one consecutive block (the request's one audio)")
-    return AudioRun(first, n, clip, 0, clip.num_samples)
+    first = ids.index(audio_id)
+    if not cfg.time_marks_s:
+        if ids[first: first + n].count(audio_id) != n:
+            raise EchoError(f"the prompt's {n} <|AUDIO|> tokens are not one consecutive block (the request's one "
+                            "audio)")
+        return AudioRun(first, n, clip, 0, clip.num_samples)
+    pieces = audio_pieces(ids, audio_id, first, n)
+    last = first + pieces[-1][0] + pieces[-1][2] - pieces[-1][1]
+    if {cfg.audio_bos_token_id, cfg.audio_eos_token_id} & set(ids[first:last]):
+        raise EchoError(f"the prompt's {n} <|AUDIO|> tokens are not one audio run (the request's one audio)")
+    return AudioRun(first, n, clip, 0, clip.num_samples, pieces=pieces)
 
 
 def _prompt_ids(model, prompt, num_frames: int) -> list[int]:

@@ -69,7 +69,7 @@ class Engine:
         wave, warnings = load_clip(audio, self.features, self.config)
         clip = Clip(torch.from_numpy(wave).to(self.model.device), audio_hash(wave))
         ids = prompt_ids(self.model, prompt, num_mel_frames(clip.num_samples, self.features), self.config.max_model_len)
-        audio = prompt_audio(ids, self.model.config.audio_token_id, clip)  # embedded by the step that prefills it
+        audio = prompt_audio(ids, self.model.config, clip)  # embedded by the step that prefills it
         state = RequestState.create(next(self._next_request), ids, params, clip, audio, warnings, self._ids)
         self.scheduler.add(state)
         return state.index

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..audio import FeatureConfig
 from ..audio.features import min_audio_samples, num_mel_frames
 from ..config import EngineConfig
-from ..protocol import SEG_CLOSE, find_seg_close, splice_ids
+from ..protocol import SEG_CLOSE, audio_pieces, find_seg_close, splice_ids
 from .encoder_cache import EncoderCache
 from .relisten import RelistenDecision, decide
 from .sequence import AudioRun, RelistenRecord, Sequence, Status
@@ -117,7 +117,9 @@ class Postprocessor:
         cfg = self.model.config
         start, end = decision.applied_samples
         n = self.model.num_audio_tokens(num_mel_frames(end - start, self.features))
-        ids = splice_ids(n, cfg.audio_bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id)
+        marks = None if self.model.processor is None else self.model.processor.time_marks
+        ids = splice_ids(n, cfg.audio_bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id,
+                         start / self.features.sampling_rate, marks)
         record = seq.relistens[-1]
         if len(seq) + len(ids) >= self.config.max_model_len:
             sched.finish(seq, "length")
@@ -125,5 +127,6 @@ class Postprocessor:
         record.num_audio_tokens, record.position, record.inserted = n, len(seq), True
         # known now for streams and servers; the step that embeds the rows confirms it (runner.py)
         record.cache_hit = (seq.clip.hash, start, end) in self.encoder_cache
-        seq.append_splice(ids, AudioRun(len(seq) + ids.index(cfg.audio_token_id), n, seq.clip, start, end,
-                                        record=record))
+        first = ids.index(cfg.audio_token_id)
+        pieces = None if marks is None else audio_pieces(ids, cfg.audio_token_id, first, n)
+        seq.append_splice(ids, AudioRun(len(seq) + first, n, seq.clip, start, end, record=record, pieces=pieces))

@@ -39,9 +39,11 @@ class Clip:
 
 @dataclasses.dataclass(slots=True, eq=False)
 class AudioRun:
-    """``num_tokens`` consecutive ``<|AUDIO|>`` tokens from ``token_ids[position]``: the embeddings of samples
-    [start, end) of ``clip``; ``rows`` is None until a step embeds them (then the encoder cache's tensor itself,
-    shared by every sample of a request). ``record`` is the re-listen it belongs to (None: the prompt's audio)."""
+    """``num_tokens`` ``<|AUDIO|>`` tokens from ``token_ids[position]``: the embeddings of samples [start, end) of
+    ``clip``; ``rows`` is None until a step embeds them (then the encoder cache's tensor itself, shared by every
+    sample of a request). ``record`` is the re-listen it belongs to (None: the prompt's audio). The tokens are
+    consecutive unless ``pieces`` says where each block of rows goes (``protocol.audio_pieces``: time marks sit
+    between the blocks)."""
 
     position: int
     num_tokens: int
@@ -50,6 +52,10 @@ class AudioRun:
     end: int
     rows: torch.Tensor | None = None
     record: "RelistenRecord | None" = None
+    pieces: tuple[tuple[int, int, int], ...] | None = None  # (token offset, first row, end row) of each block
+
+    def blocks(self):
+        return self.pieces or ((0, 0, self.num_tokens),)
 
 
 @dataclasses.dataclass(slots=True)
@@ -130,8 +136,10 @@ class Sequence:
 
     def audio_in(self, start: int, end: int):
         """``(run, first row, last row + 1, token position)`` of each run's part inside token_ids[start:end]; the
-        work is per run, never per token (a sequence has 1 + its re-listens runs)."""
+        work is per block of a run, never per token (a sequence has 1 + its re-listens runs)."""
         for run in self.audio:
-            lo, hi = max(start, run.position), min(end, run.position + run.num_tokens)
-            if lo < hi:
-                yield run, lo - run.position, hi - run.position, lo
+            for offset, first, last in run.blocks():
+                at = run.position + offset
+                lo, hi = max(start, at), min(end, at + last - first)
+                if lo < hi:
+                    yield run, first + lo - at, first + hi - at, lo

@@ -7,6 +7,7 @@ dict, so tests and benchmarks can build the transformers twin of any preset.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ConfigError
@@ -16,6 +17,7 @@ OMNI_THINKER = "Qwen2_5OmniThinkerForConditionalGeneration"
 OMNI_FULL = "Qwen2_5OmniForConditionalGeneration"
 OMNI_FULL_LEGACY = "Qwen2_5OmniModel"  # the name in the released Qwen2.5-Omni-7B config.json
 QWEN2_AUDIO = "Qwen2AudioForConditionalGeneration"
+TIME_MARKS_KEY = "echo_time_marks_s"  # config.json key of ModelConfig.time_marks_s
 
 
 def _positive(name: str, value: int) -> None:
@@ -85,12 +87,22 @@ class ModelConfig:
     audio_token_id: int = 151646
     audio_bos_token_id: int | None = 151647
     audio_eos_token_id: int | None = 151648
+    # seconds between the time marks written into each audio run (``echo.protocol.TimeMarks``); 0: none, as in
+    # every released checkpoint. Kept in config.json as ``echo_time_marks_s`` (transformers ignores the key).
+    time_marks_s: float = 0.0
 
     def __post_init__(self):
         self.spec.check(self)
         if not 0 <= self.audio_token_id < self.decoder.vocab_size:
             raise ConfigError(f"audio_token_id={self.audio_token_id} outside the vocabulary of "
                               f"{self.decoder.vocab_size}")
+        if isinstance(self.time_marks_s, bool) or not isinstance(self.time_marks_s, (int, float)) \
+                or not math.isfinite(self.time_marks_s) or self.time_marks_s < 0:
+            raise ConfigError(f"time_marks_s must be a number of seconds >= 0, got {self.time_marks_s!r}")
+        if self.time_marks_s and not (self.spec.time_marks and self.spec.audio_bos_token):
+            raise ConfigError(f"family {self.family!r} cannot take time marks (time_marks_s={self.time_marks_s}): "
+                              "its positions carry audio time (TMRoPE) over unbroken audio runs, or no tokens "
+                              "delimit its audio runs")
 
     @property
     def spec(self):
@@ -117,11 +129,15 @@ class ModelConfig:
         d = hf if isinstance(hf, dict) else hf.to_dict()
         arch = architecture_of(d)
         spec = family_for_architecture(arch)
-        return cls(family=spec.name, **spec.config_from_hf(spec.unwrap_config(d, arch)))
+        return cls(family=spec.name, **spec.config_from_hf(spec.unwrap_config(d, arch)),
+                   time_marks_s=d.get(TIME_MARKS_KEY, 0.0))
 
     def to_hf_dict(self) -> dict:
         """The config.json dict of the transformers class this config mirrors (thinker or Qwen2-Audio)."""
-        return self.spec.config_to_hf(self)
+        d = self.spec.config_to_hf(self)
+        if self.time_marks_s:
+            d[TIME_MARKS_KEY] = self.time_marks_s
+        return d
 
     def to_dict(self) -> dict:
         return asdict(self)

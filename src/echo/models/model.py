@@ -39,6 +39,17 @@ class AudioLanguageModel(nn.Module):
                                  dtype=dtype)
         self.processor = None  # PromptProcessor, attached by the loader when the checkpoint ships a tokenizer
 
+    @property
+    def processor(self):
+        return self._processor
+
+    @processor.setter
+    def processor(self, processor) -> None:
+        """Attach a ``PromptProcessor``; it lays audio runs out as this config says (its time marks)."""
+        if processor is not None:
+            processor.use_time_marks(self.config.time_marks_s, self.config.spec.audio_tokens_per_s)
+        self._processor = processor
+
     # ---- audio --------------------------------------------------------------------------------------------------
 
     def encode_audio(self, features: torch.Tensor, num_frames: Sequence[int] | torch.Tensor) -> torch.Tensor:

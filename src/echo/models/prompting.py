@@ -16,7 +16,7 @@ from typing import Sequence
 from tokenizers import Tokenizer
 
 from ..errors import CheckpointError, ConfigError, EchoError
-from ..protocol import splice_ids
+from ..protocol import TimeMarks, audio_run_ids, splice_ids, without_audio_runs
 from .audio_encoder import num_audio_tokens
 
 AUDIO, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
@@ -40,6 +40,20 @@ class PromptProcessor:
         self.eos_token_ids = list(eos_token_ids)
         self.num_audio_tokens = num_audio_tokens  # mel frames -> audio tokens; the loader sets the model's own
         self._template = None
+        self.time_marks: TimeMarks | None = None  # set from the model's config (AudioLanguageModel.processor)
+
+    def use_time_marks(self, every_s: float, tokens_per_s: float) -> None:
+        """Lay every audio run out with time marks every ``every_s`` seconds (0: none)."""
+        if not every_s:
+            self.time_marks = None
+            return
+        char_ids = []
+        for c in TimeMarks.CHARS:
+            ids = self.tokenizer.encode(c, add_special_tokens=False).ids
+            if len(ids) != 1:
+                raise CheckpointError(f"time marks need {c!r} to be one token; this tokenizer gives {ids}")
+            char_ids.append((c, ids[0]))
+        self.time_marks = TimeMarks(float(every_s), float(tokens_per_s), tuple(char_ids))
 
     def _special(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -91,7 +105,8 @@ class PromptProcessor:
                             "audios")
         out, prev = [], 0
         for slot, frames in zip(slots, audio_num_frames):
-            out += ids[prev:slot] + [self.audio_token_id] * self.num_audio_tokens(int(frames))
+            out += ids[prev:slot] + audio_run_ids(self.num_audio_tokens(int(frames)), self.audio_token_id, 0.0,
+                                                  self.time_marks)
             prev = slot + 1
         return out + ids[prev:]
 
@@ -102,11 +117,16 @@ class PromptProcessor:
             conversation, add_generation_prompt=add_generation_prompt)
         return self.encode(text, audio_num_frames)
 
-    def splice_ids(self, num_tokens: int) -> list[int]:
-        """``<|audio_bos|> <|AUDIO|>×num_tokens <|audio_eos|>``: what a re-listen inserts after ``</seg>``."""
-        return splice_ids(num_tokens, self.audio_bos_token_id, self.audio_token_id, self.audio_eos_token_id)
+    def splice_ids(self, num_tokens: int, start_s: float = 0.0) -> list[int]:
+        """``<|audio_bos|> <|AUDIO|>×num_tokens <|audio_eos|>``: what a re-listen of a span starting at ``start_s``
+        seconds inserts after ``</seg>`` (with its time marks when the model has them)."""
+        return splice_ids(num_tokens, self.audio_bos_token_id, self.audio_token_id, self.audio_eos_token_id,
+                          start_s, self.time_marks)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``ids``; ``skip_special_tokens`` also drops what spliced audio runs hold (their time marks)."""
+        if skip_special_tokens and self.time_marks is not None:
+            ids = without_audio_runs(ids, self.audio_bos_token_id, self.audio_eos_token_id)
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 

@@ -143,7 +143,8 @@ def build_example(record: SFTRecord, processor, fmt: Format = "interleaved", *,
                             f"({d.text!r})")
         if fmt == "interleaved" and d.action == "relisten":
             s, e = d.applied_samples
-            splice = processor.splice_ids(processor.num_audio_tokens(num_mel_frames(e - s, features)))
+            splice = processor.splice_ids(processor.num_audio_tokens(num_mel_frames(e - s, features)),
+                                          s / features.sampling_rate)
             ids += splice
             labels += [IGNORE] * len(splice)
             spans.append((s, e))

@@ -90,4 +90,5 @@ FAMILY = ModelFamily(
     wrappers={FULL: "thinker", FULL_LEGACY: "thinker"},
     model_types={"qwen2_5_omni_thinker": THINKER, "qwen2_5_omni": FULL}, strip_prefix="thinker.",
     feature_chunk_s=300, packed_features=True, extra_frames=0, hf_config_extras=hf_config_extras,
+    time_marks=False,  # its M-RoPE index (TMRoPE) gives audio tokens time positions and assumes unbroken runs
 )

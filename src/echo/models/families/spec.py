@@ -47,6 +47,10 @@ class ModelFamily:
     audio_bos_token: str | None = "<|audio_bos|>"
     audio_eos_token: str | None = "<|audio_eos|>"
     hf_config_extras: Callable[[dict[str, int]], dict] = lambda special_ids: {}
+    # audio tokens per second of audio (the encoder's frame rate after pooling), and whether an audio run may carry
+    # time marks (``ModelConfig.time_marks_s``): not where the positions carry time already (TMRoPE)
+    audio_tokens_per_s: float = 25.0
+    time_marks: bool = True
 
     @property
     def architectures(self) -> tuple[str, ...]:
