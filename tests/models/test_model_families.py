@@ -22,17 +22,17 @@ from tiny_checkpoints import conversation
 
 
 def test_registry_answers_by_name_architecture_and_model_type():
-    assert set(families.FAMILIES) == {"qwen2_5_omni", "qwen2_audio", "audioflamingo3"}
+    assert set(families.FAMILIES) == {"qwen2_5_omni", "qwen2_audio", "audioflamingo3", "qwen3_omni_moe"}
     for spec in families.FAMILIES.values():
         for arch in spec.architectures:
             assert families.family_for_architecture(arch) is spec
             assert families.architecture_of({"architectures": ["Unrelated", arch]}) == arch
         for model_type, arch in spec.model_types.items():
             assert families.architecture_of({"model_type": model_type}) == arch
-        assert FeatureConfig.for_family(spec.name) == spec.feature_config()
-    assert FeatureConfig.for_family("qwen2_5_omni").chunk_length == 300
-    assert FeatureConfig.for_family("qwen2_audio").chunk_length == 30
-    assert FeatureConfig.for_family("audioflamingo3").max_audio_s == 600  # 20 windows of 30 s
+        assert isinstance(spec.feature_config(), FeatureConfig)
+    assert families.family("qwen2_5_omni").feature_config().chunk_length == 300
+    assert families.family("qwen2_audio").feature_config().chunk_length == 30
+    assert families.family("audioflamingo3").feature_config().max_audio_s == 600  # 20 windows of 30 s
     with pytest.raises(ConfigError, match="'qwen2_5_omni', 'qwen2_audio'"):
         families.family("llama")
     with pytest.raises(CheckpointError, match="echo supports Qwen2_5OmniThinker"):
@@ -45,7 +45,7 @@ def test_config_writes_the_family_names(name):
     d = cfg.to_hf_dict()
     assert d["architectures"] == [cfg.spec.architecture] and d["model_type"] == cfg.spec.model_type
     assert isinstance(cfg.spec.module, type) and cfg.spec.module.__name__ in ("Qwen2_5OmniThinker", "Qwen2Audio",
-                                                                         "AudioFlamingo3")
+                                                                         "AudioFlamingo3", "Qwen3OmniMoeThinker")
 
 
 def test_double_registration_is_refused():
