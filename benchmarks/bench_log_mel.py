@@ -88,7 +88,7 @@ def test_echo_op_clip(benchmark, backend):
     benchmark.extra_info["audio_s"] = 30.0
     wave = torch.from_numpy(CLIP30)
     start, length = torch.tensor([0]), torch.tensor([wave.numel()])
-    benchmark(lambda: log_mel_spans(wave, start, length, CFG30, backend=backend))
+    benchmark(lambda: log_mel_spans(wave, start, length, **CFG30.mel_args, backend=backend))
 
 
 @pytest.mark.benchmark(group="clip-30s")
@@ -153,7 +153,7 @@ def test_echo_cpu_span_of_clip(benchmark, clip_s):
     wave = torch.from_numpy(_clip(clip_s, seed=clip_s))
     start = torch.tensor([(clip_s // 2) * SR])
     length = torch.tensor([SR])
-    benchmark(lambda: log_mel_spans(wave, start, length, CFG300, backend="cpu"))
+    benchmark(lambda: log_mel_spans(wave, start, length, **CFG300.mel_args, backend="cpu"))
 
 
 @pytest.mark.benchmark(group="span-length-sweep")

@@ -68,13 +68,11 @@ class FeatureConfig:
     def max_audio_s(self) -> int:
         return self.max_windows * self.chunk_length
 
-    @classmethod
-    def for_family(cls, family: str) -> "FeatureConfig":
-        """The released checkpoints' extractor of a model family (``echo.models.families``): Qwen2.5-Omni 300 s,
-        Qwen2-Audio 30 s (otherwise identical)."""
-        from ..models.families import family as get_family  # models build on audio: looked up at call time
-
-        return get_family(family).feature_config()
+    @property
+    def mel_args(self) -> dict[str, int]:
+        """The numbers ``echo.ops.log_mel.log_mel_spans`` takes, as keywords."""
+        return dict(n_mels=self.n_mels, n_fft=self.n_fft, hop_length=self.hop_length, max_samples=self.max_samples,
+                    sampling_rate=self.sampling_rate)
 
     @classmethod
     def from_pretrained(cls, path_or_dict: str | os.PathLike | dict) -> "FeatureConfig":
@@ -197,7 +195,7 @@ def log_mel(
     else:
         starts, lens = _span_offsets(spans, clip_start)
     feats, frames = log_mel_spans(wave, torch.as_tensor(starts, dtype=torch.int64),
-                                  torch.as_tensor(lens, dtype=torch.int64), cfg, backend=backend)
+                                  torch.as_tensor(lens, dtype=torch.int64), **cfg.mel_args, backend=backend)
     return LogMel(feats, frames)
 
 

@@ -50,7 +50,7 @@ def span_embeddings(model, features: FeatureConfig, waves: Sequence[torch.Tensor
     lens = torch.tensor([e - s for _, s, e in spans])
     frames = [num_mel_frames(e - s, features) for _, s, e in spans]
     spec = model.config.spec  # the family's feature layout (models/families)
-    feats, got = log_mel_spans(wave.contiguous(), starts, lens, features, extra_frames=spec.extra_frames)
+    feats, got = log_mel_spans(wave.contiguous(), starts, lens, **features.mel_args, extra_frames=spec.extra_frames)
     # no_grad, not inference_mode: under FSDP2 the gathered parameters must stay usable by a later backward
     ctx = torch.enable_grad() if grad else torch.no_grad()
     with ctx:

@@ -13,7 +13,7 @@ Backends: ``torch`` (:func:`log_mel_ref`, torch.stft), ``cpu`` and ``cuda`` (ech
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,9 +21,6 @@ import torch
 from ..errors import ConfigError
 from . import _backend
 from .linear import kernel_threads
-
-if TYPE_CHECKING:
-    from ..audio.features import FeatureConfig
 
 BACKENDS = ("cuda", "cpu", "torch")
 MAX_RADIX = 16  # csrc/mel.h kMaxRadix
@@ -34,6 +31,16 @@ MAX_MELS = 256  # csrc/mel.h kMaxMels
 # ---------------------------------------------------------------------------------------------------------------
 # Filters and frame bookkeeping shared by every backend
 # ---------------------------------------------------------------------------------------------------------------
+
+
+class Mel(NamedTuple):
+    """The numbers the op reads (``echo.audio.FeatureConfig.mel_args`` gives a checkpoint's)."""
+
+    n_mels: int
+    n_fft: int
+    hop_length: int
+    max_samples: int  # spans longer than this are truncated; each is zero-padded to it before the STFT
+    sampling_rate: int
 
 
 def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
@@ -67,7 +74,7 @@ def mel_filters(n_mels: int, n_fft: int, sampling_rate: int, f_max: float = 8000
     return bank * (2.0 / (filter_hz[2:] - filter_hz[:-2]))[None, :]
 
 
-def frame_counts(span_len: np.ndarray | torch.Tensor, cfg: FeatureConfig, extra_frames: int = 0
+def frame_counts(span_len: np.ndarray | torch.Tensor, cfg: Mel, extra_frames: int = 0
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(returned, computed) frames per span, int64 numpy arrays. ceil(min(len, max) / hop) + extra_frames (capped at
     the max) frames are returned; computed >= returned also covers the frames whose windows touch a real sample,
@@ -84,7 +91,7 @@ def frame_counts(span_len: np.ndarray | torch.Tensor, cfg: FeatureConfig, extra_
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def log_mel_ref(wave: torch.Tensor, span_start: torch.Tensor, span_len: torch.Tensor, cfg: FeatureConfig,
+def log_mel_ref(wave: torch.Tensor, span_start: torch.Tensor, span_len: torch.Tensor, cfg: Mel,
                 extra_frames: int = 0) -> torch.Tensor:
     """Plain-PyTorch log-mel of spans; same contract as :func:`log_mel_spans` (returns (n_mels, total_frames)).
 
@@ -203,8 +210,12 @@ def log_mel_spans(
     wave: torch.Tensor,
     span_start: torch.Tensor,
     span_len: torch.Tensor,
-    cfg: FeatureConfig,
     *,
+    n_mels: int,
+    n_fft: int,
+    hop_length: int,
+    max_samples: int,
+    sampling_rate: int,
     backend: str | None = None,
     num_threads: int | None = None,
     extra_frames: int = 0,
@@ -214,8 +225,9 @@ def log_mel_spans(
     Args:
         wave: (num_samples,) float32, contiguous: one or more 16 kHz clips laid end to end. Spans index into it.
         span_start: (num_spans,) integers (CPU tensor, array or list), first sample of each span in ``wave``.
-        span_len: (num_spans,) integers, samples in each span (>= 1); longer than ``cfg.max_samples`` is truncated.
-        cfg: the checkpoint's feature configuration (n_mels, n_fft, hop_length, max_samples).
+        span_len: (num_spans,) integers, samples in each span (>= 1); longer than ``max_samples`` is truncated.
+        n_mels, n_fft, hop_length, sampling_rate: the extractor's mel bins, FFT size, hop and sample rate.
+        max_samples: each span is truncated to this many samples and zero-padded to it (the extractor's window).
         backend: "auto"/None, "cuda", "cpu" or "torch" (see ops._backend; ECHO_BACKEND overrides "auto").
         num_threads: CPU threads for the C++ kernel (default: torch.get_num_threads()).
         extra_frames: also return this many frames past the valid ones (capped at the max length), as the
@@ -226,6 +238,7 @@ def log_mel_spans(
             [offset[s], offset[s] + num_frames[s]) with offset the exclusive cumsum of num_frames.
         num_frames: (num_spans,) int64 on the CPU, ceil(min(len, max_samples) / hop_length) (+ extra_frames) each.
     """
+    cfg = Mel(int(n_mels), int(n_fft), int(hop_length), int(max_samples), int(sampling_rate))
     span_start, span_len = _as_int64(span_start), _as_int64(span_len)
     _check(wave, span_start, span_len, cfg)
     chosen = _backend.resolve("log_mel", BACKENDS, wave.device, backend)
@@ -246,7 +259,7 @@ def _as_int64(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.int64).reshape(-1))
 
 
-def _check(wave: torch.Tensor, span_start: np.ndarray, span_len: np.ndarray, cfg: FeatureConfig) -> None:
+def _check(wave: torch.Tensor, span_start: np.ndarray, span_len: np.ndarray, cfg: Mel) -> None:
     if not isinstance(wave, torch.Tensor) or wave.dtype != torch.float32 or wave.dim() != 1:
         raise ValueError(f"log_mel: wave must be a 1-D float32 tensor, got {getattr(wave, 'dtype', type(wave))} "
                          f"of shape {tuple(getattr(wave, 'shape', ()))}")

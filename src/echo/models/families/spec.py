@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ...audio.features import FeatureConfig
 from ...errors import CheckpointError, ConfigError
 from ..checkpoint import KeyMap, is_unexpected
 
@@ -76,11 +77,9 @@ class ModelFamily:
             raise CheckpointError(f"unexpected tensors for {label or self.architecture}: {list_names(unexpected)}")
         return mapped
 
-    def feature_config(self, source=None):
+    def feature_config(self, source=None) -> FeatureConfig:
         """The feature config of a checkpoint of this family: ``source`` (its directory or preprocessor_config.json
         dict) read when given, else the released checkpoints' extractor; windowed as this family's processor."""
-        from ...audio.features import FeatureConfig
-
         cfg = FeatureConfig(chunk_length=self.feature_chunk_s) if source is None else \
             FeatureConfig.from_pretrained(source)
         return dataclasses.replace(cfg, max_windows=self.feature_windows)
