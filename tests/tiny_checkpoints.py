@@ -75,6 +75,24 @@ def _window_frames(family: str, num_frames) -> torch.Tensor:
     return torch.tensor([min(full, int(n) - a) for n in num_frames for a in range(0, int(n), full)])
 
 
+def copy_checkpoint(path: Path, dst: Path, config=None, tensors=None) -> Path:
+    """A copy of checkpoint ``path`` at ``dst`` with its config.json dict passed through ``config`` (edited in place,
+    or replaced by what it returns) and its tensors dict through ``tensors`` (edited in place): a variant to load."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst = Path(shutil.copytree(path, dst))
+    if config is not None:
+        raw = json.loads((dst / "config.json").read_text())
+        (dst / "config.json").write_text(json.dumps(config(raw) or raw))
+    if tensors is not None:
+        t = load_file(dst / "model.safetensors")
+        tensors(t)
+        save_file(t, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
 def conversation(n_audios: int, question: str) -> list[dict]:
     content = [{"type": "audio", "audio": f"clip{i}.wav"} for i in range(n_audios)]
     return [{"role": "user", "content": content + [{"type": "text", "text": question}]}]

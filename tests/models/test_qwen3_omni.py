@@ -4,12 +4,8 @@ ways (the thinker alone or inside a full Qwen3-Omni), and the variants echo refu
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import echo
 import tiny_checkpoints as tc
@@ -183,15 +179,13 @@ def test_loaded_experts_are_packed_once_without_a_copy(checkpoint):
 def _full_checkpoint(path, dst):
     """The thinker checkpoint inside a full Qwen3-Omni: thinker.* tensors, talker/code2wav tensors beside them,
     the thinker's config as thinker_config."""
-    dst = shutil.copytree(path, dst)
-    tensors = {f"thinker.{k}": v for k, v in load_file(dst / "model.safetensors").items()}
-    tensors.update({"talker.model.norm.weight": torch.ones(4), "code2wav.pre_transformer.norm.weight": torch.ones(4)})
-    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
-    thinker = json.loads((dst / "config.json").read_text())
-    (dst / "config.json").write_text(json.dumps({"architectures": ["Qwen3OmniMoeForConditionalGeneration"],
-                                                 "model_type": "qwen3_omni_moe", "thinker_config": thinker,
-                                                 "enable_audio_output": False}))
-    return dst
+    def tensors(t):
+        t.update({f"thinker.{k}": t.pop(k) for k in list(t)})
+        t.update({"talker.model.norm.weight": torch.ones(4), "code2wav.pre_transformer.norm.weight": torch.ones(4)})
+
+    return tc.copy_checkpoint(path, dst, lambda thinker: {"architectures": ["Qwen3OmniMoeForConditionalGeneration"],
+                                                          "model_type": "qwen3_omni_moe", "thinker_config": thinker,
+                                                          "enable_audio_output": False}, tensors)
 
 
 def test_full_qwen3_omni_checkpoint_reads_its_thinker(checkpoint, tmp_path):
@@ -207,19 +201,6 @@ def test_config_round_trip():
     cfg = ModelConfig.from_hf(echo.models.presets.preset("qwen3omni-tiny-gqa4").to_hf_dict())
     assert cfg == echo.models.presets.preset("qwen3omni-tiny-gqa4")
     assert cfg.decoder.attention_bias and not cfg.decoder.norm_topk_prob and cfg.decoder.decoder_sparse_step == 2
-
-
-def _copy_with(path, tmp_path, name, config=None, tensors=None):
-    bad = shutil.copytree(path, tmp_path / name)
-    if config is not None:
-        raw = json.loads((bad / "config.json").read_text())
-        raw = config(raw) or raw
-        (bad / "config.json").write_text(json.dumps(raw))
-    if tensors is not None:
-        t = load_file(bad / "model.safetensors")
-        tensors(t)
-        save_file(t, bad / "model.safetensors", metadata={"format": "pt"})
-    return bad
 
 
 def _fuse_experts(t):
@@ -245,7 +226,7 @@ def _fuse_experts(t):
 def test_unsupported_variants_are_one_line_errors_naming_the_checkpoint(name, config, tensors, message, checkpoint,
                                                                         tmp_path):
     path, _ = checkpoint("qwen3omni-tiny-gqa2")
-    bad = _copy_with(path, tmp_path, name, config, tensors)
+    bad = tc.copy_checkpoint(path, tmp_path / name, config, tensors)
     with pytest.raises(CheckpointError, match=message) as err:
         echo.load(bad)
     assert str(err.value).startswith(str(bad)) and "\n" not in str(err.value)

@@ -28,6 +28,7 @@ from .audio_encoder import EncoderLayer, sinusoid_positions
 from .config import AudioEncoderConfig, ModelConfig
 from .model import AudioLanguageModel
 from .moe import MoeDecoder, MoeDecoderConfig, fused_expert_views
+from .thinker import Qwen2_5OmniThinker
 
 
 @dataclass(slots=True)
@@ -133,12 +134,7 @@ class Qwen3OmniMoeThinker(AudioLanguageModel):
     def num_audio_tokens(self, num_frames: int) -> int:
         return num_audio_tokens(num_frames, self.config.audio.n_window)
 
-    def _encode(self, features: torch.Tensor, num_frames: list[int]) -> torch.Tensor:
-        if features.dim() == 3:  # padded batch -> valid frames packed along time
-            valid = torch.arange(features.shape[2], device=features.device) < torch.tensor(
-                num_frames, device=features.device)[:, None]
-            features = features.transpose(1, 2)[valid].T
-        return self.audio_tower(features, num_frames)
+    _encode = Qwen2_5OmniThinker._encode  # padded features packed along time, then this model's tower
 
     @staticmethod
     def transformers_params(params: dict) -> dict:
