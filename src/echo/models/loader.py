@@ -75,8 +75,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu",
          dtype: torch.dtype | None = None) -> AudioLanguageModel:
     """Load a local Hugging Face checkpoint directory into an echo model (in eval mode, no gradients).
 
-    Supported architectures: Qwen2_5OmniThinkerForConditionalGeneration, a full Qwen2_5OmniForConditionalGeneration
-    (its thinker; talker and token2wav tensors are never read) and Qwen2AudioForConditionalGeneration. Weights come
+    Supported architectures: those of ``echo.models.families`` (``SUPPORTED_ARCHITECTURES``), e.g.
+    Qwen2_5OmniThinkerForConditionalGeneration, a full Qwen2_5OmniForConditionalGeneration (its thinker; talker and
+    token2wav tensors are never read), Qwen2AudioForConditionalGeneration, AudioFlamingo3ForConditionalGeneration.
+    A quantized checkpoint is refused (``quantization_config``). Weights come
     from safetensors only, shard by shard, straight into ``dtype`` on ``device`` (default: the dtype config.json
     names, else float32; on a CPU, bf16 only where it has bf16 instructions (AVX-512-BF16, AMX, Arm BF16) and
     float32 otherwise, since emulated half-precision matmuls decode slower than float32). The returned model's
