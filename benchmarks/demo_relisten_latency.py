@@ -33,7 +33,7 @@ def main() -> None:
     import echo
     from echo.config import EngineConfig, RelistenPolicy
     from echo.engine.llm import Engine
-    from echo.eval.prompts import build_prompt
+    from echo.protocol import build_prompt
 
     rows = [json.loads(line) for line in (args.data / "synthetic.jsonl").read_text().splitlines()][: args.items]
     model = echo.load(args.model)

@@ -11,8 +11,8 @@ from echo.config import RelistenPolicy
 from echo.data.formats import DataFormatError, EAQARecord, check_record, parse_cot
 from echo.data.pipeline.rules import cot_problems
 from echo.engine.relisten import decide
-from echo.eval.answers import extract_answer
-from echo.eval.prompts import build_prompt
+from echo.answers import extract_answer
+from echo.protocol import build_prompt
 from echo.train.rewards import Trajectory, format_reward
 
 # body between <seg> and </seg> -> the span, or the reason read_span names

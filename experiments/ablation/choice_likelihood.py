@@ -28,7 +28,7 @@ from echo.audio.features import num_mel_frames
 from echo.durable import append_row, drop_partial_line, read_lines, write_atomic
 from echo.engine.audio_embed import feature_config_for, span_embeddings
 from echo.eval.datasets import load_benchmark
-from echo.eval.prompts import build_prompt
+from echo.protocol import build_prompt
 
 
 @torch.inference_mode()

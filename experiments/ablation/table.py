@@ -43,7 +43,7 @@ def arm_row(name: str, dirs: list[Path], tok) -> dict:
 
 
 def correct_by_item(eval_dir: Path) -> dict[str, bool]:
-    from echo.eval.scoring import string_match
+    from echo.answers import string_match
 
     return {r["id"]: string_match(r["answer"], r["model_output"] or "", r["choices"]) for r in predictions(eval_dir)}
 

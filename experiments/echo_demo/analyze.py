@@ -16,7 +16,7 @@ import gzip
 import json
 from pathlib import Path
 
-from echo.eval.scoring import string_match
+from echo.answers import string_match
 from echo.protocol import cited_span_ious
 from echo.stats import wilson
 

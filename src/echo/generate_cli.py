@@ -78,7 +78,7 @@ def _generate(args: argparse.Namespace) -> int:
         return 0
     prompt = args.prompt
     if args.choices:
-        from .eval.prompts import build_prompt
+        from .protocol import build_prompt
 
         prompt = build_prompt(args.prompt, args.choices)
     print_warnings("generate", engine.check_audio(wave))  # before the answer: it is about what the model heard

@@ -50,6 +50,11 @@ ECHO_PROMPT = (
 )  # verbatim from the Echo paper's evaluation: the trained model learned its tags from exactly this text
 
 
+def build_prompt(question: str, choices: Sequence[str], template: str = ECHO_PROMPT) -> str:
+    """The user text for one item. ``choices`` appear as a Python list literal (``['Man', 'Woman']``), as in Echo."""
+    return template.format(question=question, choices=str([str(c) for c in choices]))
+
+
 def read_span(inner: str) -> tuple[tuple[float, float] | None, str]:
     """The span of one ``<seg>`` body: ``((start_s, end_s), "ok")``, or ``(None, reason)`` with a reason from
     ``SPAN_REASONS`` (see the module doc for the grammar)."""

@@ -25,7 +25,7 @@ from echo.data import sounds
 from echo.cli import main
 from echo.data.cli import register
 from echo.data.formats import parse_cot, read_eaqa
-from echo.eval.scoring import answer_span
+from echo.answers import answer_span
 from echo.protocol import format_span, span_iou
 from echo.data.scene_tasks import SCENE_DIFFICULTIES, SCENE_FAMILIES
 from echo.data.synthetic import SynthConfig, make_item, write_synthetic
@@ -413,8 +413,7 @@ def test_outcomes_and_answer_positions_are_exactly_balanced(family, standins):
 def test_grounding_items_score_by_their_span(standins):
     """scene_when: easy items are one sound alone, over silence or a music bed; the reference answer extracts to the
     answer choice, a span near it scores right and another sound's span wrong; positions are balanced."""
-    from echo.eval.answers import extract_answer
-    from echo.eval.scoring import prediction_correct
+    from echo.answers import extract_answer, prediction_correct
 
     cfg = SynthConfig(n=16, seed=3, families=("scene_when",), difficulties=("easy",), split="train", sources=standins)
     recs = [make_item(cfg, i).record for i in range(cfg.n)]

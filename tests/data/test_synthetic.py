@@ -267,7 +267,7 @@ def test_extreme_knobs_still_make_valid_items(family):
 def test_direct_format_targets_the_answer_alone(tmp_path):
     """--format direct: the same items, each target just <answer>X</answer> (the spans stay as ground truth)."""
     from echo.data.formats import check_record, is_direct
-    from echo.eval.answers import extract_answer
+    from echo.answers import extract_answer
 
     parser = argparse.ArgumentParser(prog="echo")
     register(parser.add_subparsers(dest="command"))

@@ -76,7 +76,7 @@ def test_cli_stream_and_batch(tiny, tmp_path, capsys):
 
 
 def test_cli_choices_ask_with_echos_evaluation_prompt(tiny, capsys):
-    from echo.eval.prompts import build_prompt
+    from echo.protocol import build_prompt
 
     path, clip = tiny
     choices = ["a beep", "a dog barking"]

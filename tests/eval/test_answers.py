@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from echo.eval.answers import extract_answer
-from echo.eval.prompts import ECHO_PROMPT, build_messages, build_prompt
+from echo.answers import extract_answer
+from echo.protocol import ECHO_PROMPT, build_prompt
+from echo.eval.prompts import build_messages
 
 CHOICES = ["Man", "Woman", "Child", "Robot"]
 
@@ -104,7 +105,7 @@ def test_a_written_span_names_the_choice_it_overlaps(response, index, prediction
 
 def test_span_answers_score_by_iou_once_extracted():
     """What the extraction writes scores as the IoU rule says, through the one scoring function."""
-    from echo.eval.scoring import prediction_correct
+    from echo.answers import prediction_correct
 
     truth = SPAN_CHOICES[1]
     for response, right in (("<answer><seg>4.2, 5.9</seg></answer>", True), ("<answer>4.0, 4.9</answer>", False),

@@ -156,7 +156,7 @@ def test_silence_through_the_engine(tmp_path):
     item = bench.items[0]
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(sf.info(item.audio_path).frames, dtype=np.float32), 16000, subtype="FLOAT")
-    from echo.eval.prompts import build_prompt
+    from echo.protocol import build_prompt
 
     from_file = model.generate(str(silent), build_prompt(item.question, item.choices), temperature=0,
                                max_new_tokens=6, ignore_eos=True)
@@ -269,7 +269,7 @@ def test_compare_on_the_kept_ablation_predictions():
     """The gzipped prediction files kept in experiments/ read as they are; the p is stats.mcnemar's."""
     from pathlib import Path
 
-    from echo.eval.scoring import string_match
+    from echo.answers import string_match
 
     root = Path(__file__).resolve().parents[2] / "experiments" / "ablation" / "predictions"
     a, c = read_records(root / "A-aligned-seed1.json.gz"), read_records(root / "C-sft-seed1.json.gz")

@@ -10,7 +10,7 @@ import pytest
 
 from echo.eval.datasets import BenchmarkError, load_benchmark
 from echo.eval.runner import RunConfig, merge_and_score, read_predictions, run_eval, shard_items, shard_path
-from echo.eval.scoring import string_match
+from echo.answers import string_match
 from helpers import NON_SPEECH, AnswerOracle, synthetic_benchmark
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from echo.eval.runner import prediction_record
 from echo.eval.datasets import EvalItem, load_benchmark
-from echo.eval.scoring import score_records, string_match, summary_markdown
+from echo.answers import string_match
+from echo.eval.scoring import score_records, summary_markdown
 
 BENCH_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "benchmarks")
 
@@ -169,7 +170,7 @@ def test_official_rule_agrees_on_real_metadata(name, fname):
 
 
 def test_span_answers_score_by_iou():
-    from echo.eval.scoring import SPAN_ANSWER_IOU, answer_span, prediction_correct
+    from echo.answers import SPAN_ANSWER_IOU, answer_span, prediction_correct
 
     truth = "<seg>2.00, 4.00</seg>"
     assert answer_span(truth) == (2.0, 4.0) and answer_span("2, 4") == (2.0, 4.0)

@@ -135,9 +135,8 @@ def test_trained_echo_demo_reasons_with_relistens_on_held_out_items(demo_dir, tm
     import echo
     from echo.data import sounds
     from echo.data.synthetic import SynthConfig, write_synthetic
-    from echo.eval.answers import extract_answer
-    from echo.eval.prompts import build_prompt
-    from echo.eval.scoring import string_match
+    from echo.answers import extract_answer, string_match
+    from echo.protocol import build_prompt
     from echo.models.convert.demo import default_parts
 
     if default_parts() is None:

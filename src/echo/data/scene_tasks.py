@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..eval.scoring import word_tokens
+from ..answers import word_tokens
 from ..protocol import format_span as seg
 from . import scenes
 from . import signals as S
@@ -378,7 +378,7 @@ WHEN_QUESTIONS = ("When is the {} heard?", "When does the {} play?")
 
 def when(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
     """Grounding: when is a named sound heard? The answer is its span, ``<seg>a, b</seg>`` (scored by IoU, see
-    ``eval.scoring.prediction_correct``). Easy: the sound alone, in silence or over a music bed; from medium on, a
+    ``answers.prediction_correct``). Easy: the sound alone, in silence or over a music bed; from medium on, a
     mixture with distractor sounds whose spans are offered beside it, so naming where *a* sound is does not do.
     Spans of silence fill the choices up, as long as spans of sounds drawn the same way (so length tells nothing)."""
     alone = pool.level == "easy"

@@ -305,7 +305,7 @@ def item_id(config: SynthConfig, index: int, families: tuple[str, ...]) -> str:
 
 def _check_scorable(record: QuestionItem) -> None:
     """The official token rule must tell this item's choices apart; a family that breaks this is a bug here."""
-    from ..eval.scoring import string_match
+    from ..answers import string_match
 
     wrong_ok = [c for c in record.choices if c != record.answer and string_match(record.answer, c, record.choices)]
     if not string_match(record.answer, record.answer, record.choices) or wrong_ok:

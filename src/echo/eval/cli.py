@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace, other: list[dict] | None = None) -> int:
 
 
 def _score_file(args: argparse.Namespace, other: list[dict] | None = None) -> int:
-    from .answers import extract_answer
+    from ..answers import extract_answer
     from .compare import read_records
     from .runner import write_summary
     from .scoring import BENCHMARKS, score_records, summary_markdown

@@ -14,7 +14,8 @@ from ..durable import read_json_rows, write_atomic
 from ..errors import EchoError
 from ..stats import mcnemar
 from .runner import MERGED_FILE
-from .scoring import BENCHMARKS, group_key, prediction_correct
+from ..answers import prediction_correct
+from .scoring import BENCHMARKS, group_key
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:

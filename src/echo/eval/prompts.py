@@ -1,4 +1,4 @@
-"""Echo's evaluation prompt, and the chat messages / template around it.
+"""The chat messages / template around Echo's evaluation prompt (``protocol.build_prompt``).
 
 The text is the one the Echo paper evaluates with: the question, the choices written as a Python list, then the
 instruction to think step by step, refer to audio segments with timestamps, and answer as
@@ -10,12 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..protocol import ECHO_PROMPT
-
-
-def build_prompt(question: str, choices: Sequence[str], template: str = ECHO_PROMPT) -> str:
-    """The user text for one item. ``choices`` appear as a Python list literal (``['Man', 'Woman']``), as in Echo."""
-    return template.format(question=question, choices=str([str(c) for c in choices]))
+from ..protocol import ECHO_PROMPT, build_prompt
 
 
 def build_messages(audio: Any, question: str, choices: Sequence[str], template: str = ECHO_PROMPT) -> list[dict]:

@@ -25,12 +25,13 @@ from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..answers import extract_answer
 from ..audio.io import SAMPLING_RATE  # what echo.audio.load returns, and so what a silence control is made at
 from ..durable import drop_partial_line, read_jsonl, write_atomic
 from ..errors import ConfigError
-from .answers import extract_answer
+from ..protocol import ECHO_PROMPT, build_prompt
 from .datasets import Benchmark, EvalItem, check_audio
-from .prompts import ECHO_PROMPT, build_messages, build_prompt
+from .prompts import build_messages
 from .scoring import BENCHMARKS, Score, score_records, summary_markdown
 
 SHARD_GLOB_PREFIX = "predictions-"

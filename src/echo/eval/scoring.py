@@ -12,15 +12,13 @@ over the whole run, how answers use the audio (:func:`grounding_metrics`) and wh
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..protocol import cited_span_ious, parse_span, seg_bodies, span_iou
+from ..answers import prediction_correct, word_tokens
+from ..protocol import cited_span_ious
 from ..stats import uniform_chance, wilson
-
-_WORD = re.compile(r"\b\w+\b")
 
 # Per benchmark: the key the official scorer reads, and the record fields accuracy is broken down by
 # (the official scripts' dimensions first; ``category`` on MMAU is echo's addition, the official script has none).
@@ -43,55 +41,6 @@ PAPER_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
 }
-
-
-def word_tokens(text: Any) -> set[str]:
-    """Lower-cased word tokens, as the official scripts compute them: ``set(re.findall(r'\\b\\w+\\b', text.lower()))``."""
-    return set(_WORD.findall(str(text).lower()))
-
-
-def string_match(answer: Any, prediction: Any, choices: Iterable[Any]) -> bool:
-    """The official MMAU/MMAR correctness rule for one prediction string.
-
-    Correct when the prediction has at least one token, contains every token of ``answer``, and contains no token
-    that belongs to a choice (whose token set differs from the answer's) but not to the answer.
-    """
-    prediction_tokens = word_tokens(prediction)
-    answer_tokens = word_tokens(answer)
-    if not prediction_tokens:
-        return False
-    incorrect_tokens: set[str] = set()
-    for choice in choices:
-        if choice is None:
-            continue
-        choice_tokens = word_tokens(choice)
-        if choice_tokens != answer_tokens:
-            incorrect_tokens |= choice_tokens - answer_tokens
-    return answer_tokens <= prediction_tokens and prediction_tokens.isdisjoint(incorrect_tokens)
-
-
-SPAN_ANSWER_IOU = 0.5  # a span answer is right when it overlaps the true span by at least this IoU
-
-
-def answer_span(text: Any, bare: bool = True) -> tuple[float, float] | None:
-    """The span an answer gives, when it is one: a single ``<seg>a, b</seg>`` (what echo writes, the clip's audio
-    spliced after it or not), or with ``bare`` also the plain ``a, b`` of the span grammar; None otherwise."""
-    text = str(text)
-    bodies = seg_bodies(text)
-    if len(bodies) == 1:
-        return parse_span(bodies[0])
-    return parse_span(text.strip().rstrip(".")) if bare and not bodies else None
-
-
-def prediction_correct(answer: Any, prediction: Any, choices: Iterable[Any]) -> bool:
-    """Whether a prediction string is right: an answer written as a span (``<seg>a, b</seg>``, echo's grounding
-    items) by IoU >= ``SPAN_ANSWER_IOU`` with the span the prediction gives (:func:`answer_span`); any other answer by
-    the official token rule."""
-    truth = answer_span(answer, bare=False)
-    if truth is not None:
-        said = answer_span(prediction)
-        return said is not None and span_iou(said, truth) >= SPAN_ANSWER_IOU
-    return string_match(answer, prediction, choices)
 
 
 @dataclass(slots=True)

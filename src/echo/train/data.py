@@ -31,12 +31,11 @@ from ..audio.io import SAMPLING_RATE
 from ..config import RelistenPolicy
 from ..engine.admission import truncation_warning
 from ..engine.relisten import decide
-from ..protocol import SEG_CLOSE
+from ..protocol import SEG_CLOSE, build_prompt
 from ..data.item import QuestionItem
 from ..data.formats import check_record
 from ..durable import BadLine, read_lines, require_file
 from ..errors import EchoError
-from ..eval.prompts import build_prompt
 
 IGNORE = -100
 Format = Literal["grounded", "interleaved"]

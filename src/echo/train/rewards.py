@@ -11,7 +11,7 @@ import math
 import re
 from typing import Callable, Sequence
 
-from ..eval.answers import extract_answer
+from ..answers import extract_answer
 from ..protocol import (ANSWER_BLOCK, ANSWER_OPEN, SEG_CLOSE, THINK_BLOCK, THINK_CLOSE, THINK_OPEN,
                         cited_span_ious)
 

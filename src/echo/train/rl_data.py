@@ -23,7 +23,7 @@ from ..data.formats import check_record
 from ..data.item import QuestionItem
 from ..durable import BadLine, read_lines, require_file
 from ..errors import EchoError
-from ..eval.prompts import build_prompt
+from ..protocol import build_prompt
 
 _CHOICES = re.compile(r"Choose the answer from (\[.*?\])")
 RL_FIELDS = ("id", "audio", "question", "choices", "answer")  # what a prompt needs (formats.check_record)

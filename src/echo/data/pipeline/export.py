@@ -16,11 +16,11 @@ import os
 from pathlib import Path
 
 from ...errors import EchoError
-from ...eval.prompts import build_prompt
 from ..formats import parse_cot, write_eaqa
 from ..item import QuestionItem
 from .clips import Clip
 from ...durable import write_atomic
+from ...protocol import build_prompt
 from .store import ChunkStore
 
 FILES = ("eaqa_sft.jsonl", "sft_messages.jsonl", "eaqa_rl.jsonl", "eaqa_rl.parquet")

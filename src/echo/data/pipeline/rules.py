@@ -13,7 +13,7 @@ import re
 from ...audio.io import SAMPLING_RATE
 from ...config import RelistenPolicy
 from ...engine.relisten import decide
-from ...eval.answers import extract_answer
+from ...answers import extract_answer
 from ...protocol import SEG_CLOSE, SEG_OPEN, SPAN_DECIMALS
 from ..formats import DataFormatError, parse_cot
 

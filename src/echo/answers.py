@@ -1,4 +1,6 @@
-"""Answer extraction: a model's full response -> one of the item's choices, or "no answer".
+"""Reading an answer, below everything that scores or rewards one: the official MMAU/MMAR token rule
+(:func:`string_match`), span answers (:func:`answer_span`, :func:`prediction_correct`), and answer extraction: a
+model's full response -> one of the item's choices, or "no answer" (:func:`extract_answer`).
 
 The extracted choice's text is what echo writes as the prediction string the official scorers read, so an item
 with no extractable answer gets an empty prediction (wrong, and counted separately) — never the first choice, which
@@ -10,7 +12,7 @@ Order of attempts on the candidate text (see :func:`extract_answer`):
    off inside ``<think>`` has no answer);
 2. how it maps to a choice: the choice's own words (case, punctuation and quotes ignored), an option letter
    (``B``, ``(b)``, ``B.``, ``option B``), a letter plus text (``B) Woman``: the text decides when it names a choice),
-   the official token rule (:func:`echo.eval.scoring.string_match`) when exactly one choice passes it, and last a
+   the official token rule (:func:`string_match`) when exactly one choice passes it, and last a
    shortened choice: the candidate's words all belong to exactly one choice and include a word only it has
    (``woman`` -> ``A woman``; the official rule alone would reject it for lacking ``a``).
 
@@ -24,10 +26,12 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
-from ..protocol import ANSWER_BLOCK, ANSWER_OPEN, SEG_BLOCK, THINK_BLOCK, THINK_OPEN
-from .scoring import SPAN_ANSWER_IOU, answer_span, string_match, word_tokens
+from .protocol import (ANSWER_BLOCK, ANSWER_OPEN, SEG_BLOCK, THINK_BLOCK, THINK_OPEN, format_span, parse_span,
+                       seg_bodies, span_iou)
+
+_WORD = re.compile(r"\b\w+\b")
 
 # the format's patterns, read leniently here: a model's answer may spell a tag in capitals
 _ANSWER_CLOSED = re.compile(ANSWER_BLOCK.pattern, re.IGNORECASE | re.DOTALL)
@@ -41,6 +45,56 @@ _LEAD_IN = re.compile(r"^(?:(?:the\s+)?(?:final\s+|correct\s+)?answer\s*(?:is|:)
 _LETTER_ONLY = re.compile(r"^(?:option|choice)?\s*[\(\[]?([a-z])[\)\]]?\s*[\.\):]?$", re.IGNORECASE)
 _LETTER_PREFIX = re.compile(r"^(?:option|choice)?\s*[\(\[]?([a-z])(?:[\)\]]\s*|[\.\):]\s+)(.+)$", re.IGNORECASE | re.DOTALL)
 _STRIP_CHARS = string.whitespace + "\"'`*_.,;:!?[](){}<>"
+
+
+def word_tokens(text: Any) -> set[str]:
+    """Lower-cased word tokens, as the official scripts compute them: ``set(re.findall(r'\\b\\w+\\b', text.lower()))``."""
+    return set(_WORD.findall(str(text).lower()))
+
+
+def string_match(answer: Any, prediction: Any, choices: Iterable[Any]) -> bool:
+    """The official MMAU/MMAR correctness rule for one prediction string.
+
+    Correct when the prediction has at least one token, contains every token of ``answer``, and contains no token
+    that belongs to a choice (whose token set differs from the answer's) but not to the answer.
+    """
+    prediction_tokens = word_tokens(prediction)
+    answer_tokens = word_tokens(answer)
+    if not prediction_tokens:
+        return False
+    incorrect_tokens: set[str] = set()
+    for choice in choices:
+        if choice is None:
+            continue
+        choice_tokens = word_tokens(choice)
+        if choice_tokens != answer_tokens:
+            incorrect_tokens |= choice_tokens - answer_tokens
+    return answer_tokens <= prediction_tokens and prediction_tokens.isdisjoint(incorrect_tokens)
+
+
+SPAN_ANSWER_IOU = 0.5  # a span answer is right when it overlaps the true span by at least this IoU
+
+
+def answer_span(text: Any, bare: bool = True) -> tuple[float, float] | None:
+    """The span an answer gives, when it is one: a single ``<seg>a, b</seg>`` (what echo writes, the clip's audio
+    spliced after it or not), or with ``bare`` also the plain ``a, b`` of the span grammar; None otherwise."""
+    text = str(text)
+    bodies = seg_bodies(text)
+    if len(bodies) == 1:
+        return parse_span(bodies[0])
+    return parse_span(text.strip().rstrip(".")) if bare and not bodies else None
+
+
+def prediction_correct(answer: Any, prediction: Any, choices: Iterable[Any]) -> bool:
+    """Whether a prediction string is right: an answer written as a span (``<seg>a, b</seg>``, echo's grounding
+    items) by IoU >= ``SPAN_ANSWER_IOU`` with the span the prediction gives (:func:`answer_span`); any other answer by
+    the official token rule."""
+    truth = answer_span(answer, bare=False)
+    if truth is not None:
+        said = answer_span(prediction)
+        return said is not None and span_iou(said, truth) >= SPAN_ANSWER_IOU
+    return string_match(answer, prediction, choices)
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +143,6 @@ def _span_choice(said: tuple[float, float], spans: list, choices: list[str], sou
                  ) -> Extraction:
     """The choice a written span names: the one it overlaps best, with IoU >= ``SPAN_ANSWER_IOU``; else a wrong
     answer whose prediction is the span as written."""
-    from ..protocol import format_span, span_iou
-
     ious = [span_iou(said, s) for s in spans]
     best = max(range(len(ious)), key=ious.__getitem__)
     if ious[best] >= SPAN_ANSWER_IOU and ious.count(ious[best]) == 1:
