@@ -54,6 +54,21 @@ def test_span_grammar_is_the_engines():
     assert rules.spans_of("<seg>1.5, 2.6 sec</seg>", 3.0) == ([], ["malformed_span"])
 
 
+@pytest.mark.parametrize("body", ["0, 3", "0, 3.0001", "-0.01, 1", "2.9, 3", "1.5, 1.69", "1.5, 1.7", "1.7, 1.5",
+                                  "1e-3, 2e0", "1, 1", "nan, 1", "", "0.19999, 0.4"])
+def test_a_tag_is_kept_exactly_when_the_engine_relistens_to_it(body):
+    """The rules read spans without the engine; the engine's default policy, judging every tag on its own, agrees."""
+    from echo.audio.io import SAMPLING_RATE
+    from echo.config import RelistenPolicy
+    from echo.engine.relisten import decide
+
+    text, duration = f"<seg>{body}</seg>", 3.0
+    policy = RelistenPolicy(out_of_range="skip", reversed_span="skip", malformed="skip")
+    d = decide(text, 0, int(round(duration * SAMPLING_RATE)), policy, SAMPLING_RATE)
+    spans, problems = rules.spans_of(text, duration)
+    assert (spans == [d.requested_s]) if d.action == "relisten" else (spans == [] and len(problems) == 1)
+
+
 @pytest.mark.parametrize("qa, cot_problems, verdict, expected", [
     ([], [], {"qa_valid": True, "cot_valid": True}, ("sft", "ok")),
     ([], [], {"qa_valid": True, "cot_valid": False}, ("rl", "judge:cot_invalid")),

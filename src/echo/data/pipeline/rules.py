@@ -1,9 +1,10 @@
 """Rule filters: checks that cost no tokens, run before any judge call.
 
 Question problems drop the item (the judge never sees it); chain-of-thought problems only cost the item its chain
-of thought (it can still become an RL item if the judge finds the question valid). ``<seg>`` tags are read with the
-engine's own parser and policy (``echo.engine.relisten.decide``): a tag the engine would not re-listen is a problem
-here too, so SFT never teaches a span the engine would ignore.
+of thought (it can still become an RL item if the judge finds the question valid). ``<seg>`` tags are read with
+``echo.protocol``'s span grammar, the engine's own, and judged as the engine's default ``RelistenPolicy`` hears them
+(inside the clip, not reversed, at least ``min_span_s``): a tag the engine would not re-listen is a problem here
+too, so SFT never teaches a span the engine would ignore.
 """
 
 from __future__ import annotations
@@ -11,21 +12,19 @@ from __future__ import annotations
 import re
 
 from ...audio.io import SAMPLING_RATE
-from ...config import RelistenPolicy
-from ...engine.relisten import decide
 from ...answers import extract_answer
-from ...protocol import SEG_CLOSE, SEG_OPEN, SPAN_DECIMALS
+from ...config import RelistenPolicy
+from ...protocol import SEG_CLOSE, SEG_OPEN, SPAN_DECIMALS, last_seg_text, parse_span
 from ..formats import DataFormatError, parse_cot
 
 # every tag is judged on its own (no turn limit); out-of-range and reversed tags are reported, never repaired
-_POLICY = RelistenPolicy(max_turns=1 << 30, out_of_range="skip", reversed_span="skip", malformed="skip")
-_SPAN_REASONS = {"malformed": "malformed_span", "reversed": "span_reversed", "out of range": "span_outside_clip",
-                 "too short": "span_too_short"}
+_MIN_SPAN_S = RelistenPolicy().min_span_s
 
 _CATCH_ALL = {"all of the above", "none of the above", "both", "neither", "all of them", "none of them"}
 QA_REASONS = ("empty_question", "too_few_choices", "choices_not_distinct", "answer_not_in_choices",
               "answer_not_unique")
-COT_REASONS = ("cot_format", "cot_answer_mismatch", *_SPAN_REASONS.values(), "span_precision", "no_span_cited")
+COT_REASONS = ("cot_format", "cot_answer_mismatch", "malformed_span", "span_reversed", "span_outside_clip",
+               "span_too_short", "span_precision", "no_span_cited")
 
 
 def _norm(text: str) -> str:
@@ -60,15 +59,27 @@ def spans_of(cot: str, duration_s: float) -> tuple[list[tuple[float, float]], li
     pos, turn = 0, 0
     while (end := cot.find(SEG_CLOSE, pos)) >= 0:
         end += len(SEG_CLOSE)
-        d = decide(cot[:end], turn, num_samples, _POLICY, SAMPLING_RATE)
-        if d.action == "relisten":
-            spans.append(d.requested_s)
+        inner = last_seg_text(cot[:end])
+        span = None if inner is None else parse_span(inner)
+        problem = "malformed_span" if span is None else _span_problem(*span, num_samples)
+        if problem is None:
+            spans.append(span)
         else:
-            problems.append(_SPAN_REASONS.get(d.reason, "malformed_span"))
+            problems.append(problem)
         pos, turn = end, turn + 1
     if cot.count(SEG_OPEN) != turn:  # an opening tag never closed
         problems.append("malformed_span")
     return spans, problems
+
+
+def _span_problem(start: float, end: float, num_samples: int) -> str | None:
+    """Why the engine's default policy would not re-listen to ``(start, end)`` s of a clip, or None."""
+    if start > end:
+        return "span_reversed"
+    if start < 0 or end > num_samples / SAMPLING_RATE:
+        return "span_outside_clip"
+    first, last = int(round(start * SAMPLING_RATE)), min(int(round(end * SAMPLING_RATE)), num_samples)
+    return "span_too_short" if last - first < max(1, int(round(_MIN_SPAN_S * SAMPLING_RATE))) else None
 
 
 def cot_problems(item: dict, duration_s: float) -> list[str]:
