@@ -104,5 +104,5 @@ FAMILY = ModelFamily(
     wrappers={FULL: "thinker"}, model_types={"qwen3_omni_moe_thinker": THINKER, "qwen3_omni_moe": FULL},
     strip_prefix="thinker.", feature_chunk_s=300, packed_features=True, extra_frames=0,
     hf_config_extras=hf_config_extras, audio_token="<|audio_pad|>", audio_bos_token="<|audio_start|>",
-    audio_eos_token="<|audio_end|>",
+    audio_eos_token="<|audio_end|>", audio_tokens_per_s=13.0,
 )
