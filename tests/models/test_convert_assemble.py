@@ -331,3 +331,26 @@ def test_bare_build_ignores_the_shipped_parts(demo_cache, monkeypatch, capsys):
     assert main(["convert", "demo", str(demo_cache.parent / "bare2"), "--bare"]) == 0
     assert "untrained parts are random" in capsys.readouterr().out
     assert torch.equal(load_file(str(demo_cache.parent / "bare2" / "model.safetensors"))[key], bare)
+
+
+def test_time_marks_from_the_argument_or_the_parts(sources, tmp_path):
+    """The assembly's audio layout: none by default, ``time_marks_s`` when given, else what the parts were trained
+    with (their config.json); the loaded model lays its prompt out with the marks."""
+    from echo.models.config import TIME_MARKS_KEY
+
+    d = assemble(*sources, tmp_path / "marked", progress=False, time_marks_s=2.0)
+    assert json.loads((d / "config.json").read_text())[TIME_MARKS_KEY] == 2.0
+    model = echo.load(d)
+    assert model.config.time_marks_s == 2.0 and model.processor.time_marks.every_s == 2.0
+    text = model.processor.decode(model.processor(conversation(1, "Where?"), [500]))
+    assert "0.0s<|AUDIO|>" in text and "2.0s<|AUDIO|>" in text and "4.0s<|AUDIO|>" in text
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "config.json").write_text(json.dumps({TIME_MARKS_KEY: 1.0}))
+    d = assemble(*sources, tmp_path / "from-parts", parts=parts, progress=False)
+    assert json.loads((d / "config.json").read_text())[TIME_MARKS_KEY] == 1.0
+    d = assemble(*sources, tmp_path / "overridden", parts=parts, progress=False, time_marks_s=0.0)
+    assert TIME_MARKS_KEY not in json.loads((d / "config.json").read_text())
+    (parts / "config.json").write_text(json.dumps({TIME_MARKS_KEY: 1.0, "vocab_size": 3}))
+    with pytest.raises(CheckpointError, match=r"keys \['vocab_size'\] are not parts settings"):
+        assemble(*sources, tmp_path / "bad", parts=parts, progress=False)

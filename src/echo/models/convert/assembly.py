@@ -13,6 +13,7 @@ does not tie the output head to the embeddings, so the head is written out as a 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from ...errors import CheckpointError
 from ...protocol import TAGS
+from ..config import TIME_MARKS_KEY
 from .ct2 import whisper_encoder
 from .gguf_llama import build_tokenizer, read_gguf_llama
 from .hf_dir import atomic_dir, save_tensors, save_tokenizer, write_json, write_manifest
@@ -82,7 +84,7 @@ def apply_parts(tensors: dict[str, torch.Tensor], parts: str | os.PathLike | Non
 
     parts = Path(parts)
     files = sorted(parts.glob("*.safetensors")) if parts.is_dir() else []
-    if not files:
+    if not files and not (parts / "config.json").is_file():  # settings alone (parts_config) are parts too
         raise CheckpointError(f"{parts}: no *.safetensors parts to apply")
     for f in files:
         loaded = load_file(str(f))
@@ -117,12 +119,26 @@ def apply_parts(tensors: dict[str, torch.Tensor], parts: str | os.PathLike | Non
     return [f.name for f in files]
 
 
+def parts_config(parts: str | os.PathLike | None) -> dict:
+    """The config keys trained parts were trained under (``config.json`` beside them: the time marks); {} if none.
+    The parts only fit a model laid out the same way, so an assembly with them takes these."""
+    path = None if parts is None else Path(parts) / "config.json"
+    if path is None or not path.is_file():
+        return {}
+    d = json.loads(path.read_text())
+    unknown = set(d) - {TIME_MARKS_KEY}
+    if unknown:
+        raise CheckpointError(f"{path}: keys {sorted(unknown)} are not parts settings (only {TIME_MARKS_KEY})")
+    return d
+
+
 def assemble(model_bin: str | os.PathLike, gguf_file: str | os.PathLike, out: str | os.PathLike,
              parts: str | os.PathLike | None = None, seed: int = 0, force: bool = False, progress: bool = True,
-             sources: dict | None = None) -> Path:
+             sources: dict | None = None, time_marks_s: float | None = None) -> Path:
     """Build the Qwen2-Audio directory ``out`` from a CTranslate2 Whisper model.bin and a Llama GGUF decoder,
     then apply trained ``parts`` (a directory of safetensors named as in the checkpoint). ``sources`` is recorded
-    in the manifest (what the directory was built from)."""
+    in the manifest (what the directory was built from). ``time_marks_s``: the audio layout the model is (to be)
+    trained with (``ModelConfig.time_marks_s``); None takes the parts' own (their ``config.json``), else none."""
     from tqdm.auto import tqdm
 
     steps = tqdm(total=5, desc="assembling", disable=not progress, unit="step")
@@ -145,6 +161,10 @@ def assemble(model_bin: str | os.PathLike, gguf_file: str | os.PathLike, out: st
     config = {"architectures": ["Qwen2AudioForConditionalGeneration"], "model_type": "qwen2_audio",
               "audio_config": audio_cfg, "text_config": text_cfg, "audio_token_index": new_ids["<|AUDIO|>"],
               "tie_word_embeddings": False, "dtype": "float32"}
+    if time_marks_s is None:
+        time_marks_s = parts_config(parts).get(TIME_MARKS_KEY, 0.0)
+    if time_marks_s:
+        config[TIME_MARKS_KEY] = float(time_marks_s)
     names = tok_meta["tokens"]
     with atomic_dir(Path(out), force) as d:
         save_tensors(tensors, d / "model.safetensors")

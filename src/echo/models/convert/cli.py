@@ -28,7 +28,7 @@ def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
     t = time.perf_counter()
-    out = demo.build(args.out, parts=args.parts, force=args.overwrite, bare=args.bare)
+    out = demo.build(args.out, parts=args.parts, force=args.overwrite, bare=args.bare, time_marks_s=args.time_marks)
     untrained = args.bare or (args.parts is None and demo.default_parts() is None)
     print(f"assembled echo-demo in {out} ({time.perf_counter() - t:.1f} s)"
           + ("; untrained parts are random: the projector has not been aligned yet" if untrained else ""))
@@ -59,4 +59,7 @@ def register(sub) -> None:
     which.add_argument("--bare", action="store_true",
                        help="no trained parts: the untrained assembly training starts from")
     p.add_argument("--overwrite", action="store_true", help="replace an existing directory (a stale or altered cache)")
+    p.add_argument("--time-marks", type=float, default=None, metavar="SECONDS",
+                   help="write the audio's time into every audio run every SECONDS (0: none; default: as the parts "
+                        "were trained)")
     p.set_defaults(func=_demo)

@@ -58,15 +58,16 @@ def sources(parts: Path | None, seed: int = 0) -> dict:
         f = package_file(role)
         out[role] = {"package": dist, "version": package_version(dist), "file": f.name,
                      "bytes": f.stat().st_size}
-    out["parts"] = {f.name: sha256(f) for f in sorted(Path(parts).glob("*.safetensors"))} if parts else {}
+    out["parts"] = {f.name: sha256(f) for f in sorted([*Path(parts).glob("*.safetensors"),
+                                                        *Path(parts).glob("config.json")])} if parts else {}
     return out
 
 
 def build(out: Path | None = None, parts: str | os.PathLike | None = None, force: bool = False,
-          progress: bool = True, bare: bool = False) -> Path:
+          progress: bool = True, bare: bool = False, time_marks_s: float | None = None) -> Path:
     """Assemble echo-demo into ``out`` (default the cache directory) with ``parts`` (default: the shipped ones);
-    ``bare``: no trained parts at all (random projector, new rows from their pieces), where training starts.
-    Returns the directory."""
+    ``bare``: no trained parts at all (random projector, new rows from their pieces), where training starts;
+    ``time_marks_s``: its audio layout (``assembly.assemble``; None: the parts'). Returns the directory."""
     from .assembly import assemble
 
     if bare and parts is not None:
@@ -74,7 +75,7 @@ def build(out: Path | None = None, parts: str | os.PathLike | None = None, force
     out = Path(out) if out is not None else cache_dir()
     parts = None if bare else Path(parts) if parts is not None else default_parts()
     return assemble(package_file("whisper"), package_file("decoder"), out, parts=parts, force=force,
-                    progress=progress, sources=sources(parts))
+                    progress=progress, sources=sources(parts), time_marks_s=time_marks_s)
 
 
 def resolve(model: str | os.PathLike) -> Path:

@@ -105,4 +105,5 @@ FAMILY = ModelFamily(
     strip_prefix="thinker.", feature_chunk_s=300, packed_features=True, extra_frames=0,
     hf_config_extras=hf_config_extras, audio_token="<|audio_pad|>", audio_bos_token="<|audio_start|>",
     audio_eos_token="<|audio_end|>", audio_tokens_per_s=13.0,
+    time_marks=False,  # transformers' M-RoPE index for it reads each audio run as one unbroken block
 )
