@@ -87,8 +87,9 @@ def test_config_round_trip_and_refusals():
     d = cfg.to_hf_dict()
     assert d[TIME_MARKS_KEY] == 1.5 and ModelConfig.from_hf(d).time_marks_s == 1.5
     assert TIME_MARKS_KEY not in plain.to_hf_dict() and ModelConfig.from_hf(plain.to_hf_dict()).time_marks_s == 0
-    with pytest.raises(ConfigError, match="cannot take time marks"):
-        dataclasses.replace(preset("omni-tiny-gqa2"), time_marks_s=1.0)
+    for name in ("omni-tiny-gqa2", "qwen3omni-tiny-gqa2", "af3-tiny-gqa2"):  # time in positions; undelimited runs
+        with pytest.raises(ConfigError, match="cannot take time marks"):
+            dataclasses.replace(preset(name), time_marks_s=1.0)
     for bad in (-1.0, float("nan"), True, "1"):
         with pytest.raises(ConfigError, match="time_marks_s"):
             dataclasses.replace(plain, time_marks_s=bad)
