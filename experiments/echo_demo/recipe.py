@@ -3,7 +3,7 @@ evaluation on the test split.
 
     python experiments/echo_demo/recipe.py --work runs/echo-demo [--until data|align|sft|eval] [--eval-aligned]
         [--grpo] [--grpo-aligned] [--sft-format grounded] [--grpo-from echo-demo --seed 1] [--grpo-reward NAME=W ...]
-        [--controls]
+        [--controls] [--time-marks 1.0] [--families ... scene_when] [--sounds ...] [--held-out-classes]
 
 Every step is skipped when its output exists and every training run resumes from its own last checkpoint, so
 rerunning the same command after a kill continues where it stopped. Steps and outputs (under ``--work``):
@@ -55,15 +55,17 @@ def log(work: Path, stage: str, **fields) -> None:
     print(f"[{stage}] " + ", ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
 
 
-def make_data(work: Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, Path]:
+def make_data(work: Path, n_train: int, n_val: int, n_test: int, seed: int, families: tuple[str, ...] = SCENE,
+              sounds: tuple[str, ...] | None = None, held_out_classes: bool = False) -> dict[str, Path]:
     from echo.data.synthetic import SynthConfig, write_synthetic
 
     out = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         d = work / "data" / split
         if not (d / "synthetic.jsonl").is_file():  # write_synthetic resumes by item after a kill
-            write_synthetic(SynthConfig(n=n, seed=seed, families=SCENE, difficulties=("easy", "medium"),
-                                        split=split), d, progress=True)
+            write_synthetic(SynthConfig(n=n, seed=seed, families=families, difficulties=("easy", "medium"),
+                                        split=split, sounds=sounds, held_out_classes=held_out_classes), d,
+                            progress=True)
         out[split] = d / "synthetic.jsonl"
     audit_path = work / "data" / "audit.json"
     if not audit_path.is_file():  # the bar a model must clear: what the test split gives away without the audio
@@ -135,10 +137,14 @@ def stage_align(work: Path, args) -> Path:
     t = time.time()
     base = work / "base"  # the untrained assembly: not the echo-demo cache, which holds the shipped trained parts
     if not (base / "config.json").is_file():
-        build(base, bare=True, force=True)
+        build(base, bare=True, force=True, time_marks_s=args.time_marks)
     result = train_sft(str(base), str(data), str(work / "align" / "sft"), cfg)
     log(work, "align", seconds=round(time.time() - t), **result)
     export_tensors(work / "align" / "sft" / "final", "multi_modal_projector.", work / "parts" / "projector.safetensors")
+    if args.time_marks:  # the parts fit this audio layout only: every assembly from them takes it
+        from echo.models.config import TIME_MARKS_KEY
+
+        (work / "parts" / "config.json").write_text(json.dumps({TIME_MARKS_KEY: args.time_marks}))
     build(aligned, parts=work / "parts", force=True)
     return aligned
 
@@ -288,6 +294,13 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=504)
     ap.add_argument("--seed", type=int, default=0, help="training seed (order of records, LoRA init)")
     ap.add_argument("--data-seed", type=int, default=0, help="fixes the train/val/test items (keep it across seeds)")
+    ap.add_argument("--families", nargs="+", default=list(SCENE),
+                    help="scene families of the data (add scene_when: 'when is X heard?' answered with its span)")
+    ap.add_argument("--sounds", nargs="+", default=None, help="recorded-sound sources (echo data synth --sounds)")
+    ap.add_argument("--held-out-classes", action="store_true",
+                    help="no sound class of the test split occurs in train (echo data synth --held-out-classes)")
+    ap.add_argument("--time-marks", type=float, default=0.0, metavar="SECONDS",
+                    help="the model's audio runs carry their time every SECONDS (ModelConfig.time_marks_s; 0: none)")
     ap.add_argument("--grad-accum", type=int, default=8)
     ap.add_argument("--save-every", type=int, default=10)
     ap.add_argument("--align-lr", type=float, default=1e-3)
@@ -319,7 +332,8 @@ def main() -> None:
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    make_data(args.work, args.n_train, args.n_val, args.n_test, args.data_seed)
+    make_data(args.work, args.n_train, args.n_val, args.n_test, args.data_seed, tuple(args.families),
+              tuple(args.sounds) if args.sounds else None, args.held_out_classes)
     models = train(args)
     for name, model in (models or {}).items():
         relisten = not (name == "sft" and args.sft_format == "grounded")
