@@ -26,7 +26,6 @@ import echo
 from echo.audio import load as load_audio
 from echo.audio.features import num_mel_frames
 from echo.durable import append_row, drop_partial_line, read_lines, write_atomic
-from echo.engine.audio_embed import feature_config_for, span_embeddings
 from echo.eval.datasets import load_benchmark
 from echo.protocol import build_prompt
 
@@ -38,7 +37,7 @@ def choice_logprobs(model, features, wave: torch.Tensor, text: str, choices: lis
     proc = model.processor
     conv = [{"role": "user", "content": [{"type": "audio", "audio": "<audio>"}, {"type": "text", "text": text}]}]
     prompt = proc(conv, [num_mel_frames(wave.numel(), features)])
-    [rows] = span_embeddings(model, features, [wave], [(0, 0, wave.numel())])
+    [rows] = model.embed_spans(features, [wave], [(0, 0, wave.numel())])
     ids = [proc.tokenizer.encode(choice, add_special_tokens=False).ids for choice in choices]
     n, longest = len(prompt), max(len(i) for i in ids)
     embeds = torch.stack([F.pad(model.embed(torch.tensor(prompt + i), rows), (0, 0, 0, longest - len(i)))
@@ -62,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     model = echo.load(args.model)
-    features = feature_config_for(model, args.model)
+    features = model.resolve_feature_config(args.model)
     bench = load_benchmark("synthetic", str(args.data))
     items = bench.items[: args.limit] if args.limit else bench.items
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ import tiny_checkpoints as tc
 from echo.audio import FeatureConfig
 from echo.audio.features import num_audio_tokens, num_mel_frames
 from echo.config import EngineConfig, RelistenPolicy, SamplingParams
-from echo.engine.audio_embed import feature_config_for
 from echo.engine.llm import Engine, Request, engine_for
 from echo.engine.relisten import decide
 from echo.errors import ConfigError
@@ -138,8 +137,8 @@ def chunk10(checkpoint, tmp_path_factory):
 def test_inference_reads_the_checkpoints_feature_config_like_training(chunk10):
     model = echo.load(chunk10)
     assert model.feature_config == FeatureConfig(chunk_length=10)
-    assert feature_config_for(model) is model.feature_config  # engine (no directory given) ...
-    assert feature_config_for(model, chunk10) is model.feature_config  # ... and SFT / GRPO (given it)
+    assert model.resolve_feature_config() is model.feature_config  # engine (no directory given) ...
+    assert model.resolve_feature_config(chunk10) is model.feature_config  # ... and SFT / GRPO (given it)
     engine = Engine(model, EngineConfig(num_blocks=128))
     assert engine.features == FeatureConfig(chunk_length=10)
     clip = tc.sine_clip(12.0, seed=5)
@@ -147,7 +146,7 @@ def test_inference_reads_the_checkpoints_feature_config_like_training(chunk10):
     audio_tokens = res.prompt_token_ids.count(model.config.audio_token_id)
     assert audio_tokens == num_audio_tokens(1000) == 250  # 10 s, not 12 s (300) nor the family's 300 s
     example = build_example(SFTRecord("r", "clip.wav", "Twelve?", "<answer>A</answer>"), model.processor,
-                            features=feature_config_for(model, chunk10), num_samples=len(clip))
+                            features=model.resolve_feature_config(chunk10), num_samples=len(clip))
     assert example.input_ids.count(model.config.audio_token_id) == audio_tokens  # SFT sees the same prompt
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import echo
-import echo.engine.runner as runner
 from echo import SamplingParams
 from echo.engine.block_manager import BlockManager
 from echo.engine.scheduler import Chunk
@@ -83,13 +82,13 @@ def test_prompts_admitted_together_are_encoded_in_one_call(checkpoint, monkeypat
     path, _ = checkpoint("omni-tiny-gqa2")
     model = echo.load(path)
     calls = []
-    real = runner.span_embeddings
+    real = model.embed_spans
 
-    def counted(model, features, waves, spans, grad=False):
+    def counted(features, waves, spans, grad=False):
         calls.append(len(spans))
-        return real(model, features, waves, spans, grad)
+        return real(features, waves, spans, grad)
 
-    monkeypatch.setattr(runner, "span_embeddings", counted)
+    monkeypatch.setattr(model, "embed_spans", counted)
     engine = echo.Engine(model, echo.EngineConfig(kv_cache_bytes=1 << 24))
     params = SamplingParams(temperature=0, max_new_tokens=2)
     indices = [engine.add_request(tc.sine_clip(1.0 + i, seed=i), "What?", params) for i in range(3)]

@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 import echo
 from echo.audio.features import audio_windows, num_audio_tokens, num_mel_frames
 from echo.config import EngineConfig, SamplingParams
-from echo.engine.audio_embed import span_embeddings
 from echo.engine.llm import Engine, Request
 from echo.errors import CheckpointError
 from echo.models.config import ModelConfig
@@ -41,7 +40,7 @@ def _conversation(question: str) -> list[dict]:
 def _echo_logits(model, ids: list[int], clip) -> tuple[torch.Tensor, torch.Tensor]:
     """echo's audio rows (its own log-mel and windows, the engine's path) and logits for one prompt."""
     with torch.no_grad():
-        rows = span_embeddings(model, model.feature_config, [torch.from_numpy(clip)], [(0, 0, len(clip))])[0]
+        rows = model.embed_spans(model.feature_config, [torch.from_numpy(clip)], [(0, 0, len(clip))])[0]
         return rows, model(inputs_embeds=model.embed(torch.tensor([ids]), rows))
 
 
@@ -86,7 +85,7 @@ def test_padded_batch_of_windowed_and_short_audio(checkpoint):
     inputs = proc(text=texts, audio=clips)
     ref_audio, ref_logits = _hf(hf, inputs)
     fc = model.feature_config
-    rows = span_embeddings(model, fc, [torch.from_numpy(c) for c in clips], [(0, 0, len(clips[0])),
+    rows = model.embed_spans(fc, [torch.from_numpy(c) for c in clips], [(0, 0, len(clips[0])),
                                                                              (1, 0, len(clips[1]))])
     with torch.no_grad():
         logits = model(inputs_embeds=model.embed(inputs["input_ids"], torch.cat(rows)),
@@ -129,12 +128,12 @@ def test_span_rows_follow_the_token_bookkeeping(seconds, start_s, checkpoint):
     lead = int(start_s * 16000)
     clip = torch.from_numpy(sine_clip(seconds + start_s, seed=5))
     n = len(clip) - lead
-    [rows] = span_embeddings(model, fc, [clip], [(0, lead, len(clip))])
+    [rows] = model.embed_spans(fc, [clip], [(0, lead, len(clip))])
     assert rows.shape[0] == num_audio_tokens(num_mel_frames(n, fc))
     if seconds > 600:
         assert rows.shape[0] == 20 * 750
     if lead:
-        [alone] = span_embeddings(model, fc, [clip[lead:].clone()], [(0, 0, n)])
+        [alone] = model.embed_spans(fc, [clip[lead:].clone()], [(0, 0, n)])
         assert_close("span in its clip vs cut out", alone, rows, atol=0.0)
 
 

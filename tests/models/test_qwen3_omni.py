@@ -11,7 +11,6 @@ import echo
 import tiny_checkpoints as tc
 from echo.audio.features import num_mel_frames
 from echo.config import EngineConfig, SamplingParams
-from echo.engine.audio_embed import span_embeddings
 from echo.engine.llm import Engine, Request
 from echo.errors import CheckpointError
 from echo.models.config import ModelConfig
@@ -107,7 +106,7 @@ def test_span_rows_follow_the_token_bookkeeping(start_s, end_s, checkpoint, feat
     model = echo.load(path)
     clip = tc.sine_clip(4.0, seed=5)
     s, e = int(start_s * 16000), int(end_s * 16000)
-    [rows] = span_embeddings(model, model.feature_config, [torch.from_numpy(clip)], [(0, s, e)])
+    [rows] = model.embed_spans(model.feature_config, [torch.from_numpy(clip)], [(0, s, e)])
     n = model.num_audio_tokens(num_mel_frames(e - s, model.feature_config))
     assert rows.shape[0] == n == model.processor.splice_ids(n).count(model.config.audio_token_id)
     feats, frames = tc.features_for(FAMILY, [clip, clip[s:e]])

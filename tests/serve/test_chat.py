@@ -15,7 +15,6 @@ import live  # noqa: E402
 import tiny_checkpoints as tc  # noqa: E402
 from echo.audio.features import num_audio_tokens, num_mel_frames  # noqa: E402
 from echo.config import EngineConfig  # noqa: E402
-from echo.engine.audio_embed import feature_config_for  # noqa: E402
 from echo.engine.llm import Engine  # noqa: E402
 from echo.serve import ServeConfig  # noqa: E402
 
@@ -72,7 +71,7 @@ def test_plain_and_streamed_completions_agree_and_report_relistens(server, model
 def test_relisten_events_are_consistent_with_the_tokens(server, model):
     client, _ = server
     clip = tc.sine_clip(3.0, seed=2)
-    features = feature_config_for(model)
+    features = model.resolve_feature_config()
     content, events, _, usage = _stream(client, model="tiny", messages=live.audio_message(clip, "Listen again?"),
                                         temperature=0, max_tokens=60)
     text = content[0]

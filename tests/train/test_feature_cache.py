@@ -12,8 +12,8 @@ import torch
 
 import echo
 from echo.audio import load as load_audio
-from echo.engine.audio_embed import feature_config_for, span_embeddings
 from echo.errors import EchoError
+from echo.models.model import AudioLanguageModel
 from echo.train import feature_cache as fc_mod
 from echo.train.data import build_dataset, read_records
 from echo.train.feature_cache import FeatureCache
@@ -35,7 +35,7 @@ def workdir(tmp_path_factory):
 
 def _examples(workdir):
     model = echo.load(workdir / "base")
-    features = feature_config_for(model, workdir / "base")
+    features = model.resolve_feature_config(workdir / "base")
     examples, skipped = build_dataset(read_records(workdir / "data.jsonl"), model.processor, "interleaved",
                                       features=features)
     assert not skipped
@@ -50,7 +50,7 @@ def test_rows_equal_the_towers_and_are_computed_once(workdir, tmp_path):
         for ex in examples:
             wave = torch.from_numpy(load_audio(ex.audio))
             got = cache.rows(model, wave, ex.audio_spans)
-            want = span_embeddings(model, features, [wave], [(0, s, e) for s, e in ex.audio_spans])
+            want = model.embed_spans(features, [wave], [(0, s, e) for s, e in ex.audio_spans])
             assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
         assert cache.computed == spans  # epoch two ran the tower for nothing
     files = list((tmp_path / "cache").glob("*/*.safetensors"))
@@ -59,7 +59,7 @@ def test_rows_equal_the_towers_and_are_computed_once(workdir, tmp_path):
     again = FeatureCache(model, features, tmp_path / "cache")  # a resumed run: read back, bit for bit
     for ex in examples:
         wave = torch.from_numpy(load_audio(ex.audio))
-        want = span_embeddings(model, features, [wave], [(0, s, e) for s, e in ex.audio_spans])
+        want = model.embed_spans(features, [wave], [(0, s, e) for s, e in ex.audio_spans])
         assert all(torch.equal(a, b) for a, b in zip(again.rows(model, wave, ex.audio_spans), want))
     assert again.computed == 0 and again.read == spans
 
@@ -92,16 +92,19 @@ def test_the_disk_copy_is_bounded_and_a_full_disk_is_one_clear_error(workdir, tm
 
 
 def test_sft_with_the_cache_trains_as_without_it_and_encodes_each_span_once(workdir, monkeypatch):
-    calls = []
-    real = fc_mod.span_embeddings
-    monkeypatch.setattr(fc_mod, "span_embeddings", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
+    calls = {"cached": [], "plain": []}
+    real = AudioLanguageModel.embed_spans
     runs = {}
     for name, cached in (("cached", True), ("plain", False)):
         out = workdir / name
-        train_sft(str(workdir / "base"), str(workdir / "data.jsonl"), str(out),
-                  SFTConfig(lr=1e-3, epochs=3, grad_accum=2, lora_rank=4, feature_cache=cached, progress=False))
+        with monkeypatch.context() as m:
+            m.setattr(AudioLanguageModel, "embed_spans",
+                      lambda model, *a, _n=name, **k: calls[_n].append(len(a[2])) or real(model, *a, **k))
+            train_sft(str(workdir / "base"), str(workdir / "data.jsonl"), str(out),
+                      SFTConfig(lr=1e-3, epochs=3, grad_accum=2, lora_rank=4, feature_cache=cached, progress=False))
         runs[name] = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
     spans = 4 + sum(t.count("<seg>") for t in TARGETS)  # every clip once, every cited span once
-    assert sum(calls) == spans  # over three epochs: the cached run encoded each span once, the plain run never here
+    assert sum(calls["cached"]) == spans  # over three epochs the cached run encoded each span once...
+    assert sum(calls["plain"]) == 3 * spans  # ... and the plain run every epoch
     assert len(list((workdir / "cached" / "feature_cache").glob("*/*.safetensors"))) == spans
     assert runs["cached"] == pytest.approx(runs["plain"], rel=1e-6)

@@ -14,7 +14,6 @@ import torch
 from helpers import assert_close
 
 import echo
-from echo.engine.audio_embed import feature_config_for
 from echo.models import decoder as decoder_mod
 from echo.models.tiny import make_checkpoint
 from echo.train import sft as sft_mod
@@ -105,7 +104,7 @@ def test_cli_train_sft(workdir, capsys):
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(workdir, monkeypatch):
     model = echo.load(workdir / "base").train()
     model.requires_grad_(True)
-    features = feature_config_for(model, workdir / "base")
+    features = model.resolve_feature_config(workdir / "base")
     examples, _ = build_dataset(read_records(str(workdir / "data.jsonl"))[:2], model.processor, "interleaved",
                                 features=features)
     calls = {"n": 0}

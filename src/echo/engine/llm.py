@@ -28,7 +28,6 @@ from ..audio.features import num_mel_frames
 from ..config import EngineConfig, SamplingParams
 from ..errors import ConfigError, EchoError
 from .admission import load_clip, prompt_audio, prompt_ids, request_fields, sampling_params
-from .audio_embed import feature_config_for
 from .block_manager import BlockManager
 from .cuda_graphs import decode_graphs_for
 from .encoder_cache import EncoderCache, audio_hash
@@ -51,7 +50,7 @@ class Engine:
         self.model, self.config = model, config or EngineConfig()
         self.logits_processors = list(logits_processors)
         c = self.config
-        self.features = feature_config or feature_config_for(model)
+        self.features = feature_config or model.resolve_feature_config()
         self.kv = PagedKVCache.for_engine(model.config.decoder, c, model.dtype, model.device)
         self.bm = BlockManager(self.kv.num_blocks, c.block_size)
         self.encoder_cache = EncoderCache(c.encoder_cache_bytes)

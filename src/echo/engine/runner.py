@@ -13,7 +13,6 @@ import torch
 
 from ..audio import FeatureConfig
 from ..ops.linear import few_row_forward
-from .audio_embed import span_embeddings
 from .block_manager import BlockManager
 from .cuda_graphs import DecodeGraphs
 from .encoder_cache import EncoderCache
@@ -62,13 +61,13 @@ class ModelRunner:
     def embed_audio(self, chunks: Sequence[Chunk]) -> None:
         """Fill in the rows of every audio run the chunks cover that has none yet (prompt audio of newly admitted
         requests, spans re-listened in the last step): one encoder-cache call for all of them, which encodes all
-        its misses in one batched mel + encoder + projector call (engine/audio_embed.py)."""
+        its misses in one batched mel + encoder + projector call (``model.embed_spans``)."""
         runs = list({id(r): r for c in chunks for r, *_ in c.seq.audio_in(c.start, c.end) if r.rows is None}.values())
         if not runs:
             return
         rows, hits = self.encoder_cache.embed(
             [(r.clip, r.start, r.end) for r in runs],
-            lambda waves, which: span_embeddings(self.model, self.features, waves, which))
+            lambda waves, which: self.model.embed_spans(self.features, waves, which))
         for run, piece, hit in zip(runs, rows, hits):
             if piece.shape[0] != run.num_tokens:
                 raise RuntimeError(f"audio of {run.end - run.start} samples gave {piece.shape[0]} rows for "

@@ -3,7 +3,8 @@
 Three separable steps, so the engine can run each where it wants:
 
 1. ``encode_audio(features, num_frames)`` → audio embeddings ``(num_audio_tokens_total, hidden)`` (encoder +
-   projector; a re-listened span is just a short audio here).
+   projector; a re-listened span is just a short audio here); ``embed_spans(features, waves, spans)`` runs it
+   from waveforms, the one path from audio to rows for the engine and the trainers.
 2. ``embed(input_ids, audio_embeds)`` → input embeddings with the audio rows placed, in order, at the
    ``<|AUDIO|>`` positions (a splice is ``<|audio_bos|> <|AUDIO|>×n <|audio_eos|>`` plus its n rows).
 3. A decoder pass: ``forward`` (padded batch, causal mask, logits: training and parity tests) or
@@ -13,12 +14,16 @@ Three separable steps, so the engine can run each where it wants:
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from ..audio.features import FeatureConfig, audio_windows, num_mel_frames
 from ..ops.gather_rows import gather_rows
+from ..ops.log_mel import log_mel_spans
 from .attention import AttentionBackend, DenseCausalAttention
 from .audio_encoder import num_audio_tokens
 from .config import ModelConfig
@@ -75,6 +80,59 @@ class AudioLanguageModel(nn.Module):
 
     def _encode(self, features: torch.Tensor, num_frames: list[int]) -> torch.Tensor:
         raise NotImplementedError
+
+    def resolve_feature_config(self, model_dir=None) -> FeatureConfig:
+        """The one feature config of this checkpoint, used by the engine, SFT and GRPO alike: the one ``echo.load``
+        read from its preprocessor_config.json (kept as ``feature_config``), else that file in ``model_dir``, else
+        the family's defaults (Qwen2.5-Omni 300 s, Qwen2-Audio 30 s) with the encoder's own number of mel bins
+        (Whisper tiny.en's tower takes 80, not Qwen's 128)."""
+        kept = getattr(self, "feature_config", None)
+        if isinstance(kept, FeatureConfig):
+            return kept
+        if model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file():
+            return self.config.spec.feature_config(model_dir)
+        return dataclasses.replace(self.config.spec.feature_config(), n_mels=self.config.audio.num_mel_bins)
+
+    def embed_spans(self, features: FeatureConfig, waves: Sequence[torch.Tensor],
+                    spans: Sequence[tuple[int, int, int]], grad: bool = False) -> list[torch.Tensor]:
+        """Embeddings of ``(wave_index, start_sample, end_sample)`` spans of 16 kHz waveforms, one
+        ``(num_audio_tokens, hidden)`` tensor each: one log-mel call for all spans, one encoder + projector call.
+        The one place audio becomes the rows placed at ``<|AUDIO|>`` tokens, shared by the engine (prompt audio and
+        re-listens, behind its encoder cache) and the trainers (which recompute the same rows for the same spans),
+        so training sees exactly the embeddings the engine decoded with. ``grad`` keeps the encoder in the
+        autograd graph (training it); otherwise no_grad."""
+        if not spans:
+            return []
+        # each span as the windows it is heard in (one, unless the family cuts long audio into windows)
+        windows = [[(w, a, b) for a, b in audio_windows(s, e, features)] for w, s, e in spans]
+        spans = [piece for pieces in windows for piece in pieces]
+        used = sorted({w for w, _, _ in spans})
+        offset, start = {}, 0
+        for w in used:
+            offset[w] = start
+            start += int(waves[w].numel())
+        wave = torch.cat([waves[w] for w in used]) if len(used) > 1 else waves[used[0]]
+        starts = torch.tensor([offset[w] + s for w, s, _ in spans])
+        lens = torch.tensor([e - s for _, s, e in spans])
+        frames = [num_mel_frames(e - s, features) for _, s, e in spans]
+        spec = self.config.spec  # the family's feature layout (models/families)
+        feats, got = log_mel_spans(wave.contiguous(), starts, lens, **features.mel_args,
+                                   extra_frames=spec.extra_frames)
+        # no_grad, not inference_mode: under FSDP2 the gathered parameters must stay usable by a later backward
+        with torch.enable_grad() if grad else torch.no_grad():
+            if spec.packed_features:
+                emb = self.encode_audio(feats, frames)
+            else:
+                padded = feats.new_zeros((len(spans), feats.shape[0], int(got.max())))
+                for j, piece in enumerate(torch.split(feats, got.tolist(), dim=1)):
+                    padded[j, :, : piece.shape[1]] = piece
+                emb = self.encode_audio(padded, frames)
+        rows = torch.split(emb, [self.num_audio_tokens(f) for f in frames])
+        out, i = [], 0
+        for pieces in windows:
+            out.append(rows[i] if len(pieces) == 1 else torch.cat(rows[i: i + len(pieces)]))
+            i += len(pieces)
+        return out
 
     @staticmethod
     def num_audio_tokens(num_frames: int) -> int:

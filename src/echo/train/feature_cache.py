@@ -7,7 +7,7 @@ and on disk as one safetensors file per span, below a directory named by a finge
 different tower never reads them). The disk copy outlives epochs and resumes; it is bounded (past ``max_disk_bytes``
 new spans stay in memory only), and a full disk is a one-line error naming the directory.
 
-Rows from the cache equal the rows ``span_embeddings`` computes for the same spans (the same function fills it).
+Rows from the cache equal the rows ``model.embed_spans`` computes for the same spans (the same function fills it).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..audio import FeatureConfig
-from ..engine.audio_embed import span_embeddings
 from ..engine.encoder_cache import EncoderCache, audio_hash
 from ..errors import EchoError
 
@@ -73,7 +72,7 @@ class FeatureCache:
                 found[key] = value
         missing = [k for k in dict.fromkeys(keys) if k not in found]
         if missing:
-            fresh = span_embeddings(model, self.features, [wave], [(0, s, e) for _, s, e in missing])
+            fresh = model.embed_spans(self.features, [wave], [(0, s, e) for _, s, e in missing])
             self.computed += len(missing)
             for key, value in zip(missing, fresh):
                 found[key] = value

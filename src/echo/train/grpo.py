@@ -35,7 +35,6 @@ from tqdm import tqdm
 from ..audio.io import SAMPLING_RATE
 from ..config import EngineConfig, SamplingParams
 from ..data.formats import MAX_BAD_SHARE, check_share, refuse_bad_share
-from ..engine.audio_embed import feature_config_for
 from ..engine.llm import Engine
 from ..engine.sampler import LogitsProcessor
 from ..errors import ConfigError, EchoError
@@ -129,7 +128,7 @@ class GRPOTrainer:
         # a trainable projector (Qwen2-Audio's sits outside the tower) needs the policy pass's audio rows in the
         # graph, and the engine's cached encoder outputs (which include it) go stale at every step
         self.audio_grad = self.run.audio_grad
-        self.features = feature_config_for(model, model_dir)
+        self.features = model.resolve_feature_config(model_dir)
         self.ref = None  # the KL's reference: the base model; with LoRA, this model with its adapters off
         if cfg.loss.kl_coef and self.lora is None:
             self.ref = load(model_dir, device=dist.device(), dtype=torch.float32).requires_grad_(False).eval()

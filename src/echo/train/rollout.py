@@ -17,7 +17,6 @@ import torch
 from ..audio import FeatureConfig
 from ..audio import load as load_audio
 from ..config import SamplingParams
-from ..engine.audio_embed import span_embeddings
 from ..engine.llm import Engine, Request
 from .rewards import Trajectory
 from .rl_data import RLRecord
@@ -100,8 +99,8 @@ def response_logprobs(model, rollouts: list[Rollout], features: FeatureConfig, w
     # a group shares its clip and often its spans: encode each distinct span once, in one call
     distinct = list(dict.fromkeys(keys))
     audios = list(dict.fromkeys(a for a, _, _ in distinct))
-    rows = dict(zip(distinct, span_embeddings(model, features, [waves[a] for a in audios],
-                                              [(audios.index(a), s, e) for a, s, e in distinct], grad=grad_audio)))
+    rows = dict(zip(distinct, model.embed_spans(features, [waves[a] for a in audios],
+                                                [(audios.index(a), s, e) for a, s, e in distinct], grad=grad_audio)))
     embeds = model.embed(ids, torch.cat([rows[k] for k in keys]))
     # logits only where a response token is predicted: position p predicts token p + 1
     index = torch.zeros(len(rollouts), r_max, dtype=torch.long, device=device)

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from ..audio import FeatureConfig
 from ..audio import load as load_audio
 from ..data.formats import MAX_BAD_SHARE, check_share, refuse_bad_share
-from ..engine.audio_embed import feature_config_for, span_embeddings
 from ..errors import ConfigError, EchoError
 from ..models.loader import resolve_model
 from . import distributed as dist
@@ -73,7 +72,7 @@ def _audio_rows(model, ex: SFTExample, features: FeatureConfig, grad: bool,
     wave = torch.from_numpy(load_audio(ex.audio)).to(model.device)
     if cache is not None and not grad:
         return torch.cat(cache.rows(model, wave, ex.audio_spans))
-    return torch.cat(span_embeddings(model, features, [wave], [(0, s, e) for s, e in ex.audio_spans], grad=grad))
+    return torch.cat(model.embed_spans(features, [wave], [(0, s, e) for s, e in ex.audio_spans], grad=grad))
 
 
 def sequence_loss(model, ex: SFTExample, features: FeatureConfig, train_audio_encoder: bool = False,
@@ -121,7 +120,7 @@ def train_sft(model_dir: str, data: str, out_dir: str, cfg: SFTConfig | None = N
     model.train()
     # a frozen encoder's ops record nothing, as none of their inputs requires grad
     audio_grad = run.audio_grad
-    features = feature_config_for(model, model_dir)
+    features = model.resolve_feature_config(model_dir)
     # one process only: under FSDP a cache hit on one rank and a miss on another would leave the tower's gathers
     # unmatched
     cache = FeatureCache(model, features, out / "feature_cache") if cfg.feature_cache and not audio_grad and \
