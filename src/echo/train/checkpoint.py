@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from ..durable import atomic_dir, recover_dir
 from ..errors import CheckpointError
+from ..launch import dist_env
 from ..models import checkpoint as ckpt
 from ..models.families import FAMILIES
 from ..models.loader import config_dtype, tensor_names
@@ -67,7 +68,7 @@ def load_trainer_state(path: str | os.PathLike) -> dict | None:
     """The trainer state of the resumable checkpoint ``path`` (after recovering an interrupted save), or None."""
     from . import distributed as dist
 
-    if dist.world_size() == 1 or torch.distributed.get_rank() == 0:  # one process repairs, the others wait
+    if dist_env()[0] == 0:  # one process repairs, the others wait
         recover_dir(Path(path))
     dist.barrier()
     f = Path(path) / "trainer_state.pt"

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from ..argtypes import non_negative_int, positive_float, positive_int, share
 from ..console import print_warnings
 from ..config_flags import Flag, add_config_flags, config_kwargs
 from ..engine_flags import add_engine_flags, engine_config
 from ..errors import ConfigError
+from ..launch import dist_env
 
 _OVERWRITE = "start over in --out, discarding a run there made with other data or settings"
 _BAD_SHARE = "malformed --data lines are skipped and reported; fail when more than this share of them are"
@@ -111,16 +111,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_train_grpo)
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def _train_sft(args: argparse.Namespace) -> int:
     from .sft import SFTConfig, train_sft
 
     cfg = SFTConfig(**config_kwargs(args, SFT_FLAGS))
     result = train_sft(args.model, args.data, args.out, cfg, overwrite=args.overwrite)
-    if _rank() > 0:  # torchrun: one report
+    if dist_env()[0] > 0:  # torchrun: one report
         return 0
     for rid, reason in result["skipped"]:
         print(f"skipped {rid}: {reason}")
@@ -150,7 +146,7 @@ def _train_grpo(args: argparse.Namespace) -> int:
     except (ValueError, ImportError) as exc:  # an unknown term or a module that does not import
         raise ConfigError(f"--reward: {exc}") from None
     result = train_grpo(args.model, args.data, args.out, cfg, reward, overwrite=args.overwrite)
-    if _rank() > 0:
+    if dist_env()[0] > 0:
         return 0
     for rid, reason in result["skipped"]:
         print(f"skipped {rid}: {reason}")

@@ -17,18 +17,18 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from ..launch import dist_env
+
 
 def setup() -> tuple[int, int]:
     """(rank, world size); initialises the process group when launched by torchrun with WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = dist_env()[1]
     if world > 1 and not tdist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         atexit.register(_teardown)  # a process group still alive at interpreter exit can abort the process
-    if tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
+    return dist_env()
 
 
 def _teardown() -> None:

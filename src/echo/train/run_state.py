@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..durable import read_jsonl, require_file, write_atomic
 from ..errors import ConfigError
+from ..launch import dist_env
 from . import distributed as dist
 from .lora import DEFAULT_TARGETS
 
@@ -105,7 +106,7 @@ def prepare_run(out: str | os.PathLike, run: dict, overwrite: bool = False) -> N
                 f"{out} holds a {saved.get('kind', 'training')} run with other settings: {'; '.join(diff)}. Rerun "
                 f"with the original settings to resume it, pass --overwrite to start over in {out}, or train from "
                 f"{out}/final into a new --out to continue on new data")
-    if dist.world_size() == 1 or _rank() == 0:
+    if dist_env()[0] == 0:
         if overwrite:
             for name in ("checkpoint", "checkpoint.tmp", "checkpoint.new", "checkpoint.old", "final", "final.tmp",
                          "final.new", "final.old", "tensorboard"):
@@ -126,9 +127,3 @@ def trim_log(out: str | os.PathLike, step: int) -> None:
         return
     rows = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _rank() -> int:
-    import torch.distributed as tdist
-
-    return tdist.get_rank() if tdist.is_initialized() else 0

@@ -27,9 +27,11 @@ def test_pipeline_config_errors(tmp_path, monkeypatch):
         PipelineConfig(tmp_path, tmp_path / "out", caption=ep, caption_local=tmp_path)
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"rank 2 is outside \[0, world_size=2\)"):
+    with pytest.raises(ConfigError, match=r"RANK=2 must be in \[0, WORLD_SIZE=2\)"):
         PipelineConfig(tmp_path, tmp_path / "out")
     monkeypatch.delenv("RANK")
+    with pytest.raises(ConfigError, match=r"rank 2 is outside \[0, world_size=2\)"):
+        PipelineConfig(tmp_path, tmp_path / "out", rank=2)
     assert PipelineConfig(tmp_path, tmp_path / "out", llm=ep).judge is ep  # the judge defaults to the LLM
 
 

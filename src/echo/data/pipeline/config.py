@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ...errors import ConfigError
+from ...launch import dist_env
 
 STAGES = ("caption", "synthesize", "filter", "export")
 
@@ -122,7 +123,7 @@ class PipelineConfig:
             raise ConfigError("questions_per_clip, chunk_size and local_batch must be >= 1")
         if self.prompts_dir is not None and not self.prompts_dir.is_dir():
             raise ConfigError(f"prompts directory {self.prompts_dir} not found")
-        env_rank, env_world = _dist_env()
+        env_rank, env_world = dist_env()
         self.rank = env_rank if self.rank is None else self.rank
         self.world_size = env_world if self.world_size is None else self.world_size
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -135,11 +136,3 @@ class PipelineConfig:
                 raise ConfigError("captioning needs --caption-endpoint/--caption-model or --caption-local DIR")
             if role in ("llm", "judge") and getattr(self, role) is None:
                 raise ConfigError(f"this stage needs an LLM ({role}): --llm-endpoint and --llm-model")
-
-
-def _dist_env() -> tuple[int, int]:
-    try:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise ConfigError(f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} "
-                          "must be integers") from None
