@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server tests need fastapi (pip install '.[test]')")
 
-from echo.serve.loop import EngineLoop, Job, _held_back  # noqa: E402
+from echo.engine.detokenizer import IncrementalDetokenizer  # noqa: E402
+from echo.serve.loop import _held_back  # noqa: E402
 
 
 def test_incremental_text_equals_a_full_decode_at_every_step(model):
@@ -18,13 +19,16 @@ def test_incremental_text_equals_a_full_decode_at_every_step(model):
     ids = []
     for _ in range(12):  # real text, random byte tokens, and specials (skipped), in stretches
         ids += words if rng.random() < 0.5 else rng.integers(0, 350, size=int(rng.integers(1, 40))).tolist()
-    job = Job(np.zeros(1, np.float32), [], None, None)
-    job.committed = [(0, "")]
-    commits = 0
+    detok = IncrementalDetokenizer(proc)
+    commits, sent = 0, ""
     for n in range(1, len(ids) + 1):
-        before = job.committed[0][0]
-        assert EngineLoop._text(job, 0, ids[:n], proc) == proc.decode(ids[:n], skip_special_tokens=True), n
-        commits += job.committed[0][0] != before
+        before = detok.done
+        text = detok.text(ids[:n])
+        assert text == proc.decode(ids[:n], skip_special_tokens=True), n
+        commits += detok.done != before
+        sent += detok.emit(text, final=n == len(ids))
+        assert text.startswith(sent) and (not sent.endswith("\ufffd") or n == len(ids))  # no half character sent
+    assert sent == proc.decode(ids, skip_special_tokens=True)  # the sent pieces add up to the whole text
     assert commits >= 2  # the cheap path was really taken
 
 

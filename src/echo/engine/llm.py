@@ -30,6 +30,7 @@ from ..errors import ConfigError, EchoError
 from .admission import load_clip, prompt_audio, prompt_ids, request_fields, sampling_params
 from .block_manager import BlockManager
 from .cuda_graphs import decode_graphs_for
+from .detokenizer import IncrementalDetokenizer
 from .encoder_cache import EncoderCache, audio_hash
 from .kv_cache import PagedKVCache
 from .outputs import GenerationResult, Request, SampleOutput
@@ -180,15 +181,12 @@ class Engine:
             raise ConfigError("stream() generates one sample; use generate() for n > 1")
         index = self.add_request(audio, prompt, params)
         try:
-            seq, proc = self.request(index).samples[0], self.model.processor
-            printed, seen = "", 0
+            seq, detok, seen = self.request(index).samples[0], IncrementalDetokenizer(self.model.processor), 0
             while not seq.is_finished:
                 self.step()
-                text = proc.decode(seq.token_ids[seq.num_prompt_tokens:], skip_special_tokens=True)
-                if text.startswith(printed) and not text.endswith("\ufffd"):  # wait out half-decoded characters
-                    delta, printed = text[len(printed):], text
-                    if delta:
-                        yield delta, None
+                delta = detok.emit(detok.text(seq.token_ids[seq.num_prompt_tokens:]), final=seq.is_finished)
+                if delta:
+                    yield delta, None
                 for record in seq.relistens[seen:]:
                     yield "", record
                 seen = len(seq.relistens)

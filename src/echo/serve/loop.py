@@ -18,6 +18,7 @@ import numpy as np
 
 from ..audio.io import SAMPLING_RATE
 from ..config import SamplingParams
+from ..engine.detokenizer import IncrementalDetokenizer
 from ..engine.llm import Engine
 from ..engine.sequence import RelistenRecord, Sequence
 from ..errors import EchoError
@@ -48,11 +49,10 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue)
     index: int | None = None
-    printed: list[str] = dataclasses.field(default_factory=list)
     sampled: list[int] = dataclasses.field(default_factory=list)
     seen: list[int] = dataclasses.field(default_factory=list)
     closed: list[bool] = dataclasses.field(default_factory=list)
-    committed: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (tokens, their final text)
+    texts: list[IncrementalDetokenizer] = dataclasses.field(default_factory=list)  # one per sample
 
     def post(self, event) -> None:
         try:
@@ -73,8 +73,6 @@ def relisten_event(record: RelistenRecord, num_prompt_tokens: int) -> dict:
             "position": record.position - num_prompt_tokens if record.inserted else None}
 
 
-_CONTEXT_TOKENS = 4  # decoded again before the new tokens, so merges and leading spaces come out as in a full decode
-_COMMIT_EVERY = 64
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -194,8 +192,8 @@ class EngineLoop:
         state = self.engine.request(job.index)
         seqs, prompt_ids = state.samples, state.prompt_ids
         n = len(seqs)
-        job.printed, job.sampled, job.seen, job.closed = [""] * n, [0] * n, [0] * n, [False] * n
-        job.committed = [(0, "")] * n
+        job.sampled, job.seen, job.closed = [0] * n, [0] * n, [False] * n
+        job.texts = [IncrementalDetokenizer(self.engine.model.processor) for _ in range(n)]
         self._jobs[job.index] = job
         self.metrics.requests_total += 1
         audio_id = self.engine.model.config.audio_token_id
@@ -232,7 +230,6 @@ class EngineLoop:
             self.metrics.active_requests = self._active
 
     def _publish(self) -> None:
-        proc = self.engine.model.processor
         tokens = 0
         for job in list(self._jobs.values()):
             seqs = self.engine.request(job.index).samples
@@ -240,7 +237,7 @@ class EngineLoop:
             for i, seq in enumerate(seqs):
                 if job.closed[i]:
                     continue
-                update = self._sample_update(job, i, seq, proc)
+                update = self._sample_update(job, i, seq)
                 tokens += len(update.tokens)
                 if update.text or update.tokens or update.relistens or update.finish_reason:
                     updates.append(update)
@@ -265,7 +262,7 @@ class EngineLoop:
         m.kv_blocks_in_use = self.engine.bm.num_blocks - self.engine.bm.num_free
         m.encoder_cache_hits, m.encoder_cache_misses = stats.hits, stats.misses
 
-    def _sample_update(self, job: Job, i: int, seq: Sequence, proc) -> SampleUpdate:
+    def _sample_update(self, job: Job, i: int, seq: Sequence) -> SampleUpdate:
         update = SampleUpdate(i)
         generated = seq.token_ids[seq.num_prompt_tokens:]
         sampled = [t for t, m in zip(generated, seq.mask[seq.num_prompt_tokens:]) if m]
@@ -273,7 +270,7 @@ class EngineLoop:
         lps = seq.logprobs[job.sampled[i]:] if seq.params.logprobs else [None] * len(new)
         update.tokens = list(zip(new, lps))
         job.sampled[i] = len(sampled)
-        text = self._text(job, i, generated, proc)
+        text = job.texts[i].text(generated)
         stops = tuple(seq.params.stop)
         if seq.is_finished:
             for stop in stops:  # as Engine.result trims it
@@ -281,10 +278,7 @@ class EngineLoop:
                     text = text[: -len(stop)]
         else:
             text = text[: len(text) - _held_back(text, stops)]
-            if text.endswith("\ufffd"):  # wait out half-decoded characters
-                text = job.printed[i]
-        if text.startswith(job.printed[i]):
-            update.text, job.printed[i] = text[len(job.printed[i]):], text
+        update.text = job.texts[i].emit(text, final=seq.is_finished)
         for record in seq.relistens[job.seen[i]:]:
             update.relistens.append(relisten_event(record, seq.num_prompt_tokens))
             if record.inserted:
@@ -295,19 +289,3 @@ class EngineLoop:
             update.finish_reason = seq.finish_reason or "stop"
             job.closed[i] = True
         return update
-
-    @staticmethod
-    def _text(job: Job, i: int, generated: list[int], proc) -> str:
-        """The sample's text, decoding only the tokens after the last committed point (plus a little context):
-        decoding everything each step would cost O(length) per sequence per step."""
-        done, committed = job.committed[i]
-        ctx = max(0, done - _CONTEXT_TOKENS)
-        head = proc.decode(generated[ctx:done], skip_special_tokens=True)
-        whole = proc.decode(generated[ctx:], skip_special_tokens=True)
-        if not whole.startswith(head):  # a character split across the boundary: decode it all once
-            return proc.decode(generated, skip_special_tokens=True)
-        text = committed + whole[len(head):]
-        # commit only at a character boundary (a trailing U+FFFD may be a character still being written)
-        if len(generated) - done >= _COMMIT_EVERY and not whole.endswith("\ufffd"):
-            job.committed[i] = (len(generated), text)
-        return text
