@@ -190,11 +190,3 @@ def decoder_from_hf(t: dict, tie: bool) -> DecoderConfig:
                          rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 1_000_000.0))),
                          rms_norm_eps=float(t.get("rms_norm_eps", 1e-6)), tie_word_embeddings=tie,
                          max_position_embeddings=t.get("max_position_embeddings", 32768))
-
-
-def __getattr__(name: str):
-    if name == "SUPPORTED_ARCHITECTURES":  # the registry's list, read lazily (families imports this module)
-        from .families import SUPPORTED_ARCHITECTURES
-
-        return SUPPORTED_ARCHITECTURES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
