@@ -119,11 +119,10 @@ def _plain_batches(a: dict):
     waveform of each audio in them, in echo's data order."""
     import echo
     from echo.audio import load as load_audio
-    from echo.engine.audio_embed import feature_config_for
     from echo.train.data import build_dataset, read_records
 
     model = echo.load(a["model"])
-    features = feature_config_for(model, a["model"])
+    features = model.resolve_feature_config(a["model"])
     examples, skipped = build_dataset(read_records(a["data"]), model.processor, "interleaved", features=features,
                                       max_len=8192)
     assert not skipped, skipped
