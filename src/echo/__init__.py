@@ -1,9 +1,9 @@
 """echo: audio-interleaved reasoning for large audio language models.
 
-The public surface: ``echo.load(dir)`` / ``echo.from_transformers(hf_model)`` (models), ``model.generate`` and
-``echo.generate`` (interleaved decoding with re-listening), ``SamplingParams``, ``RelistenPolicy``,
-``EngineConfig``, and ``echo.audio`` (load, log_mel). Submodules are imported lazily so ``import echo`` stays
-cheap.
+The public surface: ``echo.load(dir)`` / ``echo.from_transformers(hf_model)`` (an ``echo.Model``: the module and
+its engine), ``model.generate`` and ``echo.generate`` (interleaved decoding with re-listening),
+``SamplingParams``, ``RelistenPolicy``, ``EngineConfig``, and ``echo.audio`` (load, log_mel). Names are imported
+on first use so ``import echo`` stays cheap (no torch).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ __version__ = "0.1.0"
 # name -> module that defines it; resolved on first attribute access.
 _LAZY = {
     "audio": "echo.audio",
-    "load": "echo.models.loader",
-    "from_transformers": "echo.models.loader",
+    "load": "echo.api",
+    "from_transformers": "echo.api",
+    "Model": "echo.api",
     "generate": "echo.api",
     "engine_for": "echo.api",
     "Engine": "echo.engine.llm",

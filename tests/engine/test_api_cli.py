@@ -12,7 +12,7 @@ import torch
 import echo
 import tiny_checkpoints as tc
 from echo.cli import main
-from echo.engine.llm import engine_for
+from echo.api import engine_for
 
 SR = 16_000
 
@@ -40,6 +40,23 @@ def test_model_and_module_generate(tiny):
     assert batch[0].samples[0].token_ids == one.samples[0].token_ids and len(batch) == 2
     with pytest.raises(echo.EchoError, match="empty prompt"):
         model.generate(str(clip), "", max_new_tokens=3)
+
+
+def test_load_returns_a_handle_on_the_module_and_its_engine(tiny):
+    path, clip = tiny
+    model = echo.load(path)
+    module = model.module
+    assert isinstance(model, echo.Model) and isinstance(module, torch.nn.Module) and not hasattr(module, "generate")
+    assert model.config is module.config and model.processor is module.processor
+    assert model.feature_config is module.feature_config
+    assert model.to("cpu") is model and model.eval() is model and model.requires_grad_(False) is model
+    assert model.state_dict().keys() == module.state_dict().keys()
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(model(ids), module(ids))  # calling the handle calls the module
+    assert model.engine is echo.engine_for(module) is echo.engine_for(model)  # one engine per module
+    assert model.engine.model is module
+    model.processor = None  # attributes are set on the module
+    assert module.processor is None
 
 
 def test_update_weights_in_place_changes_outputs_and_drops_encoder_cache(tiny):

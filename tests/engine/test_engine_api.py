@@ -102,12 +102,12 @@ def test_public_names_resolve_from_every_import_path():
     import echo.engine.llm as llm
     import echo.engine.outputs as outputs
 
-    assert echo.generate is api.generate is llm.generate and echo.engine_for is api.engine_for is llm.engine_for
-    assert llm.generate_on is api.generate_on and echo.load is api.load
+    assert echo.generate is api.generate and echo.engine_for is api.engine_for and echo.load is api.load
+    assert echo.Model is api.Model and echo.from_transformers is api.from_transformers
     assert echo.Request is llm.Request is outputs.Request and llm.SampleOutput is outputs.SampleOutput
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        llm.nothing  # noqa: B018
-    # models must not import the engine at import time (model.generate imports it when called)
+        echo.nothing  # noqa: B018
+    # models never import the engine, nor the engine the api (tests/test_import_layers.py checks every import)
     code = "import sys, echo.models, echo.models.loader; print(sorted(m for m in sys.modules if m.startswith(" \
            "('echo.engine', 'echo.api'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -15,7 +15,8 @@ import tiny_checkpoints as tc
 from echo.audio import FeatureConfig
 from echo.audio.features import num_audio_tokens, num_mel_frames
 from echo.config import EngineConfig, RelistenPolicy, SamplingParams
-from echo.engine.llm import Engine, Request, engine_for
+from echo.api import engine_for
+from echo.engine.llm import Engine, Request
 from echo.engine.relisten import decide
 from echo.errors import ConfigError
 from echo.train.data import SFTRecord, build_example

@@ -186,7 +186,7 @@ def test_lora_parts_equal_peft_merge_of_the_adapter(sources, assembled, tmp_path
 
     from echo.train.lora import add_lora, adapter_parts, lora_config, merge_lora, save_adapter
 
-    model = echo.load(assembled)
+    model = echo.load(assembled).module  # the trainers' LoRA works on the nn.Module
     config = lora_config(assembled, rank=2, alpha=3.0, targets=("q_proj", "down_proj"))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -75,7 +75,7 @@ def test_full_omni_loads_thinker_without_reading_talker(tmp_path, features, monk
     monkeypatch.setattr(ckpt, "safe_open", spy)
     model = echo.load(tmp_path)
     assert opened and not speech_only & set(opened), "a talker/token2wav-only shard was opened"
-    assert type(model).__name__ == "Qwen2_5OmniThinker"
+    assert type(model.module).__name__ == "Qwen2_5OmniThinker"
     ours, ref = _logits(model, features, full.thinker)
     assert_close("full omni thinker logits", ref, ours)
 
@@ -101,7 +101,7 @@ def test_from_transformers_full_omni_and_qwen2_audio_processor(tmp_path, checkpo
     from transformers import AutoTokenizer, Qwen2AudioProcessor, WhisperFeatureExtractor
 
     full = _full_omni(tmp_path)
-    assert type(echo.from_transformers(full)).__name__ == "Qwen2_5OmniThinker"
+    assert type(echo.from_transformers(full).module).__name__ == "Qwen2_5OmniThinker"
     path, hf = checkpoint("qwen2audio-tiny-gqa2")
     proc = Qwen2AudioProcessor(WhisperFeatureExtractor.from_pretrained(path), AutoTokenizer.from_pretrained(path))
     model = echo.from_transformers(hf, proc)

@@ -73,12 +73,12 @@ def test_merged_checkpoint_has_the_lora_models_logits(workdir):
 
     adapter = workdir / "straight" / "final"
     base = echo.load(workdir / "base")
-    lora = echo.load(workdir / "base")
+    lora = echo.load(workdir / "base").module  # the trainers' LoRA works on the nn.Module
     load_adapter(lora, adapter)
     merge_lora(workdir / "base", adapter, workdir / "merged")
     merged = echo.load(workdir / "merged")
     hf = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(workdir / "merged").eval()
-    peft_model = PeftModel.from_pretrained(echo.load(workdir / "base"), str(adapter)).eval()  # peft's own reader
+    peft_model = PeftModel.from_pretrained(echo.load(workdir / "base").module, str(adapter)).eval()  # peft's own reader
     with torch.no_grad():
         want = lora(IDS)
         assert (want - base(IDS)).abs().max() > 1e-3  # the adapter really changes the model

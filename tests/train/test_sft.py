@@ -158,7 +158,7 @@ def test_final_checkpoint_keeps_the_source_dtype_and_resumable_one_keeps_fp32(tm
     raw["torch_dtype"] = "bfloat16"  # a bf16 source (the tiny one was saved in fp32)
     raw.pop("dtype", None)
     cfg_path.write_text(json.dumps(raw))
-    model = echo.load(tmp_path / "base", dtype=torch.float32)
+    model = echo.load(tmp_path / "base", dtype=torch.float32).module
     save_checkpoint(model, tmp_path / "base", tmp_path / "final")
     save_checkpoint(model, tmp_path / "base", tmp_path / "resumable", {"step": 1})
     assert {t.dtype for t in load_file(tmp_path / "final" / "model.safetensors").values()} == {torch.bfloat16}

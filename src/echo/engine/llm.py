@@ -41,8 +41,7 @@ from .sampler import LogitsProcessor
 from .scheduler import ScheduledStep, Scheduler, split_step
 from .sequence import Clip, Sequence
 
-__all__ = ["Engine", "GenerationResult", "Request", "RequestState", "SampleOutput", "engine_for", "generate",
-           "generate_on"]
+__all__ = ["Engine", "GenerationResult", "Request", "RequestState", "SampleOutput"]
 
 
 class Engine:
@@ -209,11 +208,3 @@ class Engine:
         if clear_encoder_cache:
             self.encoder_cache.clear()
 
-
-def __getattr__(name: str):
-    """``engine_for``, ``generate_on`` and ``generate`` live in ``echo.api`` (which imports this module)."""
-    if name in ("engine_for", "generate_on", "generate"):
-        from .. import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -154,7 +154,7 @@ def _compare(records: list[dict], other: list[dict], args: argparse.Namespace) -
 
 def load_model(path: str):
     """``echo.load(path)``: the model whose engine-backed ``generate`` the runner calls."""
-    from ..models import load
+    from ..api import load
 
     return load(path)
 

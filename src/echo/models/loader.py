@@ -1,5 +1,6 @@
-"""``echo.load`` (a local Hugging Face directory → echo model) and ``echo.from_transformers`` (wrap an in-memory
-transformers model without copying its weights).
+"""``load`` (a local Hugging Face directory → echo module) and ``from_transformers`` (wrap an in-memory
+transformers model without copying its weights): the modules behind ``echo.load`` / ``echo.from_transformers``,
+which hand them out inside an ``echo.Model`` with their engine; the trainers load modules here.
 
 Both build the echo module on the meta device (no memory), then give every parameter its real tensor: read from
 safetensors straight into the target dtype/device, or the transformers model's own ``Parameter`` object, so the

@@ -221,15 +221,6 @@ class AudioLanguageModel(nn.Module):
         """``(*, hidden)`` → ``(*, vocab)`` logits in the model's dtype."""
         return self.lm_head(hidden)
 
-    # ---- generation ---------------------------------------------------------------------------------------------
-
-    def generate(self, audio_or_requests, prompt=None, sampling_params=None, **kwargs):
-        """Interleaved decoding with re-listening through echo's engine (see ``echo.engine.llm.generate_on``):
-        ``model.generate(audio, prompt, temperature=0)`` or ``model.generate(requests, sampling_params)``."""
-        from ..engine.llm import generate_on
-
-        return generate_on(self, audio_or_requests, prompt, sampling_params, **kwargs)
-
     @property
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
