@@ -87,18 +87,23 @@ def _engine(model, processor, **cfg):
                   logits_processors=[processor])
 
 
+def scripted_run(model, hf, family, clip, question, segs, end_step, max_new=60, **engine_cfg):
+    """One request scripted to cite ``segs`` (``_plan``), run by the reference loop and by echo's engine:
+    ``(prompt ids, the reference's tokens, the engine's GenerationResult)``."""
+    proc = model.processor
+    _, frames = tc.features_for(family, [clip])
+    prompt = proc(_conversation(question), frames.tolist())
+    processor = _processor(model, [(prompt, _plan(proc, segs, end_step))])
+    expected = reference_loop(hf, model, clip, question, processor, max_new=max_new)
+    [result] = _engine(model, processor, **engine_cfg).generate(
+        [Request(clip, question, SamplingParams(temperature=0, max_new_tokens=max_new))])
+    return prompt, expected, result
+
+
 def test_batch_of_one_matches_reference(omni):
     path, hf, model = omni
-    proc = model.processor
-    clip = tc.sine_clip(4.0, seed=1)
-    question = "How many beeps?"
-    feats, frames = tc.features_for("qwen2_5_omni", [clip])
-    prompt = proc(_conversation(question), frames.tolist())
-    plan = _plan(proc, [(2, "<seg>1.0, 2.5</seg>"), (20, "<seg>3.0, 3.6</seg>")], end_step=40)
-    processor = _processor(model, [(prompt, plan)])
-    expected = reference_loop(hf, model, clip, question, processor)
-    engine = _engine(model, processor)
-    [result] = engine.generate([Request(clip, question, SamplingParams(temperature=0, max_new_tokens=60))])
+    prompt, expected, result = scripted_run(model, hf, "qwen2_5_omni", tc.sine_clip(4.0, seed=1), "How many beeps?",
+                                            [(2, "<seg>1.0, 2.5</seg>"), (20, "<seg>3.0, 3.6</seg>")], 40)
     sample = result.samples[0]
     assert result.prompt_token_ids == prompt
     assert sample.token_ids == expected
@@ -115,17 +120,8 @@ def test_qwen2_audio_matches_reference(checkpoint):
     """The second architecture through the same engine: Qwen2-Audio (30 s max, its conv stem reads 2 padding
     frames past each span, which the engine's mel call supplies)."""
     path, hf = checkpoint("qwen2audio-tiny-gqa2")
-    model = echo.load(path)
-    proc = model.processor
-    clip = tc.sine_clip(3.5, seed=2)
-    question = "What is it?"
-    _, frames = tc.features_for("qwen2_audio", [clip])
-    prompt = proc(_conversation(question), frames.tolist())
-    plan = _plan(proc, [(2, "<seg>0.5, 2.0</seg>")], 30)
-    processor = _processor(model, [(prompt, plan)])
-    expected = reference_loop(hf, model, clip, question, processor)
-    [result] = _engine(model, processor).generate([Request(clip, question, SamplingParams(temperature=0,
-                                                                                          max_new_tokens=60))])
+    _, expected, result = scripted_run(echo.load(path), hf, "qwen2_audio", tc.sine_clip(3.5, seed=2), "What is it?",
+                                       [(2, "<seg>0.5, 2.0</seg>")], 30)
     assert result.samples[0].token_ids == expected
     assert result.samples[0].relistens[0].decision.action == "relisten"
 
@@ -251,15 +247,9 @@ def test_audioflamingo3_matches_reference(checkpoint):
     path, hf = checkpoint("af3-tiny-gqa2")
     model = echo.load(path)
     proc = model.processor
-    clip = tc.sine_clip(31.0, seed=3)
-    question = "What is it?"
-    _, frames = tc.features_for("audioflamingo3", [clip])
-    prompt = proc(_conversation(question), frames.tolist())
-    plan = _plan(proc, [(2, "<seg>1.0, 2.5</seg>"), (20, "<seg>0.0, 31.0</seg>")], 38)
-    processor = _processor(model, [(prompt, plan)])
-    expected = reference_loop(hf, model, clip, question, processor)
-    [result] = _engine(model, processor, max_num_batched_tokens=256).generate(
-        [Request(clip, question, SamplingParams(temperature=0, max_new_tokens=60))])
+    prompt, expected, result = scripted_run(model, hf, "audioflamingo3", tc.sine_clip(31.0, seed=3), "What is it?",
+                                            [(2, "<seg>1.0, 2.5</seg>"), (20, "<seg>0.0, 31.0</seg>")], 38,
+                                            max_num_batched_tokens=256)
     sample = result.samples[0]
     assert result.prompt_token_ids == prompt and sample.token_ids == expected
     assert [r.decision.applied_samples for r in sample.relistens] == [(16_000, 40_000), (0, 496_000)]

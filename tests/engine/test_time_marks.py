@@ -14,13 +14,11 @@ import pytest
 import echo
 import tiny_checkpoints as tc
 from echo import protocol
-from echo.config import RelistenPolicy, SamplingParams
-from echo.engine.llm import Request
 from echo.errors import ConfigError, EchoError
 from echo.models.config import TIME_MARKS_KEY, ModelConfig
 from echo.models.presets import preset
 from echo.protocol import TimeMarks, audio_pieces, time_mark_text, without_audio_runs
-from test_engine_vs_reference import _conversation, _engine, _plan, _processor, reference_loop
+from test_engine_vs_reference import _conversation, scripted_run
 
 CHAR_IDS = tuple((c, 100 + i) for i, c in enumerate(TimeMarks.CHARS))
 AUDIO = 7
@@ -146,15 +144,9 @@ def test_engine_matches_reference_with_marks(marked):
     the prompt and each splice carry their marks, and the text has none of them."""
     _, hf, model = marked
     proc = model.processor
-    clip = tc.sine_clip(3.5, seed=5)
-    question = "When?"
-    _, frames = tc.features_for("qwen2_audio", [clip])
-    prompt = proc(_conversation(question), frames.tolist())
-    plan = _plan(proc, [(2, "<seg>0.5, 2.2</seg>"), (30, "<seg>1.0, 3.0</seg>")], 60)
-    processor = _processor(model, [(prompt, plan)])
-    expected = reference_loop(hf, model, clip, question, processor, max_new=80)
-    engine = _engine(model, processor, max_num_batched_tokens=40)
-    [result] = engine.generate([Request(clip, question, SamplingParams(temperature=0, max_new_tokens=80))])
+    prompt, expected, result = scripted_run(model, hf, "qwen2_audio", tc.sine_clip(3.5, seed=5), "When?",
+                                            [(2, "<seg>0.5, 2.2</seg>"), (30, "<seg>1.0, 3.0</seg>")], 60,
+                                            max_new=80, max_num_batched_tokens=40)
     sample = result.samples[0]
     assert result.prompt_token_ids == prompt
     assert [r.decision.applied_samples for r in sample.relistens] == [(8000, 35200), (16000, 48000)]
