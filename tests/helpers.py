@@ -22,6 +22,33 @@ def synthetic_benchmark(out, n: int, seed: int, families: tuple[str, ...] = NON_
     return load_benchmark("synthetic", out)
 
 
+def eval_runs(model_dir, tmp_path) -> dict:
+    """``echo eval`` on two synthetic items with the checkpoint ``model_dir``: its summary.json (a smoke test)."""
+    import json
+
+    from echo.cli import main
+
+    synthetic_benchmark(tmp_path / "data", n=2, seed=3, families=("pitch_at",), difficulties=("easy",))
+    assert main(["eval", "--benchmark", "synthetic", "--data", str(tmp_path / "data"), "--model", str(model_dir),
+                 "--out", str(tmp_path / "out"), "--max-new-tokens", "4", "--no-progress"]) == 0
+    return json.loads((tmp_path / "out" / "summary.json").read_text())
+
+
+def kill_on_call(monkeypatch, module, name: str, n: int):
+    """Make the ``n``-th call of ``module.name`` raise KeyboardInterrupt (a kill mid-run); returns the function
+    that puts the real one back."""
+    real, calls = getattr(module, name), {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, dies)
+    return lambda: monkeypatch.setattr(module, name, real)
+
+
 def tree(d) -> dict[str, bytes]:
     """Every file under ``d`` by relative path (the whole observable result of a command)."""
     from pathlib import Path

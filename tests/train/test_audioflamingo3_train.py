@@ -3,7 +3,6 @@ runs for the spans, the projector's two layers train, and the checkpoint written
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import echo
 import tiny_checkpoints as tc
 from echo.cli import main
 from echo.train.data import SFTRecord, build_example
-from helpers import synthetic_benchmark
+from helpers import eval_runs
 
 TARGETS = ["two beeps <seg>0.5, 1.5</seg> then quiet", "a dog"]
 
@@ -53,11 +52,7 @@ def test_cli_train_sft_trains_the_projector_and_transformers_reads_the_result(wo
 
 
 def test_cli_eval_runs_the_model(workdir, tmp_path):
-    synthetic_benchmark(tmp_path / "data", n=2, seed=3, families=("pitch_at",), difficulties=("easy",))
-    assert main(["eval", "--benchmark", "synthetic", "--data", str(tmp_path / "data"), "--model",
-                 str(workdir / "base"), "--out", str(tmp_path / "out"), "--max-new-tokens", "4", "--no-progress"]) == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["overall"]["total"] == 2
+    assert eval_runs(workdir / "base", tmp_path)["overall"]["total"] == 2
 
 
 def test_grpo_step_trains_the_projector(workdir, tmp_path):

@@ -10,7 +10,7 @@ import math
 import pytest
 import tiny_checkpoints as tc
 import torch
-from helpers import ScriptedTurn, assert_close
+from helpers import ScriptedTurn, assert_close, kill_on_call
 
 import echo
 from echo.config import EngineConfig, SamplingParams
@@ -169,19 +169,12 @@ def test_killed_run_resumes_to_the_same_weights(workdir, monkeypatch):
     reward = RewardFn([("accuracy", accuracy_reward, 1.0)])
     train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "straight"), cfg, reward,
                [_script(tok)])
-    real, calls = grpo_mod.response_logprobs, {"n": 0}
-
-    def dies_in_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:  # ref + policy forward per step: the 6th is step 3's policy forward
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(grpo_mod, "response_logprobs", dies_in_step_3)
+    # ref + policy forward per step: the 6th call is step 3's policy forward
+    restore = kill_on_call(monkeypatch, grpo_mod, "response_logprobs", 6)
     with pytest.raises(KeyboardInterrupt):
         train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "resumed"), cfg, reward,
                    [_script(tok)])
-    monkeypatch.setattr(grpo_mod, "response_logprobs", real)
+    restore()
     result = train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "resumed"), cfg, reward,
                         [_script(tok)])
     assert [h["step"] for h in result["history"]] == [3, 4]

@@ -10,7 +10,7 @@ import json
 import pytest
 import tiny_checkpoints as tc
 import torch
-from helpers import assert_close
+from helpers import assert_close, kill_on_call
 from safetensors.torch import load_file
 from test_grpo import _script
 
@@ -83,19 +83,11 @@ def test_killed_run_resumes_to_the_same_adapter(workdir, monkeypatch):
     tok = echo.load(workdir / "base").processor.tokenizer
     train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "drop_straight"), cfg, REWARD,
                [_script(tok)])
-    real, calls = grpo_mod.response_logprobs, {"n": 0}
-
-    def dies_in_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # one policy forward per step (no KL)
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(grpo_mod, "response_logprobs", dies_in_step_3)
+    restore = kill_on_call(monkeypatch, grpo_mod, "response_logprobs", 3)  # one policy forward per step (no KL)
     with pytest.raises(KeyboardInterrupt):
         train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "drop_resumed"), cfg, REWARD,
                    [_script(tok)])
-    monkeypatch.setattr(grpo_mod, "response_logprobs", real)
+    restore()
     result = train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "drop_resumed"), cfg, REWARD,
                         [_script(tok)])
     assert [h["step"] for h in result["history"]] == [3, 4]

@@ -3,7 +3,6 @@ gradients through the grouped MoE path, and the checkpoint written reads back in
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from safetensors.torch import load_file
 import echo
 import tiny_checkpoints as tc
 from echo.cli import main
-from helpers import synthetic_benchmark
+from helpers import eval_runs
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +39,8 @@ def test_cli_train_sft_trains_experts_and_transformers_reads_the_result(workdir,
         torch.testing.assert_close(model(ids), hf(input_ids=ids).logits, atol=1e-4, rtol=0)
 
 
-def test_cli_eval_runs_the_model(workdir, tmp_path, capsys):
-    synthetic_benchmark(tmp_path / "data", n=2, seed=3, families=("pitch_at",), difficulties=("easy",))
-    assert main(["eval", "--benchmark", "synthetic", "--data", str(tmp_path / "data"), "--model",
-                 str(workdir / "base"), "--out", str(tmp_path / "out"), "--max-new-tokens", "4", "--no-progress"]) == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["overall"]["total"] == 2
+def test_cli_eval_runs_the_model(workdir, tmp_path):
+    assert eval_runs(workdir / "base", tmp_path)["overall"]["total"] == 2
 
 
 def test_grpo_step_trains_the_experts(workdir, tmp_path):
