@@ -118,10 +118,18 @@ def evaluate(model_dir: Path, rows: list[dict], out: Path) -> list[dict]:
 
 
 def summary(scored: list[dict]) -> dict:
+    """Mean IoU, the share that overlaps the truth at all (hit) and by IoU >= 0.5, and whether the span is placed
+    at all: the correlation of its start with the true start, and the share whose middle lies within 0.5 s of
+    the true span (a uniformly placed middle gets about the true span's length + 1 s over the clip's length)."""
     iou = np.array([s["iou"] for s in scored])
+    placed = [s for s in scored if s["span"] is not None]
+    starts = np.array([[s["span"][0], s["truth"][0]] for s in placed])
+    near = [s["truth"][0] - 0.5 <= (s["span"][0] + s["span"][1]) / 2 <= s["truth"][1] + 0.5 for s in placed]
     return {"items": len(scored), "mean_iou": round(float(iou.mean()), 4), "hit": round(float((iou > 0).mean()), 4),
             "iou_0.5": round(float((iou >= 0.5).mean()), 4),
-            "answered": round(float(np.mean([s["span"] is not None for s in scored])), 4)}
+            "answered": round(len(placed) / len(scored), 4),
+            "start_corr": round(float(np.corrcoef(starts.T)[0, 1]), 3) if len(set(starts[:, 0])) > 1 else None,
+            "middle_near": round(float(np.mean(near)), 4) if near else 0.0}
 
 
 def main() -> int:
@@ -148,7 +156,8 @@ def main() -> int:
     data = write_sft(train, args.work / "train.jsonl")
     const = best_constant_span(train)
     report = {"train": len(train), "test": len(test), "constant_span": const,
-              "constant": summary([{"iou": span_iou(const, tuple(r["span"])), "span": const} for r in test])}
+              "constant": summary([{"iou": span_iou(const, tuple(r["span"])), "span": const, "truth": r["span"]}
+                                   for r in test])}
     arms = {}
     for marks in args.marks:
         arm = args.work / f"marks{marks:g}"
