@@ -168,10 +168,10 @@ class TimeMarks:
             if j > 0:
                 at[j] = k * self.every_s
             k += 1
+        rows = sorted(at)  # each mark's row, then the rows up to the next mark
         out = []
-        for j, t in sorted(at.items()):
-            nxt = min((i for i in at if i > j), default=num_tokens)
-            out += self.mark(t) + [audio_id] * (nxt - j)
+        for j, nxt in zip(rows, rows[1:] + [num_tokens]):
+            out += self.mark(at[j]) + [audio_id] * (nxt - j)
         return out
 
 
