@@ -21,15 +21,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from recipe import event_caption  # the recipe's name for a mixed sound (this folder)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 QUESTION = "When is {sound} heard? Answer with its span in seconds, as <seg>start, end</seg>."
-
-
-def caption(ev: dict) -> str:
-    return f'someone saying "{ev["label"]}"' if ev["kind"] == "speech" and ev["label"] != "a woman speaking" \
-        else ev["label"]
 
 
 def records(split_jsonl: Path, seed: int) -> list[dict]:
@@ -39,12 +35,12 @@ def records(split_jsonl: Path, seed: int) -> list[dict]:
     for line in split_jsonl.read_text().splitlines():
         item = json.loads(line)
         events = item["meta"]["events"]
-        names = [caption(ev) for ev in events]
+        names = [event_caption(ev) for ev in events]
         unique = [ev for ev, name in zip(events, names) if names.count(name) == 1]
         if not unique:
             continue
         ev = unique[int(rng.integers(len(unique)))]
-        out.append({"id": item["id"], "audio": str(split_jsonl.parent / item["audio"]), "sound": caption(ev),
+        out.append({"id": item["id"], "audio": str(split_jsonl.parent / item["audio"]), "sound": event_caption(ev),
                     "span": [ev["start"], ev["end"]], "duration_s": item["duration_s"]})
     return out
 
@@ -80,7 +76,7 @@ def base_checkpoint(src: Path, dest: Path, marks_s: float) -> Path:
 
 
 def best_constant_span(train: list[dict]) -> tuple[float, float]:
-    """The one span that scores the highest mean IoU on the training records (a grid of 0.1 s)."""
+    """The one span that scores the highest mean IoU on the training records (a grid of 0.5 s)."""
     from echo.protocol import span_iou
 
     grid = np.arange(0.0, 20.01, 0.5)
