@@ -34,6 +34,27 @@ def eval_runs(model_dir, tmp_path) -> dict:
     return json.loads((tmp_path / "out" / "summary.json").read_text())
 
 
+def sft_cli_read_back(workdir, capsys, hf_class) -> set[str]:
+    """``echo train sft`` (fp32, one epoch of the two records ``tiny_checkpoints.write_sft_task`` wrote) on
+    ``workdir/base``; transformers' ``hf_class`` reads ``run/final`` back with echo's logits (within 1e-4). Returns
+    the names of the tensors the run changed."""
+    import echo
+    from echo.cli import main
+    from safetensors.torch import load_file
+
+    assert main(["train", "sft", "--model", str(workdir / "base"), "--data", str(workdir / "data.jsonl"),
+                 "--out", str(workdir / "run"), "--epochs", "1", "--grad-accum", "1", "--dtype", "fp32"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    final = workdir / "run" / "final"
+    before, after = load_file(workdir / "base" / "model.safetensors"), load_file(final / "model.safetensors")
+    model = echo.load(final)
+    hf = hf_class.from_pretrained(final).eval()
+    ids = torch.tensor([model.processor("Hello there")])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(input_ids=ids).logits, atol=1e-4, rtol=0)
+    return {n for n in after if not torch.equal(before[n], after[n])}
+
+
 def kill_on_call(monkeypatch, module, name: str, n: int):
     """Make the ``n``-th call of ``module.name`` raise KeyboardInterrupt (a kill mid-run); returns the function
     that puts the real one back."""
