@@ -429,6 +429,16 @@ def test_grounding_items_score_by_their_span(standins):
                                       rec.choices)
 
 
+def test_grounding_items_in_short_clips_still_offer_choices(standins):
+    """In a 2-3 s clip a quiet span as long as the target may not fit; it is shortened rather than dropped, so every
+    item keeps the answer and at least one other span (a record with one choice fails its own validation)."""
+    cfg = SynthConfig(n=24, seed=0, families=("scene_when",), difficulties=("easy",), split="train", sources=standins,
+                      clip_s=(2.0, 3.0))
+    for i in range(cfg.n):
+        rec = make_item(cfg, i).record
+        assert len(rec.choices) >= 2 and rec.answer in rec.choices, rec.choices
+
+
 def test_distractor_labels_come_from_the_split_itself(standins):
     """A label offered only as a distractor (another split's sound) would never be right: a guesser avoids it."""
     lib = sounds.find_library(standins)

@@ -114,10 +114,10 @@ def _choices(rng: np.random.Generator, answer: str, preferred: list[str], pool: 
 
 
 def _scene(rng: np.random.Generator, d: Difficulty, pool: Pool, sounds: list[scenes.Sound],
-           music_db: float | None = None):
-    """Mix ``sounds`` (already in clip order) into a clip of the level's length, with the level's music bed (or one
-    ``music_db`` below the events' peak)."""
-    need = sum(_seconds(s) for s in sounds) + d.gap_s * (len(sounds) - 1) + 0.5
+           music_db: float | None = None, room_s: float = 0.0):
+    """Mix ``sounds`` (already in clip order) into a clip of the level's length (at least ``room_s`` longer than
+    they need), with the level's music bed (or one ``music_db`` below the events' peak)."""
+    need = sum(_seconds(s) for s in sounds) + d.gap_s * (len(sounds) - 1) + 0.5 + room_s
     clip_s = _clip_len(rng, d, need_s=need)
     gains_db = [float(rng.uniform(-6.0, 0.0)) for _ in sounds]  # each sound's level, kept in the item's meta
     wave, events = scenes.mix(rng, sounds, clip_s, d.gap_s, gains_db)
@@ -385,16 +385,21 @@ def when(rng: np.random.Generator, d: Difficulty, pool: Pool) -> SceneTask:
     target, *others = _draw_events(rng, pool, 1 + (0 if alone else d.distractors))
     bed_db = MUSIC_DB["medium"] if alone and rng.random() < 0.5 else None
     order = _shuffle(rng, [target, *others, *([] if alone else _speech_distractor(rng, pool, d))])
-    wave, events, meta = _scene(rng, d, pool, order, bed_db)
+    # room for a quiet span as long as the target beside the sounds (a choice; a short --clip-s may lack it)
+    wave, events, meta = _scene(rng, d, pool, order, bed_db, room_s=target.seconds + 0.2)
     ev = next(e for e in events if e.recording == target.recording)
     taken = [(e.start, e.end) for e in events]
     quiet: list[tuple[float, float]] = []
     for ghost in _draw_events(rng, pool, 3, exclude={target.name}):  # lengths drawn as the target's was
-        try:
-            (onset,) = S.free_slots(rng, 1, [ghost.seconds], wave.shape[0] / S.SAMPLING_RATE, 0.1, taken=taken + quiet)
-        except ValueError:
-            continue
-        quiet.append((S.on_grid(onset), S.on_grid(onset + ghost.seconds)))
+        seconds = ghost.seconds
+        while seconds >= 0.1:  # a short clip may have no room for it: halve it (a record needs >= 2 choices)
+            try:
+                (onset,) = S.free_slots(rng, 1, [seconds], wave.shape[0] / S.SAMPLING_RATE, 0.1, taken=taken + quiet)
+            except ValueError:
+                seconds /= 2
+                continue
+            quiet.append((S.on_grid(onset), S.on_grid(onset + seconds)))
+            break
     answer = seg(ev.start, ev.end)
     choices = _choices(rng, answer, [seg(e.start, e.end) for e in events if e is not ev], [seg(*q) for q in quiet])
     question = WHEN_QUESTIONS[int(rng.integers(0, len(WHEN_QUESTIONS)))].format(target.name)
