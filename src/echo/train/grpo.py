@@ -2,8 +2,9 @@
 
 One step: the step's prompts -> ``rollout`` (n samples each through the engine, which re-listens at every
 ``</seg>``) -> rewards (named terms) -> group-normalised advantages -> the reference model's log-probs -> one
-optimizer step per PPO epoch over the batch (micro-batched dense forwards on the exact sampled ids, clipped ratio,
-dual clip, k3 KL; generated tokens only) -> the new weights reach the engine in place.
+optimizer step per PPO epoch over the batch (micro-batched forwards on the exact sampled ids, each prompt computed
+once for all its samples; clipped ratio, dual clip, k3 KL; generated tokens only; bf16 autocast with ``dtype`` as
+SFT's) -> the new weights reach the engine in place.
 
 Colocated: one process holds the trainer's model and the engine. With one process they are the same module, so
 an optimizer step *is* the weight push (the engine only drops encoder outputs if the encoder was trained). Under
@@ -42,7 +43,7 @@ from ..models.loader import load, resolve_model
 from . import distributed as dist
 from .grpo_loss import PolicyLossConfig, group_advantages, policy_loss
 from .lora import DEFAULT_TARGETS, without_adapters
-from .loop import Run, Trainables, lora_settings
+from .loop import Run, Trainables, autocast, lora_settings
 from .rewards import RewardFn
 from .rl_data import RLRecord, read_rl_records
 from .rollout import Rollout, old_logprobs, response_logprobs, rollout
@@ -61,6 +62,7 @@ class GRPOConfig:
     grad_clip: float | None = 1.0
     ppo_epochs: int = 1                # optimizer steps per batch of rollouts
     micro_batch: int = 8               # trajectories per trainer forward
+    dtype: str = "auto"                # the update's compute dtype over float32 weights, as SFT's (train/loop.py)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -117,6 +119,7 @@ class GRPOTrainer:
         self.reward_fn = reward_fn or RewardFn()
         self.warnings: list[str] = []  # "id: warning" of the prompts the engine will serve changed (``usable``)
         self.rank, self.world = dist.setup()
+        self.compute = autocast(cfg.dtype, dist.device())
         if cfg.prompts_per_step % self.world:
             raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split over {self.world} processes")
         self.lora = lora_settings(model_dir, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
@@ -200,7 +203,8 @@ class GRPOTrainer:
         ref = [None] * len(micro)
         if cfg.loss.kl_coef:
             reference = self.ref if self.ref is not None else self.model
-            with torch.no_grad(), (without_adapters(self.model) if self.ref is None else contextlib.nullcontext()):
+            with torch.no_grad(), self.compute, \
+                    (without_adapters(self.model) if self.ref is None else contextlib.nullcontext()):
                 ref = [response_logprobs(reference, [rolls[i] for i in mb], self.features, self.waves,
                                          cfg.temperature)[0] for mb in micro]
         t2 = time.perf_counter()
@@ -210,8 +214,9 @@ class GRPOTrainer:
             self.opt.zero_grad(set_to_none=True)
             for mb, ref_lp in zip(micro, ref):
                 part = [rolls[i] for i in mb]
-                logp, mask = response_logprobs(self.model, part, self.features, self.waves, cfg.temperature,
-                                               grad_audio=self.audio_grad)
+                with self.compute:
+                    logp, mask = response_logprobs(self.model, part, self.features, self.waves, cfg.temperature,
+                                                   grad_audio=self.audio_grad)
                 old = old_logprobs(part, tuple(mask.shape), device)
                 loss, m = policy_loss(logp, old, adv[mb].to(device), mask, cfg.loss, ref_lp, n_tok, n_seq)
                 (loss * self.world).backward()  # FSDP averages gradients over ranks; the loss is a global sum
@@ -360,6 +365,7 @@ def train_grpo(model_dir: str, data: str, out_dir: str, cfg: GRPOConfig | None =
     model, data, reward or settings is refused (``run_state``) unless ``overwrite`` starts over."""
     cfg, reward_fn, model_dir = cfg or GRPOConfig(), reward_fn or RewardFn(), resolve_model(model_dir)
     dist.setup()
+    autocast(cfg.dtype, dist.device())  # an invalid dtype is refused before the run directory is touched
     prepare_run(out_dir, describe("grpo", model_dir, data, cfg,
                                   reward=[[name, getattr(fn, "__qualname__", str(fn)), w]
                                           for name, fn, w in reward_fn.terms]), overwrite)
