@@ -11,10 +11,10 @@ an optimizer step *is* the weight push (the engine only drops encoder outputs if
 torchrun the trainer's model is sharded with FSDP2 and the engine decodes on a full replica; after each step every
 rank gathers the trained parameters (``full_tensor``) and copies them into its replica with ``Engine.update_weights``.
 
-With ``lora_rank`` only a LoRA adapter on the decoder trains: the engine decodes through the same adapter modules
-over the same base tensors (nothing is merged or copied), the KL's reference is this model with its adapters
-switched off (no second model), and checkpoints are peft adapters like LoRA SFT's, which ``adapter_parts`` turns
-into an assembly part. The loading, trainable selection, optimizer, resume and checkpoints are ``train/loop.py``'s.
+With ``lora_rank`` only a LoRA adapter on the decoder trains: the engine decodes the same base tensors with the
+adapters folded in for the rollouts and taken out exactly after (``lora.merged``; nothing copied), the KL's
+reference is this model with its adapters switched off (no second model), and checkpoints are peft adapters like
+LoRA SFT's, which ``adapter_parts`` turns into an assembly part. The loading, trainable selection, optimizer, resume and checkpoints are ``train/loop.py``'s.
 Each rank rolls out its own share of the prompts (whole groups, so advantages need no communication); loss
 denominators are global, so the result equals one process with the same global batch.
 """
@@ -42,7 +42,7 @@ from ..errors import ConfigError, EchoError
 from ..models.loader import load, resolve_model
 from . import distributed as dist
 from .grpo_loss import PolicyLossConfig, group_advantages, policy_loss
-from .lora import DEFAULT_TARGETS, without_adapters
+from .lora import DEFAULT_TARGETS, merged, without_adapters
 from .loop import Run, Trainables, autocast, lora_settings
 from .rewards import RewardFn
 from .rl_data import RLRecord, read_rl_records
@@ -189,8 +189,9 @@ class GRPOTrainer:
         self.engine.encoder_cache.clear()  # cache hits within a step only: resumed runs see the same numerics
         cache = self.engine.encoder_cache.stats
         hits0, misses0 = cache.hits, cache.misses
-        rolls = rollout(self.engine, [r for _, r in share], cfg.group_size, self.sampling(),
-                        step_seeds(cfg.seed, self.step, [i for i, _ in share]))
+        with self.decoding():
+            rolls = rollout(self.engine, [r for _, r in share], cfg.group_size, self.sampling(),
+                            step_seeds(cfg.seed, self.step, [i for i, _ in share]))
         t1 = time.perf_counter()
         self.last_rollouts = rolls  # for inspection (benchmarks, debugging); replaced every step
         proc = self.engine_model.processor
@@ -257,6 +258,11 @@ class GRPOTrainer:
             "time/update": dist.all_reduce_max(t3 - t2), "lr": self.sched.get_last_lr()[0]})
         return metrics
 
+    def decoding(self):
+        """Where the engine decodes: with LoRA, its model with the adapters folded into the base weights (plain
+        linears, no adapter code per token; the base comes back exactly after, ``lora.merged``)."""
+        return merged(self.engine_model) if self.lora is not None else contextlib.nullcontext()
+
     def push_weights(self) -> None:
         """Trainer -> engine. Same module (one process): nothing to copy. FSDP2: gather the trained tensors (the
         adapters alone under LoRA) and copy them into the engine's replica in place."""
@@ -270,7 +276,8 @@ class GRPOTrainer:
 
     def validate(self, records: list[RLRecord]) -> dict:
         share = [r for i, r in enumerate(records) if i % self.world == self.rank]
-        rolls = rollout(self.engine, share, 1, self.sampling(temperature=0.0), [0] * len(share)) if share else []
+        with self.decoding():
+            rolls = rollout(self.engine, share, 1, self.sampling(temperature=0.0), [0] * len(share)) if share else []
         rewards, terms = score(rolls, self.reward_fn) if rolls else (torch.zeros(0), [])
         n = dist.all_reduce_sum(float(len(rolls)))
         out = {"val/reward": dist.all_reduce_sum(float(rewards.sum())) / max(n, 1.0)}
