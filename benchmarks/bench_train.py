@@ -229,8 +229,17 @@ def worker_grpo(a: dict) -> dict:
 WORKERS = {"sft": worker_sft, "plain": worker_plain, "grpo": worker_grpo}
 
 
+def _import_from(src: str) -> None:
+    """Make ``import echo`` read ``src`` (an older tree): an editable install of this checkout puts an import hook
+    before PYTHONPATH, which would run this checkout's code under the older commit's name."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__]
+    sys.path.insert(0, src)
+
+
 def _run(kind: str, src: Path, args: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "TOKENIZERS_PARALLELISM": "false"}
+    if src != SRC:
+        env["BENCH_ECHO_SRC"] = str(src)
     proc = subprocess.run([sys.executable, __file__, "--worker", kind, json.dumps(args)], env=env,
                           capture_output=True, text=True)
     if proc.returncode:
@@ -239,10 +248,23 @@ def _run(kind: str, src: Path, args: dict) -> dict:
 
 
 def _old_src(commit: str, into: Path) -> Path | None:
-    """``src/`` of ``commit``, unpacked with ``git archive`` (None when git cannot)."""
+    """``src/`` of ``commit``, unpacked with ``git archive`` (None when git cannot), with this build's native module
+    (``echo._C``) copied in when the commit's csrc/ is this checkout's (else the older tree runs without it, on the
+    torch fallbacks, and says so)."""
+    import importlib.util
+    import shutil
+
     proc = subprocess.run(f"git -C {HERE.parent} archive {commit} src | tar -x -C {into}", shell=True,
                           capture_output=True, text=True)
-    return into / "src" if proc.returncode == 0 and (into / "src" / "echo").is_dir() else None
+    if proc.returncode or not (into / "src" / "echo").is_dir():
+        return None
+    same = subprocess.run(["git", "-C", str(HERE.parent), "diff", "--quiet", commit, "--", "csrc", "CMakeLists.txt"])
+    native = importlib.util.find_spec("echo._C")
+    if same.returncode == 0 and native is not None and native.origin:
+        shutil.copy2(native.origin, into / "src" / "echo" / Path(native.origin).name)
+    else:
+        print(f"  note: {commit} runs without echo's native kernels (its csrc/ differs or this build has none)")
+    return into / "src"
 
 
 def main() -> None:
@@ -264,6 +286,8 @@ def main() -> None:
     if args.worker:
         import resource
 
+        if os.environ.get("BENCH_ECHO_SRC"):
+            _import_from(os.environ["BENCH_ECHO_SRC"])
         out = WORKERS[args.worker[0]](json.loads(args.worker[1]))
         out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         print(json.dumps(out))
