@@ -9,7 +9,8 @@ the Qwen2-Audio layout echo-demo uses), in one run:
 - the first ``--parity-steps`` fp32 losses of echo and of that plain loop configured identically (one record per
   step, loss on the assistant's tokens, the same initial adapter): their largest relative difference;
 - seconds per GRPO step (rollouts through the engine + policy update; same group size and token budget) for a full
-  fine-tune and LoRA 16 now, and a full fine-tune at the older commit.
+  fine-tune and LoRA 16 now (and LoRA 16 with a bf16 update where the CPU has bf16), and a full fine-tune at the
+  older commit, with each one's ratio to that.
 
 Every run is its own process (this file in ``--worker`` mode), so each starts cold the same way. Sizes are small;
 run it with ``nice -n 10`` on a shared machine and say so beside the figures:
@@ -219,6 +220,8 @@ def worker_grpo(a: dict) -> dict:
               loss=PolicyLossConfig(kl_coef=0.0), engine=EngineConfig(kv_cache_bytes=256 << 20))
     if a["lora"]:
         kw["lora_rank"] = a["lora"]
+    if a.get("dtype"):  # the update's compute dtype (older commits have no such setting: fp32)
+        kw["dtype"] = a["dtype"]
     result = train_grpo(a["model"], a["data"], a["out"], GRPOConfig(**kw), RewardFn([("format", format_reward, 1.0)]))
     rows = result["history"][1:]  # the first step warms the engine up
     return {"step_s": [r["time/rollout"] + r["time/logprob"] + r["time/update"] for r in rows],
@@ -229,8 +232,17 @@ def worker_grpo(a: dict) -> dict:
 WORKERS = {"sft": worker_sft, "plain": worker_plain, "grpo": worker_grpo}
 
 
+def _import_from(src: str) -> None:
+    """Make ``import echo`` read ``src`` (an older tree): an editable install of this checkout puts an import hook
+    before PYTHONPATH, which would run this checkout's code under the older commit's name."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__]
+    sys.path.insert(0, src)
+
+
 def _run(kind: str, src: Path, args: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "TOKENIZERS_PARALLELISM": "false"}
+    if src != SRC:
+        env["BENCH_ECHO_SRC"] = str(src)
     proc = subprocess.run([sys.executable, __file__, "--worker", kind, json.dumps(args)], env=env,
                           capture_output=True, text=True)
     if proc.returncode:
@@ -239,10 +251,23 @@ def _run(kind: str, src: Path, args: dict) -> dict:
 
 
 def _old_src(commit: str, into: Path) -> Path | None:
-    """``src/`` of ``commit``, unpacked with ``git archive`` (None when git cannot)."""
+    """``src/`` of ``commit``, unpacked with ``git archive`` (None when git cannot), with this build's native module
+    (``echo._C``) copied in when the commit's csrc/ is this checkout's (else the older tree runs without it, on the
+    torch fallbacks, and says so)."""
+    import importlib.util
+    import shutil
+
     proc = subprocess.run(f"git -C {HERE.parent} archive {commit} src | tar -x -C {into}", shell=True,
                           capture_output=True, text=True)
-    return into / "src" if proc.returncode == 0 and (into / "src" / "echo").is_dir() else None
+    if proc.returncode or not (into / "src" / "echo").is_dir():
+        return None
+    same = subprocess.run(["git", "-C", str(HERE.parent), "diff", "--quiet", commit, "--", "csrc", "CMakeLists.txt"])
+    native = importlib.util.find_spec("echo._C")
+    if same.returncode == 0 and native is not None and native.origin:
+        shutil.copy2(native.origin, into / "src" / "echo" / Path(native.origin).name)
+    else:
+        print(f"  note: {commit} runs without echo's native kernels (its csrc/ differs or this build has none)")
+    return into / "src"
 
 
 def main() -> None:
@@ -264,6 +289,8 @@ def main() -> None:
     if args.worker:
         import resource
 
+        if os.environ.get("BENCH_ECHO_SRC"):
+            _import_from(os.environ["BENCH_ECHO_SRC"])
         out = WORKERS[args.worker[0]](json.loads(args.worker[1]))
         out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         print(json.dumps(out))
@@ -305,7 +332,7 @@ def main() -> None:
     if "parity" in parts:
         parity(sft, args, tmp)
     if "grpo" in parts:
-        grpo_steps(args, tmp, old)
+        grpo_steps(args, tmp, old, bf16)
 
 
 def parity(sft: dict, args, tmp: Path) -> None:
@@ -319,11 +346,15 @@ def parity(sft: dict, args, tmp: Path) -> None:
           f"difference {rel:.2e} (first {ours[0]:.4f} vs {plain[0]:.4f}, last {ours[-1]:.4f} vs {plain[-1]:.4f})")
 
 
-def grpo_steps(args, tmp: Path, old: Path | None) -> None:
+def grpo_steps(args, tmp: Path, old: Path | None, bf16: bool) -> None:
     grpo = dict(model=str(tmp / "model"), data=str(tmp / "rl.jsonl"), group=args.group, prompts=args.prompts,
                 steps=args.grpo_steps, new_tokens=args.new_tokens, lora=0)
-    print(f"GRPO: {args.prompts} prompts x {args.group} samples, {args.new_tokens} new tokens, fp32, no KL")
-    g = {"echo full": (SRC, grpo), f"echo LoRA {args.lora}": (SRC, {**grpo, "lora": args.lora})}
+    print(f"GRPO: {args.prompts} prompts x {args.group} samples, {args.new_tokens} new tokens, no KL; rollouts "
+          "fp32, the update fp32 unless named")
+    lora = f"echo LoRA {args.lora}"
+    g = {"echo full": (SRC, grpo), lora: (SRC, {**grpo, "lora": args.lora})}
+    if bf16:
+        g[lora + ", bf16 update"] = (SRC, {**grpo, "lora": args.lora, "dtype": "bf16"})
     if old is not None:
         g[f"echo {args.old} full"] = (old, grpo)
     step = {}
@@ -334,9 +365,10 @@ def grpo_steps(args, tmp: Path, old: Path | None) -> None:
               f"s, update {sum(r['update_s']) / len(r['update_s']):.2f} s; {r['tokens'][0]:.0f} tokens/sample; "
               f"peak RSS {r.get('peak_mb', 0):.0f} MB)",
               flush=True)
+    base = f"echo {args.old} full" if old is not None else "echo full"
     for name in step:
-        if name != f"echo LoRA {args.lora}":
-            print(f"  {name} / echo LoRA {args.lora}: {step[name] / step[f'echo LoRA {args.lora}']:.2f}x s/step")
+        if name != base:
+            print(f"  {base} / {name}: {step[base] / step[name]:.2f}x s/step")
 
 
 if __name__ == "__main__":

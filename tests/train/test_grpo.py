@@ -15,6 +15,7 @@ from helpers import ScriptedTurn, assert_close, kill_on_call
 import echo
 from echo.config import EngineConfig, SamplingParams
 from echo.engine.llm import Engine
+from echo.errors import ConfigError
 from echo.models.tiny import special_ids
 from echo.train import grpo as grpo_mod
 from echo.train.grpo import GRPOConfig, train_grpo
@@ -249,3 +250,26 @@ def test_confidence_term_reads_the_first_sampled_token_after_answer(workdir):
     assert t.answer_token_logprob == logprobs[len(head)]  # "B": every head token was sampled, the splice was not
     assert confidence_accuracy_reward(t) == pytest.approx(math.exp(t.answer_token_logprob))
     assert r.spans == [(0, 40_000)]  # the record was never marked inserted: no span to re-encode
+
+
+def test_bf16_update_runs_under_autocast_over_fp32_weights(workdir, monkeypatch):
+    real, seen = grpo_mod.response_logprobs, []
+
+    def recording(*args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpo_mod, "response_logprobs", recording)
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2, steps=2, lr=1e-3, max_new_tokens=60, progress=False,
+                     dtype="bf16", engine=EngineConfig(num_blocks=256, block_size=16))
+    tok = echo.load(workdir / "base").processor.tokenizer
+    result = train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "bf16"), cfg,
+                        RewardFn([("accuracy", accuracy_reward, 1.0)]), [_script(tok)])
+    assert seen == [(True, torch.bfloat16)] * 4  # the reference's and the policy's forward, each step
+    first = result["history"][0]
+    # the engine sampled in float32: the bf16 policy's ratio to it is 1 within bf16's rounding (measured 0.99995)
+    assert first["ratio_mean"] == pytest.approx(1.0, abs=0.05) and first["clip_frac"] < 0.1
+    assert echo.load(workdir / "bf16" / "final").dtype == torch.float32  # master weights stay float32
+    with pytest.raises(ConfigError, match="dtype must be auto, fp32 or bf16"):
+        train_grpo(str(workdir / "base"), str(workdir / "rl.jsonl"), str(workdir / "fp16"), GRPOConfig(dtype="fp16"))
+    assert not (workdir / "fp16").exists()  # refused before anything is written

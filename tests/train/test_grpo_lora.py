@@ -122,7 +122,7 @@ def test_lora_settings_are_checked_and_a_run_recorded_before_them_resumes(workdi
 
     now = describe("grpo", str(workdir / "base"), str(workdir / "rl.jsonl"), _cfg(lora_rank=0))
     older = json.loads(json.dumps(now))
-    for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets"):
+    for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "dtype"):
         del older["config"][key]
     assert differences(older, now) == []
     lora = describe("grpo", str(workdir / "base"), str(workdir / "rl.jsonl"), _cfg())

@@ -6,7 +6,7 @@ families (one ``ModelFamily`` per architecture: HF names, config both ways, modu
 checkpoint, loader (``load``, ``from_transformers``) → prompting (chat template and ``<|AUDIO|>`` expansion).
 """
 
-from .attention import AttentionBackend, ContiguousKVCache, DenseCausalAttention, FlatStep
+from .attention import AttentionBackend, ContiguousKVCache, DenseCausalAttention, FlatStep, SharedPrefixAttention
 from .audio_encoder import num_audio_tokens
 from .config import AudioEncoderConfig, DecoderConfig, ModelConfig
 from .families import FAMILIES, SUPPORTED_ARCHITECTURES, ModelFamily
@@ -19,5 +19,6 @@ from .thinker import Qwen2_5OmniThinker
 __all__ = [
     "FAMILIES", "SUPPORTED_ARCHITECTURES", "AttentionBackend", "AudioEncoderConfig", "AudioLanguageModel",
     "ContiguousKVCache", "DecoderConfig", "DenseCausalAttention", "FlatStep", "ModelConfig", "ModelFamily",
-    "PromptProcessor", "Qwen2Audio", "Qwen2_5OmniThinker", "from_transformers", "load", "num_audio_tokens",
+    "PromptProcessor", "Qwen2Audio", "Qwen2_5OmniThinker", "SharedPrefixAttention", "from_transformers", "load",
+    "num_audio_tokens",
 ]

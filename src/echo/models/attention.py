@@ -1,4 +1,4 @@
-"""The decoder's attention interface and its two plain implementations.
+"""The decoder's attention interface and its plain implementations.
 
 Every decoder layer projects q/k/v, applies rotary positions, and hands the rest to an ``AttentionBackend``:
 
@@ -6,10 +6,11 @@ Every decoder layer projects q/k/v, applies rotary positions, and hands the rest
     q: (*lead, num_heads, head_dim)   k, v: (*lead, num_kv_heads, head_dim)   out: like q
 
 ``*lead`` is whatever token layout the backend was built for: ``(batch, seq)`` for ``DenseCausalAttention``
-(padded batch, training and parity tests) or ``(num_tokens,)`` for flattened steps of many sequences. A backend
-owns whatever cache it keeps: it stores the new tokens' K/V and attends each query to its own sequence's cached
-and new keys. ``ContiguousKVCache`` here is the simple reference (one contiguous row per sequence); the engine
-puts its paged cache and GPU kernels behind the same call.
+(padded batch, training and parity tests) or ``(num_tokens,)`` for flattened tokens of many sequences (the
+engine's steps; ``SharedPrefixAttention``, the trainers' sequences that share a prefix). A backend owns whatever
+cache it keeps: it stores the new tokens' K/V and attends each query to its own sequence's cached and new keys.
+``ContiguousKVCache`` here is the simple reference (one contiguous row per sequence); the engine puts its paged
+cache and GPU kernels behind the same call.
 """
 
 from __future__ import annotations
@@ -67,6 +68,74 @@ class DenseCausalAttention:
         mask = self.mask(q.shape[1], q.device)
         out = _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, scale, causal=mask is None)
         return out.transpose(1, 2)
+
+
+def _padded(starts: torch.Tensor, lengths: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices ``(segments, width)`` of each segment's tokens (0 past its length) and where they are valid."""
+    valid = torch.arange(width, device=starts.device) < lengths[:, None]
+    return torch.where(valid, starts[:, None] + torch.arange(width, device=starts.device), 0), valid
+
+
+class SharedPrefixAttention:
+    """Flattened tokens of sequences that continue shared prefixes, no cache: ``*lead = (num_tokens,)``. The
+    trainers' layout: GRPO's samples of one prompt all continue that prompt.
+
+    The tokens are segments laid out back to back, segment i the next ``lengths[i]`` tokens. A root
+    (``parents[i]`` None) attends causally within itself; a continuation attends to the whole of its root (an
+    earlier segment) and causally within itself, its positions running on from the root's end. So each
+    continuation sees what it would see appended to its root alone, while the root's tokens go through the layers
+    once. Two SDPA calls a layer: the roots padded to the longest, and the continuations padded to the longest with
+    their root's keys in front (the cost of attending each one separately, never a square over the whole pack).
+    """
+
+    def __init__(self, lengths: Sequence[int], parents: Sequence[int | None], device=None):
+        if len(lengths) != len(parents) or any(n < 0 for n in lengths):
+            raise ValueError(f"lengths {list(lengths)} and parents {list(parents)}: one length >= 0 per segment")
+        roots = [i for i, p in enumerate(parents) if p is None]
+        slot = {r: j for j, r in enumerate(roots)}
+        conts = [i for i, p in enumerate(parents) if p is not None]
+        if any(parents[i] not in slot or parents[i] >= i for i in conts):
+            raise ValueError(f"parents {list(parents)}: a continuation's parent must be an earlier root")
+        n = torch.tensor(list(lengths), dtype=torch.long, device=device)
+        starts = torch.cumsum(n, 0) - n
+        self.num_tokens = int(n.sum())
+        root_len, cont_len = n[roots], n[conts]
+        self.root_width = int(root_len.max()) if roots else 0
+        self.cont_width = int(cont_len.max()) if conts else 0
+        self.root_index, root_valid = _padded(starts[roots], root_len, self.root_width)
+        self.cont_index, cont_valid = _padded(starts[conts], cont_len, self.cont_width)
+        self.parent = torch.tensor([slot[parents[i]] for i in conts], dtype=torch.long, device=device)
+        ar_root = torch.arange(self.root_width, device=device).expand_as(root_valid)
+        ar_cont = torch.arange(self.cont_width, device=device).expand_as(cont_valid)
+        self.positions = torch.zeros(self.num_tokens, dtype=torch.long, device=device)
+        self.positions[self.root_index[root_valid]] = ar_root[root_valid]
+        self.positions[self.cont_index[cont_valid]] = (root_len[self.parent][:, None] + ar_cont)[cont_valid]
+        # each flat token's place in the two passes' outputs, concatenated
+        self.slot = torch.zeros(self.num_tokens, dtype=torch.long, device=device)
+        self.slot[self.root_index[root_valid]] = root_valid.flatten().nonzero()[:, 0]
+        self.slot[self.cont_index[cont_valid]] = root_valid.numel() + cont_valid.flatten().nonzero()[:, 0]
+        causal = torch.ones(self.root_width, self.root_width, dtype=torch.bool, device=device).tril()
+        # padded queries see themselves, so their (unused) outputs stay finite; equal roots: SDPA's causal path
+        self.root_mask = None if bool(root_valid.all()) else \
+            ((causal & root_valid[:, None, :]) | torch.eye(self.root_width, dtype=torch.bool, device=device))[:, None]
+        own = torch.ones(self.cont_width, self.cont_width, dtype=torch.bool, device=device).tril()
+        prefix = root_valid[self.parent][:, None, :].expand(-1, self.cont_width, -1)
+        self.cont_mask = torch.cat([prefix, own.expand(len(conts), -1, -1)], dim=-1)[:, None]
+
+    def __call__(self, layer_idx, q, k, v, scale):
+        outs = []
+        kr, vr = k[self.root_index], v[self.root_index]  # (roots, root_width, kv_heads, head_dim)
+        if self.root_width:
+            o = _sdpa(q[self.root_index].transpose(1, 2), kr.transpose(1, 2), vr.transpose(1, 2), self.root_mask,
+                      scale, causal=self.root_mask is None)
+            outs.append(o.transpose(1, 2).flatten(0, 1))
+        if self.cont_width:
+            kc = torch.cat([kr[self.parent], k[self.cont_index]], dim=1)
+            vc = torch.cat([vr[self.parent], v[self.cont_index]], dim=1)
+            o = _sdpa(q[self.cont_index].transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2), self.cont_mask,
+                      scale)
+            outs.append(o.transpose(1, 2).flatten(0, 1))
+        return torch.cat(outs)[self.slot] if outs else q.new_zeros(q.shape)
 
 
 @dataclass(slots=True)

@@ -48,6 +48,8 @@ GRPO_FLAGS = {
     "warmup_steps": Flag(type=non_negative_int),
     "ppo_epochs": Flag(type=positive_int),
     "micro_batch": Flag("trajectories per trainer forward", type=positive_int),
+    "dtype": Flag("the update's compute dtype over float32 weights (auto: bf16 on CUDA that supports it)",
+                  choices=["auto", "fp32", "bf16"]),
     "temperature": Flag(),
     "top_p": Flag(),
     "max_new_tokens": Flag(type=positive_int),

@@ -54,7 +54,7 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
         fully_shard(layer)
     fully_shard(model)
     # the trainers call these model methods, not forward(): each gathers the root's parameters the same way
-    for method in ("embed", "encode_audio", "logits_at"):
+    for method in ("embed", "encode_audio", "logits_at", "forward_flat", "compute_logits"):
         register_fsdp_forward_method(model, method)
     return model
 

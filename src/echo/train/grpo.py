@@ -2,18 +2,19 @@
 
 One step: the step's prompts -> ``rollout`` (n samples each through the engine, which re-listens at every
 ``</seg>``) -> rewards (named terms) -> group-normalised advantages -> the reference model's log-probs -> one
-optimizer step per PPO epoch over the batch (micro-batched dense forwards on the exact sampled ids, clipped ratio,
-dual clip, k3 KL; generated tokens only) -> the new weights reach the engine in place.
+optimizer step per PPO epoch over the batch (micro-batched forwards on the exact sampled ids, each prompt computed
+once for all its samples; clipped ratio, dual clip, k3 KL; generated tokens only; bf16 autocast with ``dtype`` as
+SFT's) -> the new weights reach the engine in place.
 
 Colocated: one process holds the trainer's model and the engine. With one process they are the same module, so
 an optimizer step *is* the weight push (the engine only drops encoder outputs if the encoder was trained). Under
 torchrun the trainer's model is sharded with FSDP2 and the engine decodes on a full replica; after each step every
 rank gathers the trained parameters (``full_tensor``) and copies them into its replica with ``Engine.update_weights``.
 
-With ``lora_rank`` only a LoRA adapter on the decoder trains: the engine decodes through the same adapter modules
-over the same base tensors (nothing is merged or copied), the KL's reference is this model with its adapters
-switched off (no second model), and checkpoints are peft adapters like LoRA SFT's, which ``adapter_parts`` turns
-into an assembly part. The loading, trainable selection, optimizer, resume and checkpoints are ``train/loop.py``'s.
+With ``lora_rank`` only a LoRA adapter on the decoder trains: the engine decodes the same base tensors with the
+adapters folded in for the rollouts and taken out exactly after (``lora.merged``; nothing copied), the KL's
+reference is this model with its adapters switched off (no second model), and checkpoints are peft adapters like
+LoRA SFT's, which ``adapter_parts`` turns into an assembly part. The loading, trainable selection, optimizer, resume and checkpoints are ``train/loop.py``'s.
 Each rank rolls out its own share of the prompts (whole groups, so advantages need no communication); loss
 denominators are global, so the result equals one process with the same global batch.
 """
@@ -41,8 +42,8 @@ from ..errors import ConfigError, EchoError
 from ..models.loader import load, resolve_model
 from . import distributed as dist
 from .grpo_loss import PolicyLossConfig, group_advantages, policy_loss
-from .lora import DEFAULT_TARGETS, without_adapters
-from .loop import Run, Trainables, lora_settings
+from .lora import DEFAULT_TARGETS, merged, without_adapters
+from .loop import Run, Trainables, autocast, lora_settings
 from .rewards import RewardFn
 from .rl_data import RLRecord, read_rl_records
 from .rollout import Rollout, old_logprobs, response_logprobs, rollout
@@ -61,6 +62,7 @@ class GRPOConfig:
     grad_clip: float | None = 1.0
     ppo_epochs: int = 1                # optimizer steps per batch of rollouts
     micro_batch: int = 8               # trajectories per trainer forward
+    dtype: str = "auto"                # the update's compute dtype over float32 weights, as SFT's (train/loop.py)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -117,6 +119,7 @@ class GRPOTrainer:
         self.reward_fn = reward_fn or RewardFn()
         self.warnings: list[str] = []  # "id: warning" of the prompts the engine will serve changed (``usable``)
         self.rank, self.world = dist.setup()
+        self.compute = autocast(cfg.dtype, dist.device())
         if cfg.prompts_per_step % self.world:
             raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split over {self.world} processes")
         self.lora = lora_settings(model_dir, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
@@ -186,8 +189,9 @@ class GRPOTrainer:
         self.engine.encoder_cache.clear()  # cache hits within a step only: resumed runs see the same numerics
         cache = self.engine.encoder_cache.stats
         hits0, misses0 = cache.hits, cache.misses
-        rolls = rollout(self.engine, [r for _, r in share], cfg.group_size, self.sampling(),
-                        step_seeds(cfg.seed, self.step, [i for i, _ in share]))
+        with self.decoding():
+            rolls = rollout(self.engine, [r for _, r in share], cfg.group_size, self.sampling(),
+                            step_seeds(cfg.seed, self.step, [i for i, _ in share]))
         t1 = time.perf_counter()
         self.last_rollouts = rolls  # for inspection (benchmarks, debugging); replaced every step
         proc = self.engine_model.processor
@@ -200,7 +204,8 @@ class GRPOTrainer:
         ref = [None] * len(micro)
         if cfg.loss.kl_coef:
             reference = self.ref if self.ref is not None else self.model
-            with torch.no_grad(), (without_adapters(self.model) if self.ref is None else contextlib.nullcontext()):
+            with torch.no_grad(), self.compute, \
+                    (without_adapters(self.model) if self.ref is None else contextlib.nullcontext()):
                 ref = [response_logprobs(reference, [rolls[i] for i in mb], self.features, self.waves,
                                          cfg.temperature)[0] for mb in micro]
         t2 = time.perf_counter()
@@ -210,8 +215,9 @@ class GRPOTrainer:
             self.opt.zero_grad(set_to_none=True)
             for mb, ref_lp in zip(micro, ref):
                 part = [rolls[i] for i in mb]
-                logp, mask = response_logprobs(self.model, part, self.features, self.waves, cfg.temperature,
-                                               grad_audio=self.audio_grad)
+                with self.compute:
+                    logp, mask = response_logprobs(self.model, part, self.features, self.waves, cfg.temperature,
+                                                   grad_audio=self.audio_grad)
                 old = old_logprobs(part, tuple(mask.shape), device)
                 loss, m = policy_loss(logp, old, adv[mb].to(device), mask, cfg.loss, ref_lp, n_tok, n_seq)
                 (loss * self.world).backward()  # FSDP averages gradients over ranks; the loss is a global sum
@@ -252,6 +258,11 @@ class GRPOTrainer:
             "time/update": dist.all_reduce_max(t3 - t2), "lr": self.sched.get_last_lr()[0]})
         return metrics
 
+    def decoding(self):
+        """Where the engine decodes: with LoRA, its model with the adapters folded into the base weights (plain
+        linears, no adapter code per token; the base comes back exactly after, ``lora.merged``)."""
+        return merged(self.engine_model) if self.lora is not None else contextlib.nullcontext()
+
     def push_weights(self) -> None:
         """Trainer -> engine. Same module (one process): nothing to copy. FSDP2: gather the trained tensors (the
         adapters alone under LoRA) and copy them into the engine's replica in place."""
@@ -265,7 +276,8 @@ class GRPOTrainer:
 
     def validate(self, records: list[RLRecord]) -> dict:
         share = [r for i, r in enumerate(records) if i % self.world == self.rank]
-        rolls = rollout(self.engine, share, 1, self.sampling(temperature=0.0), [0] * len(share)) if share else []
+        with self.decoding():
+            rolls = rollout(self.engine, share, 1, self.sampling(temperature=0.0), [0] * len(share)) if share else []
         rewards, terms = score(rolls, self.reward_fn) if rolls else (torch.zeros(0), [])
         n = dist.all_reduce_sum(float(len(rolls)))
         out = {"val/reward": dist.all_reduce_sum(float(rewards.sum())) / max(n, 1.0)}
@@ -360,6 +372,7 @@ def train_grpo(model_dir: str, data: str, out_dir: str, cfg: GRPOConfig | None =
     model, data, reward or settings is refused (``run_state``) unless ``overwrite`` starts over."""
     cfg, reward_fn, model_dir = cfg or GRPOConfig(), reward_fn or RewardFn(), resolve_model(model_dir)
     dist.setup()
+    autocast(cfg.dtype, dist.device())  # an invalid dtype is refused before the run directory is touched
     prepare_run(out_dir, describe("grpo", model_dir, data, cfg,
                                   reward=[[name, getattr(fn, "__qualname__", str(fn)), w]
                                           for name, fn, w in reward_fn.terms]), overwrite)

@@ -4,7 +4,8 @@
 prompt's KV blocks (copy-on-write), re-listen at every ``</seg>`` under the engine's span policy, and come back
 with the exact sampled ids, their log-probs, and the mask that marks sampled tokens (inserted audio tokens and
 the prompt are 0). ``response_logprobs`` runs the trainer's dense forward over the very same interleaved ids
-(prompt + response, audio rows for the clip and every inserted span): no text is ever re-tokenized.
+(prompt + response, audio rows for the clip and every inserted span): no text is ever re-tokenized, and the
+samples of one prompt share its pass through the model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..audio import FeatureConfig
 from ..audio import load as load_audio
 from ..config import SamplingParams
 from ..engine.llm import Engine, Request
+from ..models.attention import SharedPrefixAttention
 from .rewards import Trajectory
 from .rl_data import RLRecord
 
@@ -83,35 +85,53 @@ def response_logprobs(model, rollouts: list[Rollout], features: FeatureConfig, w
                       temperature: float = 1.0, grad_audio: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs ``(B, R)`` under ``model`` of every response token of each rollout (right-padded to the longest
     response R), and the mask ``(B, R)`` (1 on sampled tokens). ``log_softmax(logits / temperature)``, the policy
-    the engine sampled from. ``waves`` caches each audio file's samples on the model's device."""
+    the engine sampled from. ``waves`` caches each audio file's samples on the model's device.
+
+    The rollouts of one prompt share it: it goes through the model once, each response attending to it as if
+    appended to it alone (``SharedPrefixAttention``), so the log-probs are those of each sequence by itself."""
     device = model.device
-    lengths = [len(r.prompt_ids) + len(r.token_ids) for r in rollouts]
-    t_max, r_max = max(lengths), max(len(r.token_ids) for r in rollouts)
-    ids = torch.zeros(len(rollouts), t_max, dtype=torch.long, device=device)
-    attn = torch.zeros(len(rollouts), t_max, dtype=torch.long, device=device)
-    keys = []  # (audio, start, end) of every audio in every sequence, in order
+    groups: dict[tuple, list[int]] = {}  # (clip, prompt ids) -> the rollouts that continue that prompt
     for b, r in enumerate(rollouts):
-        ids[b, : lengths[b]] = torch.tensor(r.prompt_ids + r.token_ids, device=device)
-        attn[b, : lengths[b]] = 1
-        if r.record.audio not in waves:
-            waves[r.record.audio] = torch.from_numpy(load_audio(r.record.audio)).to(device)
-        keys += [(r.record.audio, s, e) for s, e in r.spans]
+        groups.setdefault((r.record.audio, tuple(r.prompt_ids)), []).append(b)
+    ids, lengths, parents, keys = [], [], [], []  # keys: (audio, start, end) of every audio, in reading order
+    start = [0] * len(rollouts)  # where each response begins in the flat layout
+    last_prompt = [0] * len(rollouts)  # the prompt's last token, which predicts the response's first
+    for members in groups.values():
+        first = rollouts[members[0]]
+        root = len(lengths)
+        lengths.append(len(first.prompt_ids))
+        parents.append(None)
+        keys.append((first.record.audio, *first.spans[0]))  # the clip: the prompt's one audio
+        ids += first.prompt_ids
+        prompt_end = len(ids) - 1
+        for b in members:
+            r = rollouts[b]
+            last_prompt[b], start[b] = prompt_end, len(ids)
+            lengths.append(len(r.token_ids))
+            parents.append(root)
+            keys += [(r.record.audio, s, e) for s, e in r.spans[1:]]  # its re-listens, spliced in the response
+            ids += r.token_ids
+        if first.record.audio not in waves:
+            waves[first.record.audio] = torch.from_numpy(load_audio(first.record.audio)).to(device)
     # a group shares its clip and often its spans: encode each distinct span once, in one call
     distinct = list(dict.fromkeys(keys))
     audios = list(dict.fromkeys(a for a, _, _ in distinct))
     rows = dict(zip(distinct, model.embed_spans(features, [waves[a] for a in audios],
                                                 [(audios.index(a), s, e) for a, s, e in distinct], grad=grad_audio)))
-    embeds = model.embed(ids, torch.cat([rows[k] for k in keys]))
-    # logits only where a response token is predicted: position p predicts token p + 1
+    embeds = model.embed(torch.tensor(ids, device=device), torch.cat([rows[k] for k in keys]))
+    attention = SharedPrefixAttention(lengths, parents, device)
+    hidden = model.forward_flat(embeds, attention.positions, attention)
+    # logits only where a response token is predicted: the token before each one
+    r_max = max(len(r.token_ids) for r in rollouts)
     index = torch.zeros(len(rollouts), r_max, dtype=torch.long, device=device)
     mask = torch.zeros(len(rollouts), r_max, device=device)
     targets = torch.zeros(len(rollouts), r_max, dtype=torch.long, device=device)
     for b, r in enumerate(rollouts):
-        n, p = len(r.token_ids), len(r.prompt_ids)
-        index[b, :n] = torch.arange(p - 1, p - 1 + n, device=device)
+        n = len(r.token_ids)
+        index[b, :n] = torch.tensor([last_prompt[b]] + list(range(start[b], start[b] + n - 1)), device=device)[:n]
         mask[b, :n] = torch.tensor(r.mask, dtype=mask.dtype, device=device)
         targets[b, :n] = torch.tensor(r.token_ids, device=device)
-    logits = model.logits_at(embeds, attn, index).float() / temperature
+    logits = model.compute_logits(hidden[index]).float() / temperature
     logits[..., model.config.audio_token_id] = float("-inf")  # never sampled (engine/sampler.py)
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
     return torch.where(mask.bool(), logp, torch.zeros_like(logp)), mask  # spliced targets are -inf: not 0*inf

@@ -26,7 +26,8 @@ _FREE = {"progress", "save_every", "tensorboard", "max_bad_share", "feature_cach
 
 # settings added after runs were recorded, with the value those runs trained with: a recorded run without the key
 # resumes when the rerun asks for that value
-_ADDED = {"lora_rank": 0, "lora_alpha": None, "lora_dropout": 0.0, "lora_targets": list(DEFAULT_TARGETS)}
+_ADDED = {"lora_rank": 0, "lora_alpha": None, "lora_dropout": 0.0, "lora_targets": list(DEFAULT_TARGETS),
+          "dtype": "auto"}
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
