@@ -94,6 +94,18 @@ def train_records(clips: list[dict], timeline: bool = True, snap_s: float = 0.0)
     return rows
 
 
+def placement(scored: list[dict]) -> dict:
+    """Which parts of the span follow the truth: correlations over the answered items of the span's start, its
+    middle and its length with the true ones (a model that hears how long a sound is but not where it is gets the
+    length and not the start)."""
+    q = [s for s in scored if s["span"] is not None]
+    got, true = np.array([s["span"] for s in q], dtype=float), np.array([s["truth"] for s in q], dtype=float)
+    corr = lambda a, b: round(float(np.corrcoef(a, b)[0, 1]), 3) if len(q) > 2 and a.std() > 0 else None  # noqa: E731
+    return {"start_corr": corr(got[:, 0], true[:, 0]), "middle_corr": corr(got.mean(1), true.mean(1)),
+            "length_corr": corr(got[:, 1] - got[:, 0], true[:, 1] - true[:, 0]),
+            "distinct_starts": len({s["span"][0] for s in q})}
+
+
 def main() -> int:
     from echo.protocol import span_iou
     from echo.stats import mcnemar
@@ -107,7 +119,8 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=2400, help="training clips (the levels in turn)")
     ap.add_argument("--levels", nargs="+", default=["easy", "medium"], choices=["easy", "medium", "hard"])
     ap.add_argument("--no-timeline", dest="timeline", action="store_false", help="only the *when* records")
-    ap.add_argument("--snap", action="store_true", help="answers widened to the time marks (--marks seconds)")
+    ap.add_argument("--snap", type=float, default=0.0, metavar="S",
+                    help="answers widened to multiples of S seconds (with --marks S: the marks' own text)")
     ap.add_argument("--test-clips", type=int, default=200)
     ap.add_argument("--clip-s", type=float, nargs=2, default=(5.0, 9.0))
     ap.add_argument("--stages", type=int, default=8)
@@ -123,10 +136,11 @@ def main() -> int:
     work = args.work
     train = clip_items(synth(work / "data" / "train", "train", args.clips, args.seed, args.clip_s, args.levels))
     test = clip_items(synth(work / "data" / "test", "test", args.test_clips, args.seed, args.clip_s, args.levels))
-    rows = train_records(train, args.timeline, args.marks if args.snap else 0.0)
+    rows = train_records(train, args.timeline, args.snap)
     const = best_constant_span([{"span": c["span"]} for c in train])
     levels = sorted({c["level"] for c in test})
-    report = {"marks_s": args.marks, "levels": args.levels, "timeline": args.timeline, "snap": args.snap, "train_clips": len(train), "train_records": len(rows), "test_clips": len(test),
+    report = {"marks_s": args.marks, "levels": args.levels, "timeline": args.timeline, "snap_s": args.snap,
+              "train_clips": len(train), "train_records": len(rows), "test_clips": len(test),
               "constant_span": const, "stages": []}
     for level in [None, *levels]:
         part = [c for c in test if level in (None, c["level"])]
@@ -159,7 +173,8 @@ def main() -> int:
                                    for c in test], sdir / "predictions.jsonl")
         level_of = {c["id"]: c["level"] for c in test}
         entry = {"stage": stage, "records_seen": stage * args.stage_records,
-                 **json.loads((sdir / "train.json").read_text()), "all": summary(scored)}
+                 **json.loads((sdir / "train.json").read_text()), "all": summary(scored),
+                 "placement": placement(scored)}
         for level in levels:
             entry[level] = summary([s for s in scored if level_of[s["id"]] == level])
         losses = [json.loads(x)["loss"] for x in (sdir / "sft" / "log.jsonl").read_text().splitlines()]
