@@ -6,8 +6,9 @@ the Qwen2-Audio layout echo-demo uses), in one run:
   every clip and span, as before the cache), echo at an older commit (``--old``, default 778ab90, taken with
   ``git archive``), and the plain transformers + peft loop a user would write for the same model, data and LoRA
   (padded batches, loss on every text token, the audio tower run on 30 s padded windows as transformers does);
-- the first ``--parity-steps`` fp32 losses of echo and of that plain loop configured identically (one record per
-  step, loss on the assistant's tokens, the same initial adapter): their largest relative difference;
+- the step losses of echo's bf16 and fp32 runs (what autocast changes), and the first ``--parity-steps`` fp32
+  losses of echo and of that plain loop configured identically (one record per step, loss on the assistant's
+  tokens, the same initial adapter): their largest relative differences;
 - seconds per GRPO step (rollouts through the engine + policy update; same group size and token budget) for a full
   fine-tune and LoRA 16 now (and LoRA 16 with a bf16 update where the CPU has bf16), and a full fine-tune at the
   older commit, with each one's ratio to that.
@@ -329,6 +330,11 @@ def main() -> None:
     for k in rate:
         if k != best:
             print(f"  {best} / {k}: {rate[best] / rate[k]:.2f}x records/s")
+    if "echo bf16" in results:  # the same records, order and initial adapter: what bf16 autocast changes
+        lb, lf = results["echo bf16"]["losses"], results["echo fp32"]["losses"]
+        rel = max(abs(x - y) / abs(y) for x, y in zip(lb, lf))
+        print(f"  {len(lb)} step losses, echo bf16 autocast vs fp32: max relative difference {rel:.2e} (last "
+              f"{lb[-1]:.4f} vs {lf[-1]:.4f})")
     if "parity" in parts:
         parity(sft, args, tmp)
     if "grpo" in parts:

@@ -1,5 +1,6 @@
-"""Run by test_distributed.py, alone or under torchrun: a GRPO run on the tiny task with a scripted answer letter;
-rank 0 writes the first step's full gradients (before the optimizer step) next to the run."""
+"""Run by test_distributed.py, alone or under torchrun: a GRPO run on the tiny task with a scripted answer letter
+(a full fine-tune, or LoRA of the rank given after the steps); rank 0 writes the first step's full gradients (before
+the optimizer step) next to the run."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ def script(tok) -> ScriptedTurn:
                         {at: [enc(c)[0] for c in "ABCD"]})
 
 
-def main(base: str, data: str, out: str, steps: int) -> None:
+def main(base: str, data: str, out: str, steps: int, lora: int = 0) -> None:
     cfg = GRPOConfig(group_size=4, prompts_per_step=2, steps=steps, lr=1e-3, max_new_tokens=40, micro_batch=3,
-                     progress=False, engine=EngineConfig(num_blocks=256, block_size=16))
+                     progress=False, engine=EngineConfig(num_blocks=256, block_size=16), lora_rank=lora)
     trainer = GRPOTrainer(base, out, cfg, RewardFn([("accuracy", accuracy_reward, 1.0)]),
                           [script(echo.load(base).processor.tokenizer)])
     real_step, dumped = trainer.opt.step, []
@@ -52,4 +53,4 @@ def main(base: str, data: str, out: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), *map(int, sys.argv[5:]))

@@ -56,6 +56,25 @@ def test_two_processes_equal_one(workdir):
         assert_close(f"weights {name}", p, q, atol=2e-4)
 
 
+@pytest.mark.slow
+def test_lora_two_processes_equal_one_over_two_steps(workdir):
+    """LoRA under torchrun: the trained adapters reach each rank's engine replica, which decodes them folded into
+    its base weights (``lora.merged``); the second step's rollouts, rewards and loss then equal one process's."""
+    args = [str(workdir / "base"), str(workdir / "rl.jsonl")]
+    _run([sys.executable, str(WORKER), *args, str(workdir / "lora-one"), "2", "4"], workdir)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), *args,
+          str(workdir / "lora-two"), "2", "4"], workdir)
+    one, two = [[json.loads(x) for x in (workdir / d / "log.jsonl").read_text().splitlines()]
+                for d in ("lora-one", "lora-two")]
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2]
+    for a, b in zip(one, two):
+        assert a["reward"] == b["reward"] and a["relistens_per_trajectory"] == b["relistens_per_trajectory"]
+        assert abs(a["loss"] - b["loss"]) <= 1e-6 and abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * a["grad_norm"]
+    assert one[0]["reward_std"] > 0 and one[0]["grad_norm"] > 0  # the adapters moved before the second rollouts
+    g = load_file(workdir / "lora-one" / "step1_grads.safetensors")
+    assert g and all(".lora_" in name for name in g)  # only the adapters trained
+
+
 @pytest.fixture(scope="module")
 def sft_data(workdir):
     rows = []
