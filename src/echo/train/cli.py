@@ -14,6 +14,7 @@ from ..launch import dist_env
 
 _OVERWRITE = "start over in --out, discarding a run there made with other data or settings"
 _BAD_SHARE = "malformed --data lines are skipped and reported; fail when more than this share of them are"
+_COMPUTE_DTYPES = ["auto", "fp32", "bf16"]  # what train/loop.autocast takes, for SFT and the GRPO update alike
 
 SFT_FLAGS = {
     "format": Flag(choices=["grounded", "interleaved"]),
@@ -32,7 +33,7 @@ SFT_FLAGS = {
     "lora_dropout": Flag(),
     "gradient_checkpointing": Flag("recompute layer activations in backward"),
     "dtype": Flag("compute dtype over float32 weights (auto: bf16 on CUDA that supports it)",
-                  choices=["auto", "fp32", "bf16"]),
+                  choices=_COMPUTE_DTYPES),
     "max_bad_share": Flag(_BAD_SHARE, type=share),
     "feature_cache": Flag("with a frozen audio tower, compute each clip's and span's audio rows once and keep them "
                           "in OUT/feature_cache (--no-feature-cache: recompute them every time)"),
@@ -49,7 +50,7 @@ GRPO_FLAGS = {
     "ppo_epochs": Flag(type=positive_int),
     "micro_batch": Flag("trajectories per trainer forward", type=positive_int),
     "dtype": Flag("the update's compute dtype over float32 weights (auto: bf16 on CUDA that supports it)",
-                  choices=["auto", "fp32", "bf16"]),
+                  choices=_COMPUTE_DTYPES),
     "temperature": Flag(),
     "top_p": Flag(),
     "max_new_tokens": Flag(type=positive_int),

@@ -14,7 +14,8 @@ rank gathers the trained parameters (``full_tensor``) and copies them into its r
 With ``lora_rank`` only a LoRA adapter on the decoder trains: the engine decodes the same base tensors with the
 adapters folded in for the rollouts and taken out exactly after (``lora.merged``; nothing copied), the KL's
 reference is this model with its adapters switched off (no second model), and checkpoints are peft adapters like
-LoRA SFT's, which ``adapter_parts`` turns into an assembly part. The loading, trainable selection, optimizer, resume and checkpoints are ``train/loop.py``'s.
+LoRA SFT's, which ``adapter_parts`` turns into an assembly part. The loading, trainable selection, optimizer, resume
+and checkpoints are ``train/loop.py``'s.
 Each rank rolls out its own share of the prompts (whole groups, so advantages need no communication); loss
 denominators are global, so the result equals one process with the same global batch.
 """
