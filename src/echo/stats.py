@@ -42,10 +42,12 @@ def binomial_tail(correct: int, total: int, p: float) -> float:
     """``P(X >= correct)`` for ``X ~ Binomial(total, p)``: how often a guesser at rate ``p`` does this well."""
     if correct <= 0:
         return 1.0
+    if correct > total:
+        return 0.0
     if p <= 0.0 or p >= 1.0:
-        return float(p >= 1.0 and correct <= total)
+        return float(p >= 1.0)
     # in logs: comb(total, i) overflows a float from a few thousand items on
     logs = [math.lgamma(total + 1) - math.lgamma(i + 1) - math.lgamma(total - i + 1) + i * math.log(p)
             + (total - i) * math.log1p(-p) for i in range(correct, total + 1)]
-    top = max(logs, default=-math.inf)
-    return min(1.0, math.exp(top) * math.fsum(math.exp(x - top) for x in logs)) if logs else 0.0
+    top = max(logs)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(x - top) for x in logs))
