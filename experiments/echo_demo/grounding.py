@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -36,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from grounding_pilot import QUESTION, base_checkpoint, best_constant_span, evaluate, summary  # this folder
 from recipe import event_caption
+
+from echo.protocol import on_marks
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -71,12 +72,6 @@ def clip_items(jsonl: Path) -> list[dict]:
     return out
 
 
-def snapped(span: list[float], every_s: float, clip_s: float) -> list[float]:
-    """``span`` widened to the time marks around it (the end at most the clip's): its digits are the marks' text."""
-    return [math.floor(span[0] / every_s + 1e-9) * every_s,
-            min(math.ceil(span[1] / every_s - 1e-9) * every_s, clip_s)]
-
-
 def train_records(clips: list[dict], timeline: bool = True, snap_s: float = 0.0) -> list[dict]:
     """messages-JSONL rows: a *when* record for every clip, a *timeline* record for every clip with several
     sounds (with ``timeline``); interleaved clip by clip, so that every stage sees both levels and both kinds.
@@ -86,7 +81,7 @@ def train_records(clips: list[dict], timeline: bool = True, snap_s: float = 0.0)
         user = lambda q: [{"role": "user", "content": "<audio>" + q}]  # noqa: E731
         rows.append({"id": c["id"] + "-when", "audios": [c["audio"]], "messages": user(
             QUESTION.format(sound=c["sound"])) + [{"role": "assistant", "content": span_text(
-            *(snapped(c["span"], snap_s, c["duration_s"]) if snap_s else c["span"]))}]})
+            *(on_marks(*c["span"], snap_s, c["duration_s"]) if snap_s else c["span"]))}]})
         if timeline and len(c["events"]) > 1:
             listing = "; ".join(f"{span_text(a, b)} {name}" for a, b, name in c["events"]) + "."
             rows.append({"id": c["id"] + "-timeline", "audios": [c["audio"]], "messages": user(TIMELINE) + [

@@ -3,7 +3,7 @@ evaluation on the test split.
 
     python experiments/echo_demo/recipe.py --work runs/echo-demo [--until data|align|sft|eval] [--eval-aligned]
         [--grpo] [--grpo-aligned] [--sft-format grounded] [--grpo-from echo-demo --seed 1] [--grpo-reward NAME=W ...]
-        [--controls] [--time-marks 1.0] [--families ... scene_when] [--sounds ...] [--held-out-classes]
+        [--controls] [--time-marks 1.0 --span-grid 1.0] [--families ... scene_when] [--sounds ...] [--held-out-classes]
 
 Every step is skipped when its output exists and every training run resumes from its own last checkpoint, so
 rerunning the same command after a kill continues where it stopped. Steps and outputs (under ``--work``):
@@ -56,7 +56,8 @@ def log(work: Path, stage: str, **fields) -> None:
 
 
 def make_data(work: Path, n_train: int, n_val: int, n_test: int, seed: int, families: tuple[str, ...] = SCENE,
-              sounds: tuple[str, ...] | None = None, held_out_classes: bool = False) -> dict[str, Path]:
+              sounds: tuple[str, ...] | None = None, held_out_classes: bool = False, span_grid_s: float = 0.0
+              ) -> dict[str, Path]:
     from echo.data.synthetic import SynthConfig, write_synthetic
 
     out = {}
@@ -64,7 +65,8 @@ def make_data(work: Path, n_train: int, n_val: int, n_test: int, seed: int, fami
         d = work / "data" / split
         if not (d / "synthetic.jsonl").is_file():  # write_synthetic resumes by item after a kill
             write_synthetic(SynthConfig(n=n, seed=seed, families=families, difficulties=("easy", "medium"),
-                                        split=split, sounds=sounds, held_out_classes=held_out_classes), d,
+                                        split=split, sounds=sounds, held_out_classes=held_out_classes,
+                                        span_grid_s=span_grid_s), d,
                             progress=True)
         out[split] = d / "synthetic.jsonl"
     audit_path = work / "data" / "audit.json"
@@ -301,6 +303,9 @@ def main() -> None:
                     help="no sound class of the test split occurs in train (echo data synth --held-out-classes)")
     ap.add_argument("--time-marks", type=float, default=0.0, metavar="SECONDS",
                     help="the model's audio runs carry their time every SECONDS (ModelConfig.time_marks_s; 0: none)")
+    ap.add_argument("--span-grid", type=float, default=0.0, metavar="SECONDS",
+                    help="reference reasoning cites spans widened to multiples of SECONDS (echo data synth "
+                    "--span-grid; with --time-marks, the marks' own text); 0: exact spans")
     ap.add_argument("--grad-accum", type=int, default=8)
     ap.add_argument("--save-every", type=int, default=10)
     ap.add_argument("--align-lr", type=float, default=1e-3)
@@ -333,7 +338,7 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     make_data(args.work, args.n_train, args.n_val, args.n_test, args.data_seed, tuple(args.families),
-              tuple(args.sounds) if args.sounds else None, args.held_out_classes)
+              tuple(args.sounds) if args.sounds else None, args.held_out_classes, args.span_grid)
     models = train(args)
     for name, model in (models or {}).items():
         relisten = not (name == "sft" and args.sft_format == "grounded")

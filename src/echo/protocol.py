@@ -94,6 +94,21 @@ def format_span(start_s: float, end_s: float) -> str:
     return f"{SEG_OPEN}{start_s:.{SPAN_DECIMALS}f}, {end_s:.{SPAN_DECIMALS}f}{SEG_CLOSE}"
 
 
+def on_marks(start_s: float, end_s: float, every_s: float, clip_s: float) -> tuple[float, float]:
+    """``(start_s, end_s)`` widened to the time marks around it (multiples of ``every_s``), the end at most the
+    clip's: a span whose ends a model with time marks reads off the marks' text instead of counting audio rows."""
+    start = math.floor(start_s / every_s + 1e-9) * every_s
+    end = min(math.ceil(end_s / every_s - 1e-9) * every_s, clip_s)
+    return round(start, SPAN_DECIMALS), round(end, SPAN_DECIMALS)
+
+
+def format_marks_span(start_s: float, end_s: float) -> str:
+    """A span on the marks' grid written as the marks write a time (``<seg>2.0, 4.5</seg>``, as in ``"2.0s"``); an
+    end that is not a multiple of 0.1 s (the clip's end) keeps ``SPAN_DECIMALS``."""
+    text = [f"{x:.1f}" if abs(x * 10 - round(x * 10)) < 1e-6 else f"{x:.{SPAN_DECIMALS}f}" for x in (start_s, end_s)]
+    return f"{SEG_OPEN}{text[0]}, {text[1]}{SEG_CLOSE}"
+
+
 def seg_bodies(text: str) -> list[str]:
     """The body of every closed ``<seg>…</seg>`` in ``text``, in order, as written."""
     return SEG_BLOCK.findall(text)

@@ -11,6 +11,7 @@ import argparse
 import gzip
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -437,6 +438,22 @@ def test_grounding_items_in_short_clips_still_offer_choices(standins):
     for i in range(cfg.n):
         rec = make_item(cfg, i).record
         assert len(rec.choices) >= 2 and rec.answer in rec.choices, rec.choices
+
+
+def test_span_grid_cites_whole_sounds_on_the_marks(standins):
+    """--span-grid 1 on scene items: every cited span is a placed sound's widened to whole seconds (so a re-listen
+    holds all of it), the items validate, and the answers (scene_when's too) stay the exact choices."""
+    from echo.data.formats import check_record
+
+    for family in NO_SPEECH:
+        kw = dict(n=4, seed=2, families=(family,), difficulties=("medium",), split="train", sources=standins)
+        for i in range(4):
+            exact, grid = (make_item(SynthConfig(**kw, span_grid_s=g), i).record for g in (0.0, 1.0))
+            assert (grid.answer, grid.choices, grid.meta["exact_spans"]) == (exact.answer, exact.choices, exact.spans)
+            assert check_record(grid) == [] and parse_cot(grid.cot)[0] == grid.spans
+            for (x0, x1), (g0, g1) in zip(exact.spans, grid.spans):
+                assert g0 == math.floor(x0) and x1 <= g1
+                assert g1 == min(math.ceil(x1 - 1e-9), grid.duration_s)
 
 
 def test_distractor_labels_come_from_the_split_itself(standins):

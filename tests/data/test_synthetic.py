@@ -220,6 +220,9 @@ def test_speech_families_need_espeak(monkeypatch):
         ({"n": 1, "clip_s": (5.0, 1.0)}, "clip_s"),
         ({"n": 1, "distractors": 20}, "distractors"),
         ({"n": 1, "format": "essay"}, "format must be one of cot, direct"),
+        ({"n": 1, "span_grid_s": 0.05}, "span_grid_s must be 0"),
+        ({"n": 1, "span_grid_s": 0.25}, "multiple of 0.1"),
+        ({"n": 1, "span_grid_s": -1.0}, "span_grid_s must be 0"),
     ],
 )
 def test_config_validation(kw, match):
@@ -301,3 +304,36 @@ def test_a_dataset_from_before_a_new_config_field_still_resumes(tmp_path):
     assert len(read_eaqa(tmp_path / "s" / "synthetic.jsonl")) == 2
     with pytest.raises(ConfigError, match=r"format \('cot' -> 'direct'\)"):
         write_synthetic(SynthConfig(n=2, seed=1, families=("beep_count",), format="direct"), tmp_path / "s")
+
+
+@pytest.mark.parametrize("grid", [0.5, 1.0])
+def test_span_grid_cites_each_span_widened_to_the_marks(tmp_path, grid):
+    """--span-grid S: the same items, each cited span the exact one widened to multiples of S (the clip's end at
+    most), written as the marks write times; spans hold what the reasoning cites, meta the exact spans."""
+    from echo.data.formats import check_record
+    from echo.protocol import seg_bodies
+
+    families = ("beep_count", "pitch_at", "event_order", "silence_gap")
+    exact = SynthConfig(n=8, seed=7, families=families)
+    write_synthetic(exact, tmp_path / "exact")
+    write_synthetic(SynthConfig(n=8, seed=7, families=families, span_grid_s=grid), tmp_path / "grid")
+    exact_recs, grid_recs = (read_eaqa(tmp_path / d / "synthetic.jsonl") for d in ("exact", "grid"))
+    widened = 0
+    for a, b in zip(exact_recs, grid_recs):
+        assert (a.question, a.choices, a.answer, a.duration_s) == (b.question, b.choices, b.answer, b.duration_s)
+        assert b.meta["exact_spans"] == a.spans and check_record(b) == []
+        assert parse_cot(b.cot)[0] == b.spans and len(b.spans) == len(a.spans)
+        for (x0, x1), (g0, g1), body in zip(a.spans, b.spans, seg_bodies(b.cot)):
+            assert g0 <= x0 and x1 <= g1 <= b.duration_s  # the whole sound is inside what is re-listened
+            assert g0 > x0 - grid and (g1 == b.duration_s or g1 < x1 + grid)  # and no more than the marks around it
+            for g in (g0, g1):
+                assert g == b.duration_s or abs(g / grid - round(g / grid)) < 1e-9
+            assert body == "{}, {}".format(*(f"{g:.1f}" if abs(g * 10 - round(g * 10)) < 1e-6 else f"{g:.2f}"
+                                             for g in (g0, g1)))
+            widened += (g0, g1) != (x0, x1)
+        # the reasoning around the spans is unchanged
+        assert re.sub(r"<seg>[^<]*</seg>", "S", a.cot) == re.sub(r"<seg>[^<]*</seg>", "S", b.cot)
+    assert widened > 0
+    assert _digest(tmp_path / "exact" / "audio") == _digest(tmp_path / "grid" / "audio")
+    with pytest.raises(ConfigError, match="span_grid_s"):  # another grid in the same --out: refused, not mixed
+        write_synthetic(SynthConfig(n=8, seed=7, families=families, span_grid_s=2.0), tmp_path / "grid")

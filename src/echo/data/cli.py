@@ -87,6 +87,10 @@ def synth_flags() -> dict[str, Flag]:
         "format": Flag("each item's target: cot (the reference chain of thought, then the answer) or direct (the "
                        "answer alone, <answer>X</answer>: for teaching a base model to answer); default cot",
                        choices=TARGET_FORMATS),
+        "span_grid_s": Flag("cite every span in the reference reasoning widened to the time marks around it, every "
+                            "S seconds (a multiple of 0.1; the echo_time_marks_s of the model to train), written as "
+                            "the marks write times; default 0: exact spans", option="--span-grid", type=float,
+                            metavar="S"),
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..durable import atomic_dir, recover_dir
 from ..errors import ConfigError
-from ..protocol import format_cot
+from ..protocol import SEG_BLOCK, format_cot, format_marks_span, on_marks, read_span
 from . import signals
 from .audit import LeakWarning, audit
 from .formats import DataFormatError, format_direct, write_eaqa
@@ -63,6 +64,11 @@ class SynthConfig:
             speech and music beds stay split by recording.
         format: each item's target: ``cot``, the reference chain of thought citing the spans then the answer;
             ``direct``, the answer alone (``<answer>X</answer>``). The items are the same either way.
+        span_grid_s: 0, or the time marks' spacing (a multiple of 0.1 s) of the model to be trained: the reference
+            chain of thought cites each ground-truth span widened to the marks around it, written as the marks write
+            times (``protocol.on_marks``), so its digits are read off the input rather than counted in audio rows,
+            and a re-listen of it holds the whole sound. ``spans`` are then those cited spans; the exact ones stay in
+            ``meta["exact_spans"]``. Questions, choices and answers are unchanged.
     """
 
     n: int
@@ -78,6 +84,7 @@ class SynthConfig:
     sounds: tuple[str, ...] | None = None
     held_out_classes: bool = False
     format: str = "cot"
+    span_grid_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -99,6 +106,10 @@ class SynthConfig:
             raise ConfigError(f"format must be one of {', '.join(TARGET_FORMATS)}, got {self.format!r}")
         if self.distractors is not None and not 0 <= self.distractors <= 8:
             raise ConfigError(f"distractors must be in [0, 8], got {self.distractors}")
+        tenths = self.span_grid_s * 10
+        if not (self.span_grid_s == 0 or (0.1 <= self.span_grid_s <= 10 and abs(tenths - round(tenths)) < 1e-6)):
+            raise ConfigError(f"span_grid_s must be 0 (exact spans) or a multiple of 0.1 s in [0.1, 10] (the time "
+                              f"marks are written to 0.1 s), got {self.span_grid_s}")
 
     def resolved_families(self) -> tuple[str, ...]:
         """The families to generate; raises if a requested one needs espeak-ng or recorded sounds that are missing."""
@@ -155,21 +166,37 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
     if family not in ORDERED_CHOICES:
         choices = place_answer(choices, task.answer, draw("answer position", len(choices)))
     spans = [[float(a), float(b)] for a, b in task.spans]
+    duration_s = wave.shape[0] / signals.SAMPLING_RATE
+    thought, meta = task.thought, getattr(task, "meta", {})
+    if config.span_grid_s:
+        thought, spans, meta = cite_on_marks(thought, config.span_grid_s, duration_s), [
+            list(on_marks(a, b, config.span_grid_s, duration_s)) for a, b in spans], {**meta, "exact_spans": spans}
     record = QuestionItem(
         id=rid,
         audio=f"{AUDIO_DIR}/{rid}.wav",
         question=task.question,
         choices=choices,
         answer=task.answer,
-        cot=format_cot(task.thought, task.answer) if config.format == "cot" else format_direct(task.answer),
+        cot=format_cot(thought, task.answer) if config.format == "cot" else format_direct(task.answer),
         spans=spans,
         task=family,
         difficulty=level,
-        duration_s=wave.shape[0] / signals.SAMPLING_RATE,
-        meta=getattr(task, "meta", {}),
+        duration_s=duration_s,
+        meta=meta,
     )
     _check_scorable(record)
     return SynthItem(record=record, wave=wave)
+
+
+def cite_on_marks(thought: str, every_s: float, clip_s: float) -> str:
+    """``thought`` with each ``<seg>`` span it cites widened to the time marks around it (``protocol.on_marks``)."""
+    def widen(m: re.Match) -> str:
+        span, reason = read_span(m.group(1))
+        if span is None:  # a family writes only spans it computed; anything else is a bug there
+            raise DataFormatError(f"reasoning cites a malformed span <seg>{m.group(1)}</seg> ({reason})")
+        return format_marks_span(*on_marks(*span, every_s, clip_s))
+
+    return SEG_BLOCK.sub(widen, thought)
 
 
 ORDERED_CHOICES = {"loudest_burst", "silence_gap"}  # choices listed in order ("the first burst", ...), kept so
