@@ -43,11 +43,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TIMELINE = "List the sounds you hear in order, each as <seg>start, end</seg> and its name."
 
 
-def synth(out: Path, split: str, n: int, seed: int, clip_s: tuple[float, float], levels: list[str]) -> Path:
+def synth(out: Path, split: str, n: int, seed: int, clip_s: tuple[float, float], levels: list[str],
+          distractors: int | None = None) -> Path:
     """``echo data synth`` of scene_when, its ``levels`` in turn (it resumes an unfinished run)."""
     cmd = [sys.executable, "-m", "echo", "data", "synth", "--families", "scene_when", "--difficulty", *levels,
            "--split", split, "--n", str(n), "--seed", str(seed), "--out", str(out), "--clip-s",
-           *map(str, clip_s), "--no-progress"]
+           *map(str, clip_s), "--no-progress", *([] if distractors is None else ["--distractors", str(distractors)])]
     if not (out / "synthetic.jsonl").is_file() or len((out / "synthetic.jsonl").read_text().splitlines()) < n:
         subprocess.run(cmd, check=True)
     return out / "synthetic.jsonl"
@@ -117,6 +118,8 @@ def main() -> int:
     ap.add_argument("--snap", type=float, default=0.0, metavar="S",
                     help="answers widened to multiples of S seconds (with --marks S: the marks' own text)")
     ap.add_argument("--test-clips", type=int, default=200)
+    ap.add_argument("--distractors", type=int, default=None,
+                    help="distractor sounds beside the named one from medium on (default: the level's)")
     ap.add_argument("--clip-s", type=float, nargs=2, default=(5.0, 9.0))
     ap.add_argument("--stages", type=int, default=8)
     ap.add_argument("--stage-records", type=int, default=400)
@@ -129,12 +132,14 @@ def main() -> int:
     args = ap.parse_args()
 
     work = args.work
-    train = clip_items(synth(work / "data" / "train", "train", args.clips, args.seed, args.clip_s, args.levels))
-    test = clip_items(synth(work / "data" / "test", "test", args.test_clips, args.seed, args.clip_s, args.levels))
+    data = lambda split, n: clip_items(synth(work / "data" / split, split, n, args.seed, args.clip_s,  # noqa: E731
+                                             args.levels, args.distractors))
+    train, test = data("train", args.clips), data("test", args.test_clips)
     rows = train_records(train, args.timeline, args.snap)
     const = best_constant_span([{"span": c["span"]} for c in train])
     levels = sorted({c["level"] for c in test})
-    report = {"marks_s": args.marks, "levels": args.levels, "timeline": args.timeline, "snap_s": args.snap,
+    report = {"marks_s": args.marks, "levels": args.levels, "distractors": args.distractors,
+              "timeline": args.timeline, "snap_s": args.snap,
               "train_clips": len(train), "train_records": len(rows), "test_clips": len(test),
               "constant_span": const, "stages": []}
     for level in [None, *levels]:
