@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -102,6 +103,30 @@ def placement(scored: list[dict]) -> dict:
             "distinct_starts": len({s["span"][0] for s in q})}
 
 
+def which_sound(scored: list[dict], clips: list[dict], grid_s: float = 0.0) -> dict:
+    """Which sound of the clip each answer matches best (highest IoU): the named one, another one (a model that finds
+    sounds but not which is named), or none (it overlaps no sound); with ``grid_s``, how many answers are exactly
+    the named sound's span widened to multiples of it (``--snap``'s reference answer, its end not cut at the clip's).
+    """
+    from echo.protocol import span_iou
+
+    by_id = {c["id"]: c for c in clips}
+    named = other = exact = 0
+    for s in scored:
+        if s["span"] is None:
+            continue
+        c = by_id[s["id"]]
+        ious = [(span_iou(tuple(s["span"]), (a, b)), (a, b) == tuple(c["span"])) for a, b, _ in c["events"]]
+        best = max(ious)
+        named += best[0] > 0 and best[1]
+        other += best[0] > 0 and not best[1]
+        if grid_s:
+            exact += list(s["span"]) == [math.floor(c["span"][0] / grid_s + 1e-9) * grid_s,
+                                         math.ceil(c["span"][1] / grid_s - 1e-9) * grid_s]
+    out = {"best_match_named": round(named / len(scored), 4), "best_match_other": round(other / len(scored), 4)}
+    return {**out, "exact_on_grid": exact} if grid_s else out
+
+
 def main() -> int:
     from echo.protocol import span_iou
     from echo.stats import mcnemar
@@ -144,8 +169,10 @@ def main() -> int:
               "constant_span": const, "stages": []}
     for level in [None, *levels]:
         part = [c for c in test if level in (None, c["level"])]
-        report[f"constant{'' if level is None else '_' + level}"] = summary(
-            [{"iou": span_iou(const, tuple(c["span"])), "span": const, "truth": c["span"]} for c in part])
+        const_scored = [{"id": c["id"], "iou": span_iou(const, tuple(c["span"])), "span": list(const),
+                         "truth": c["span"]} for c in part]
+        report[f"constant{'' if level is None else '_' + level}"] = {**summary(const_scored),
+                                                                      **which_sound(const_scored, part)}
 
     prev = base_checkpoint(args.model, work / "base", args.marks)
     scored_prev = None
@@ -174,7 +201,7 @@ def main() -> int:
         level_of = {c["id"]: c["level"] for c in test}
         entry = {"stage": stage, "records_seen": stage * args.stage_records,
                  **json.loads((sdir / "train.json").read_text()), "all": summary(scored),
-                 "placement": placement(scored)}
+                 "placement": placement(scored), "where": which_sound(scored, test, args.snap)}
         for level in levels:
             entry[level] = summary([s for s in scored if level_of[s["id"]] == level])
         losses = [json.loads(x)["loss"] for x in (sdir / "sft" / "log.jsonl").read_text().splitlines()]
