@@ -127,11 +127,12 @@ def test_splice_ids_has_one_definition(checkpoint):
     ((2.63, 3.21), 0.5, 9.0, (2.5, 3.5), "<seg>2.5, 3.5</seg>"),
     ((0.07, 0.3), 0.2, 9.0, (0.0, 0.4), "<seg>0.0, 0.4</seg>"),
     ((6.2, 7.31), 1.0, 7.34, (6.0, 7.34), "<seg>6.0, 7.34</seg>"),    # the end stops at the clip's, off the grid
+    ((6.2, 7.34), 1.0, 7.3475, (6.0, 7.34), "<seg>6.0, 7.34</seg>"),  # a clip's end off the 10 ms grid: not past it
     ((0.3, 0.31), 3.0, 9.0, (0.0, 3.0), "<seg>0.0, 3.0</seg>"),
 ])
 def test_on_marks_widens_a_span_to_the_marks_around_it(span, every_s, clip_s, expected, text):
     got = protocol.on_marks(*span, every_s, clip_s)
-    assert got == expected and got[0] <= span[0] and got[1] >= min(span[1], clip_s)
+    assert got == expected and got[0] <= span[0] and span[1] <= got[1] <= clip_s
     assert protocol.format_marks_span(*got) == text and protocol.parse_span(text[5:-6]) == expected
     # the digits are the marks' own text (what a model with time marks reads in its input)
     assert all(protocol.time_mark_text(x) == f"{x:.1f}s" for x in got if round(x * 10) == x * 10)

@@ -97,9 +97,10 @@ def format_span(start_s: float, end_s: float) -> str:
 def on_marks(start_s: float, end_s: float, every_s: float, clip_s: float) -> tuple[float, float]:
     """``(start_s, end_s)`` widened to the time marks around it (multiples of ``every_s``), the end at most the
     clip's: a span whose ends a model with time marks reads off the marks' text instead of counting audio rows."""
+    scale = 10 ** SPAN_DECIMALS
     start = math.floor(start_s / every_s + 1e-9) * every_s
-    end = min(math.ceil(end_s / every_s - 1e-9) * every_s, clip_s)
-    return round(start, SPAN_DECIMALS), round(end, SPAN_DECIMALS)
+    end = min(math.ceil(end_s / every_s - 1e-9) * every_s, math.floor(clip_s * scale + 1e-6) / scale)
+    return round(start, SPAN_DECIMALS), round(end, SPAN_DECIMALS)  # the clip's end rounded down: never past it
 
 
 def format_marks_span(start_s: float, end_s: float) -> str:
