@@ -67,8 +67,9 @@ class SynthConfig:
         span_grid_s: 0, or the time marks' spacing (a multiple of 0.1 s) of the model to be trained: the reference
             chain of thought cites each ground-truth span widened to the marks around it, written as the marks write
             times (``protocol.on_marks``), so its digits are read off the input rather than counted in audio rows,
-            and a re-listen of it holds the whole sound. ``spans`` are then those cited spans; the exact ones stay in
-            ``meta["exact_spans"]``. Questions, choices and answers are unchanged.
+            and a re-listen of it holds the whole sound (sounds closer together than the grid share a span). ``spans``
+            are then those cited spans; the exact ones stay in ``meta["exact_spans"]``. Questions, choices and answers
+            are unchanged.
     """
 
     n: int
