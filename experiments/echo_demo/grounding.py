@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -120,9 +119,8 @@ def which_sound(scored: list[dict], clips: list[dict], grid_s: float = 0.0) -> d
         best = max(ious)
         named += best[0] > 0 and best[1]
         other += best[0] > 0 and not best[1]
-        if grid_s:
-            exact += list(s["span"]) == [math.floor(c["span"][0] / grid_s + 1e-9) * grid_s,
-                                         math.ceil(c["span"][1] / grid_s - 1e-9) * grid_s]
+        if grid_s:  # a clip end one step further: the widening is never cut at the clip's end here
+            exact += tuple(s["span"]) == on_marks(*c["span"], grid_s, c["duration_s"] + grid_s)
     out = {"best_match_named": round(named / len(scored), 4), "best_match_other": round(other / len(scored), 4)}
     return {**out, "exact_on_grid": exact} if grid_s else out
 
