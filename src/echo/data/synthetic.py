@@ -169,9 +169,10 @@ def make_item(config: SynthConfig, index: int, families: tuple[str, ...] | None 
     spans = [[float(a), float(b)] for a, b in task.spans]
     duration_s = wave.shape[0] / signals.SAMPLING_RATE
     thought, meta = task.thought, getattr(task, "meta", {})
-    if config.span_grid_s:
-        thought, spans, meta = cite_on_marks(thought, config.span_grid_s, duration_s), [
-            list(on_marks(a, b, config.span_grid_s, duration_s)) for a, b in spans], {**meta, "exact_spans": spans}
+    if config.span_grid_s:  # the reasoning cites the widened spans, and the record's spans are what it cites
+        meta = {**meta, "exact_spans": spans}
+        thought = cite_on_marks(thought, config.span_grid_s, duration_s)
+        spans = [list(on_marks(a, b, config.span_grid_s, duration_s)) for a, b in spans]
     record = QuestionItem(
         id=rid,
         audio=f"{AUDIO_DIR}/{rid}.wav",
