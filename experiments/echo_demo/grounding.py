@@ -44,11 +44,12 @@ TIMELINE = "List the sounds you hear in order, each as <seg>start, end</seg> and
 
 
 def synth(out: Path, split: str, n: int, seed: int, clip_s: tuple[float, float], levels: list[str],
-          distractors: int | None = None) -> Path:
+          distractors: int | None = None, sounds: list[str] | None = None, held_out_classes: bool = False) -> Path:
     """``echo data synth`` of scene_when, its ``levels`` in turn (it resumes an unfinished run)."""
     cmd = [sys.executable, "-m", "echo", "data", "synth", "--families", "scene_when", "--difficulty", *levels,
            "--split", split, "--n", str(n), "--seed", str(seed), "--out", str(out), "--clip-s",
-           *map(str, clip_s), "--no-progress", *([] if distractors is None else ["--distractors", str(distractors)])]
+           *map(str, clip_s), "--no-progress", *([] if distractors is None else ["--distractors", str(distractors)]),
+           *(["--sounds", *sounds] if sounds else []), *(["--held-out-classes"] if held_out_classes else [])]
     if not (out / "synthetic.jsonl").is_file() or len((out / "synthetic.jsonl").read_text().splitlines()) < n:
         subprocess.run(cmd, check=True)
     return out / "synthetic.jsonl"
@@ -144,6 +145,8 @@ def main() -> int:
     ap.add_argument("--distractors", type=int, default=None,
                     help="distractor sounds beside the named one from medium on (default: the level's)")
     ap.add_argument("--clip-s", type=float, nargs=2, default=(5.0, 9.0))
+    ap.add_argument("--sounds", nargs="+", help="the recorded-sound sources (echo data synth --sounds)")
+    ap.add_argument("--held-out-classes", action="store_true", help="no sound class of the test clips in training")
     ap.add_argument("--stages", type=int, default=8)
     ap.add_argument("--stage-records", type=int, default=400)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -156,12 +159,15 @@ def main() -> int:
 
     work = args.work
     data = lambda split, n: clip_items(synth(work / "data" / split, split, n, args.seed, args.clip_s,  # noqa: E731
-                                             args.levels, args.distractors))
+                                             args.levels, args.distractors, args.sounds,
+                                             args.held_out_classes))
     train, test = data("train", args.clips), data("test", args.test_clips)
     rows = train_records(train, args.timeline, args.snap)
     const = best_constant_span([{"span": c["span"]} for c in train])
     levels = sorted({c["level"] for c in test})
     report = {"marks_s": args.marks, "levels": args.levels, "distractors": args.distractors,
+              **({"sounds": args.sounds} if args.sounds else {}),
+              **({"held_out_classes": True} if args.held_out_classes else {}),
               "timeline": args.timeline, "snap_s": args.snap,
               "train_clips": len(train), "train_records": len(rows), "test_clips": len(test),
               "constant_span": const, "stages": []}

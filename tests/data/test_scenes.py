@@ -56,6 +56,11 @@ LOMIRI = {"ringtones/Harp arp": "CC-BY-SA-3.0", "ringtones/Koto chords": "CC-BY-
           "ringtones/Wind chime": "CC0-1.0", "notifications/Xylo": "GPL-3+",  # GPL: skipped
           "ringtones/Bliss": "CC-BY-SA-3.0"}  # a name that does not say what is heard: skipped
 YARU = ("bell", "complete", "battery-low", "desktop-login")  # desktop-login: no name for what is heard, skipped
+ZERO_AD = ("resource/construction/con_saw_1", "resource/construction/con_saw_2", "resource/construction/con_saw12",
+           "attack/weapon/sword_attack_03", "actor/fauna/death/death_horse_10",
+           "actor/mounted/death/death_horse_10",  # byte-identical to the one above: one recording, kept once
+           "attack/impact/siegeprojectilehit_1",  # under a GPL stanza of the copyright file: skipped
+           "voice/greek/civ_male_1", "music/A_Track", "resource/lumbering/lumber_tree_1")  # no class named: skipped
 
 
 def _signal(k: int, seconds: float, rate: int) -> np.ndarray:
@@ -133,7 +138,19 @@ def standins(tmp_path_factory) -> str:
     (root / sounds.YARU_COPYRIGHT).parent.mkdir(parents=True)
     (root / sounds.YARU_COPYRIGHT).write_text("Files: *\nCopyright: x\nLicense: GPL-3.0+\n\n"
                                               "Files: sounds/*\nCopyright: Mads Rosendahl\nLicense: CC-BY-SA-4.0\n")
-    for pkg, version in (("lomiri-sounds", "22.02-1"), ("sound-theme-freedesktop", "0.8-2")):
+    (root / sounds.ZERO_AD_ZIP).parent.mkdir(parents=True)
+    with zipfile.ZipFile(root / sounds.ZERO_AD_ZIP, "w") as z:
+        z.writestr("art/textures/a.png", b"not a sound")
+        for member in ZERO_AD:
+            if member != "actor/mounted/death/death_horse_10":  # else: the bytes of the member before
+                k += 1
+                data = _wave_bytes(_signal(k, 0.8, 44100), 44100, "OGG")
+            z.writestr(f"audio/{member}.ogg", data)
+    (root / sounds.ZERO_AD_COPYRIGHT).parent.mkdir(parents=True)
+    (root / sounds.ZERO_AD_COPYRIGHT).write_text(
+        "Files: *\nCopyright: 2010 Wildfire Games\nLicense: CC-BY-SA-3.0\n\n"
+        "Files: binaries/data/mods/public/audio/attack/impact/*\nCopyright: x\nLicense: GPL-2+\n")
+    for pkg, version in (("lomiri-sounds", "22.02-1"), ("sound-theme-freedesktop", "0.8-2"), ("0ad-data", "0.0.26-1")):
         with gzip.open(root / "usr/share/doc" / pkg / "changelog.Debian.gz", "wt") as f:
             f.write(f"{pkg} ({version}) unstable; urgency=medium\n\n  * a change\n")
     return str(root)
@@ -202,6 +219,38 @@ def test_added_sources_take_only_named_free_files_and_record_their_versions(stan
     core = make_item(SynthConfig(n=1, seed=1, families=("scene_count",), split="train", sources=standins,
                                  sounds=sounds.CORE), 0)
     assert default.record == core.record and not _used(default.record) & {i for i in got}
+
+
+def test_0ad_takes_are_classes_of_several_recordings(standins, monkeypatch):
+    """0ad: the game's sound effects out of its zip, several takes of one class under one name and label; unnamed,
+    non-free and byte-identical members skipped; at most ZERO_AD_TAKES takes per class."""
+    lib = sounds.find_library(standins)
+    got = {r.id: (r.name, r.label, r.licence) for r in lib.recordings if r.source == "0ad"}
+    saw = ("sawing", "wood being sawn", "CC-BY-SA-3.0")
+    assert got == {"0ad/resource/construction/con_saw_1": saw, "0ad/resource/construction/con_saw_2": saw,
+                   "0ad/resource/construction/con_saw12": saw,
+                   "0ad/attack/weapon/sword_attack_03": ("sword swing", "a sword swishing through the air",
+                                                         "CC-BY-SA-3.0"),
+                   "0ad/actor/fauna/death/death_horse_10": ("horse", "a horse neighing", "CC-BY-SA-3.0")}
+    horse = {r.label for r in lib.recordings if r.name == "horse"}
+    assert horse == {"a horse neighing"}  # the animals wheel's horse and 0ad's: one class, two recordings
+    assert lib.versions["0ad"] == "0ad-data 0.0.26-1"
+    wave = sounds.load(next(r for r in lib.recordings if r.id == "0ad/attack/weapon/sword_attack_03"))
+    assert wave.shape[0] / SR == pytest.approx(0.8, abs=0.05) and wave.shape[0] % 160 == 0
+    assert sounds.take_group("audio/actor/human/movement/Footsteps/Footstep_Rock_Walking.ogg") == \
+        "actor/human/movement/Footsteps/Footstep_Rock_Walking"
+    monkeypatch.setattr(sounds, "ZERO_AD_TAKES", 2)
+    sounds.find_library.cache_clear()
+    try:
+        capped = [r.id for r in sounds.find_library(standins).recordings if r.name == "sawing"]
+    finally:
+        sounds.find_library.cache_clear()
+    assert capped == ["0ad/resource/construction/con_saw12", "0ad/resource/construction/con_saw_1"]  # by path
+    cfg = SynthConfig(n=6, seed=3, families=("scene_when",), split=None, sources=standins, sounds=("0ad", "moh"))
+    for i in range(cfg.n):
+        rec = make_item(cfg, i).record
+        _check_answer_from_meta(rec)
+        assert {e["recording"].split("/")[0] for e in rec.meta["events"] if e["kind"] == "event"} <= {"0ad", "echo"}
 
 
 def test_reserved_packages_are_refused(standins, monkeypatch):
@@ -528,3 +577,15 @@ def test_real_added_sources_are_free_named_and_versioned():
     assert REAL.versions["lomiri"].startswith("lomiri-sounds ") and REAL.versions["yaru"].startswith("yaru-theme")
     for r in added:
         assert sounds.load(r).shape[0] > 0.05 * SR
+
+
+@pytest.mark.skipif("0ad" in REAL.missing, reason="needs the optional sound package: apt-get install 0ad-data")
+def test_real_0ad_classes_have_several_free_takes():
+    got = [r for r in REAL.recordings if r.source == "0ad"]
+    per_class = Counter(r.name for r in got)
+    assert set(per_class) == {n for n, _ in sounds._0AD_CLASSES}  # every named class is found
+    assert max(per_class.values()) == sounds.ZERO_AD_TAKES and sum(n >= 3 for n in per_class.values()) >= 20
+    assert all(r.licence == "CC-BY-SA-3.0" for r in got) and REAL.versions["0ad"].startswith("0ad-data ")
+    assert {REAL.splits[r.id] for r in got} == set(sounds.SPLITS)
+    for name in per_class:  # the first take of each class decodes to a sound lasting long enough to cite
+        assert sounds.load(next(r for r in got if r.name == name), max_s=3.0).shape[0] >= 0.5 * SR, name

