@@ -10,6 +10,8 @@ record costs less), and denser supervision. Every clip of ``echo data synth --fa
   distractor sounds and speech.
 - *timeline* (medium clips): "List the sounds you hear in order, each as <seg>start, end</seg> and its name." answered
   by every event of the clip in order, so one forward teaches where each of its sounds is.
+- *naming* (medium clips, ``--naming``): "What is heard at <seg>a, b</seg>?" about a sound the *when* question does
+  not name, answered by its caption: the other direction between a sound's rows and its name.
 
 Training runs in stages of ``--stage-records`` records. Each stage trains a LoRA on the previous stage's merged model
 (a fresh adapter each stage, its own warmup and cosine), merges it, and is scored greedily on the test split's clips
@@ -41,6 +43,7 @@ from echo.protocol import on_marks
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TIMELINE = "List the sounds you hear in order, each as <seg>start, end</seg> and its name."
+NAMING = "What is heard at {span}? Answer with what you hear."
 
 
 def synth(out: Path, split: str, n: int, seed: int, clip_s: tuple[float, float], levels: list[str],
@@ -74,16 +77,23 @@ def clip_items(jsonl: Path) -> list[dict]:
     return out
 
 
-def train_records(clips: list[dict], timeline: bool = True, snap_s: float = 0.0) -> list[dict]:
+def train_records(clips: list[dict], timeline: bool = True, snap_s: float = 0.0, naming: bool = False) -> list[dict]:
     """messages-JSONL rows: a *when* record for every clip, a *timeline* record for every clip with several
-    sounds (with ``timeline``); interleaved clip by clip, so that every stage sees both levels and both kinds.
-    With ``snap_s`` the *when* answer is the sound's span widened to multiples of it."""
+    sounds (with ``timeline``), a *naming* record for every clip with several sounds (with ``naming``: "What is
+    heard at <seg>a, b</seg>?" about a sound the *when* question does not name, answered by its caption);
+    interleaved clip by clip, so that every stage sees every kind. With ``snap_s`` every span is the sound's span
+    widened to multiples of it."""
     rows = []
     for c in clips:
         user = lambda q: [{"role": "user", "content": "<audio>" + q}]  # noqa: E731
+        grid = lambda a, b: on_marks(a, b, snap_s, c["duration_s"]) if snap_s else (a, b)  # noqa: E731
         rows.append({"id": c["id"] + "-when", "audios": [c["audio"]], "messages": user(
-            QUESTION.format(sound=c["sound"])) + [{"role": "assistant", "content": span_text(
-            *(on_marks(*c["span"], snap_s, c["duration_s"]) if snap_s else c["span"]))}]})
+            QUESTION.format(sound=c["sound"])) + [{"role": "assistant", "content": span_text(*grid(*c["span"]))}]})
+        other = [(a, b, name) for a, b, name in c["events"] if [a, b] != c["span"]]
+        if naming and other:
+            a, b, name = other[0]
+            rows.append({"id": c["id"] + "-naming", "audios": [c["audio"]], "messages": user(
+                NAMING.format(span=span_text(*grid(a, b)))) + [{"role": "assistant", "content": name}]})
         if timeline and len(c["events"]) > 1:
             listing = "; ".join(f"{span_text(a, b)} {name}" for a, b, name in c["events"]) + "."
             rows.append({"id": c["id"] + "-timeline", "audios": [c["audio"]], "messages": user(TIMELINE) + [
@@ -138,7 +148,8 @@ def main() -> int:
     ap.add_argument("--marks", type=float, default=1.0, help="time_marks_s (0: the audio run without marks)")
     ap.add_argument("--clips", type=int, default=2400, help="training clips (the levels in turn)")
     ap.add_argument("--levels", nargs="+", default=["easy", "medium"], choices=["easy", "medium", "hard"])
-    ap.add_argument("--no-timeline", dest="timeline", action="store_false", help="only the *when* records")
+    ap.add_argument("--no-timeline", dest="timeline", action="store_false", help="no *timeline* records")
+    ap.add_argument("--naming", action="store_true", help="add a *naming* record for every clip with several sounds")
     ap.add_argument("--snap", type=float, default=0.0, metavar="S",
                     help="answers widened to multiples of S seconds (with --marks S: the marks' own text)")
     ap.add_argument("--test-clips", type=int, default=200)
@@ -162,13 +173,13 @@ def main() -> int:
                                              args.levels, args.distractors, args.sounds,
                                              args.held_out_classes))
     train, test = data("train", args.clips), data("test", args.test_clips)
-    rows = train_records(train, args.timeline, args.snap)
+    rows = train_records(train, args.timeline, args.snap, args.naming)
     const = best_constant_span([{"span": c["span"]} for c in train])
     levels = sorted({c["level"] for c in test})
     report = {"marks_s": args.marks, "levels": args.levels, "distractors": args.distractors,
               **({"sounds": args.sounds} if args.sounds else {}),
               **({"held_out_classes": True} if args.held_out_classes else {}),
-              "timeline": args.timeline, "snap_s": args.snap,
+              "timeline": args.timeline, "snap_s": args.snap, **({"naming": True} if args.naming else {}),
               "train_clips": len(train), "train_records": len(rows), "test_clips": len(test),
               "constant_span": const, "stages": []}
     for level in [None, *levels]:

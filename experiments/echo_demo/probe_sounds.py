@@ -1,11 +1,12 @@
 """Can the audio rows tell the sounds apart? A linear probe on what echo-demo's decoder is given.
 
 The grounding runs (``grounding.py``) find *a* sound among others but pick the named one at chance. This asks whether
-the information is there to be read: every mixed sound of a ``grounding.py`` run's clips becomes one vector, the
-mean of the audio rows (encoder + projector output, what the decoder sees at the ``<|AUDIO|>`` tokens) over the
-sound's span in its clip; a multinomial logistic regression fitted on the train clips' sounds names the test clips'
-sounds (recordings never in training; classes seen in training). Then the grounding question itself, answered by
-the probe: in each test clip, the sound whose vector scores highest for the named class. Both beside chance.
+the information is there to be read: every mixed sound of a ``grounding.py`` run's clips becomes one vector, the mean
+of the audio rows (encoder + projector output, what the decoder sees at the ``<|AUDIO|>`` tokens) over the sound's
+span in its clip; a multinomial logistic regression fitted on the train clips' sounds names the test clips' sounds of
+the classes it was fitted on (recordings never in training; ``naming_recorded`` leaves out echo's generated sounds,
+the same signals in every split). Then the grounding question itself, answered by the probe: in each test clip, the
+sound whose vector scores highest for the named class. Both beside chance.
 
     python experiments/echo_demo/probe_sounds.py --work runs/grounding/G [--model ~/.cache/echo/echo-demo]
 
@@ -84,6 +85,12 @@ def main() -> int:
     scores = probe(torch.from_numpy((np.stack([v for _, _, v, _ in test]) - mean) / std).float()).numpy()
     seen = [(s, t) for s, t in zip(scores, test) if t[1] in index]  # a class the probe was fitted on
     named_right = [labels[int(s.argmax())] == t[1] for s, t in seen]
+    # echo's generated sounds are the same signals in every split; a recorded sound of a fitted class is another
+    # recording of that class (the split is by recording)
+    from echo.data.scenes import synthesised
+
+    generated = {s.label for s in synthesised(np.random.default_rng(0))}
+    recorded = [ok for ok, (_, t) in zip(named_right, seen) if t[1] not in generated]
     majority = Counter(label for _, label, _, _ in train).most_common(1)[0][0]
     # the grounding question: in each clip whose named sound is of a fitted class, the clip's sound (of any class)
     # scoring highest for that class
@@ -99,6 +106,8 @@ def main() -> int:
     report = {"model": str(args.model), "train_sounds": len(train), "classes": len(labels),
               "test_sounds": len(test), "test_sounds_of_fitted_classes": len(seen),
               "naming_accuracy": round(float(np.mean(named_right)), 4),
+              "naming_recorded": {"sounds": len(recorded), "accuracy": round(float(np.mean(recorded)), 4)
+                                  if recorded else None},
               "naming_majority_class": round(float(np.mean([t[1] == majority for _, t in seen])), 4),
               "naming_uniform_chance": round(1 / len(labels), 4),
               "which_is_named": {"clips": len(picked), "accuracy": round(float(np.mean(picked)), 4),
