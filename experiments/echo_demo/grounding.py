@@ -113,27 +113,39 @@ def placement(scored: list[dict]) -> dict:
             "distinct_starts": len({s["span"][0] for s in q})}
 
 
-def which_sound(scored: list[dict], clips: list[dict], grid_s: float = 0.0) -> dict:
+def which_sound(scored: list[dict], clips: list[dict], grid_s: float = 0.0, trained: set[str] | None = None) -> dict:
     """Which sound of the clip each answer matches best (highest IoU): the named one, another one (a model that finds
     sounds but not which is named), or none (it overlaps no sound); with ``grid_s``, how many answers are exactly
-    the named sound's span widened to multiples of it (``--snap``'s reference answer, its end not cut at the clip's).
+    the named sound's span widened to multiples of it (``--snap``'s reference answer, its end not cut at the clip's);
+    with ``trained`` (the sound captions heard in the training clips), the named share apart for clips whose named
+    sound's class was heard in training and for those whose class was not.
     """
     from echo.protocol import span_iou
 
     by_id = {c["id"]: c for c in clips}
     named = other = exact = 0
+    by_class = {True: [], False: []}
     for s in scored:
-        if s["span"] is None:
-            continue
         c = by_id[s["id"]]
-        ious = [(span_iou(tuple(s["span"]), (a, b)), (a, b) == tuple(c["span"])) for a, b, _ in c["events"]]
-        best = max(ious)
-        named += best[0] > 0 and best[1]
-        other += best[0] > 0 and not best[1]
-        if grid_s:  # a clip end one step further: the widening is never cut at the clip's end here
-            exact += tuple(s["span"]) == on_marks(*c["span"], grid_s, c["duration_s"] + grid_s)
+        hit = False
+        if s["span"] is not None:
+            ious = [(span_iou(tuple(s["span"]), (a, b)), (a, b) == tuple(c["span"])) for a, b, _ in c["events"]]
+            best = max(ious)
+            hit = bool(best[0] > 0 and best[1])
+            named += hit
+            other += best[0] > 0 and not best[1]
+            if grid_s:  # a clip end one step further: the widening is never cut at the clip's end here
+                exact += tuple(s["span"]) == on_marks(*c["span"], grid_s, c["duration_s"] + grid_s)
+        if trained is not None:
+            by_class[c["sound"] in trained].append(hit)
     out = {"best_match_named": round(named / len(scored), 4), "best_match_other": round(other / len(scored), 4)}
-    return {**out, "exact_on_grid": exact} if grid_s else out
+    if grid_s:
+        out["exact_on_grid"] = exact
+    for seen, hits in by_class.items():
+        if hits:
+            out[f"named_class_{'trained' if seen else 'untrained'}"] = {
+                "clips": len(hits), "best_match_named": round(float(np.mean(hits)), 4)}
+    return out
 
 
 def main() -> int:
@@ -175,6 +187,7 @@ def main() -> int:
     train, test = data("train", args.clips), data("test", args.test_clips)
     rows = train_records(train, args.timeline, args.snap, args.naming)
     const = best_constant_span([{"span": c["span"]} for c in train])
+    trained = {name for c in train for _, _, name in c["events"]}  # the sound classes heard in training
     levels = sorted({c["level"] for c in test})
     report = {"marks_s": args.marks, "levels": args.levels, "distractors": args.distractors,
               **({"sounds": args.sounds} if args.sounds else {}),
@@ -187,7 +200,7 @@ def main() -> int:
         const_scored = [{"id": c["id"], "iou": span_iou(const, tuple(c["span"])), "span": list(const),
                          "truth": c["span"]} for c in part]
         report[f"constant{'' if level is None else '_' + level}"] = {**summary(const_scored),
-                                                                      **which_sound(const_scored, part)}
+                                                                      **which_sound(const_scored, part, 0.0, trained)}
 
     prev = base_checkpoint(args.model, work / "base", args.marks)
     scored_prev = None
@@ -216,7 +229,7 @@ def main() -> int:
         level_of = {c["id"]: c["level"] for c in test}
         entry = {"stage": stage, "records_seen": stage * args.stage_records,
                  **json.loads((sdir / "train.json").read_text()), "all": summary(scored),
-                 "placement": placement(scored), "where": which_sound(scored, test, args.snap)}
+                 "placement": placement(scored), "where": which_sound(scored, test, args.snap, trained)}
         for level in levels:
             entry[level] = summary([s for s in scored if level_of[s["id"]] == level])
         losses = [json.loads(x)["loss"] for x in (sdir / "sft" / "log.jsonl").read_text().splitlines()]
